@@ -1,0 +1,39 @@
+"""Small helpers shared by several model families."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+
+
+def kaiming_init_(model: nn.Module) -> None:
+    """He et al. 2015 init as in the ResNet/VGG reference code: conv weights Kaiming normal
+    (fan_out, ReLU gain), BatchNorm weight 1 and bias 0; linear layers keep PyTorch's default."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def glorot_init_(model: nn.Module) -> None:
+    """Gaussian Glorot init, which Frankle & Carbin (2019) use for LeNet and the Conv-2/4/6 nets."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def require_image_size(model: str, image_size: int, minimum: int, reason: str) -> None:
+    """Fail early, with the fix, when pooling would shrink the feature maps to nothing."""
+    if image_size < minimum:
+        raise TicketlabError(
+            f"{model} needs image_size >= {minimum} ({reason}), got {image_size}; "
+            f"pad or resize the images to at least {minimum}x{minimum}, or pick a model with less "
+            f"downsampling (e.g. cifar_resnet_20 or fastnet)"
+        )

@@ -1,0 +1,119 @@
+"""The model table: each name maps to a builder and the training recipe it was published with.
+
+The trainer reads a model's recipe as its defaults, so `ticketlab train cifar_resnet_20` trains
+with the hyperparameters of the paper that introduced it unless the user overrides them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.registry import Registry
+
+Builder = Callable[..., nn.Module]
+
+# Every builder takes these three; anything else it accepts is a model option (**kwargs of build_model).
+SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
+
+# Hyperparameters a recipe may suggest; the trainer understands exactly these.
+RECIPE_KEYS = frozenset(
+    {
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "schedule",
+        "milestones",
+        "gamma",
+        "warmup_epochs",
+        "label_smoothing",
+        "ema_decay",
+        "ema_every",
+        "tta",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: how to build it and how it is usually trained."""
+
+    builder: Builder
+    recipe: Mapping[str, Any]
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, recipe: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
+    """Decorator adding `builder(num_classes, in_channels, image_size, **options)` under `name`."""
+    recipe = dict(recipe or {})
+    unknown = sorted(set(recipe) - RECIPE_KEYS)
+    if unknown:
+        raise TicketlabError(
+            f"recipe for model {name!r} has unknown key(s) {', '.join(unknown)}; "
+            f"use only: {', '.join(sorted(RECIPE_KEYS))}"
+        )
+
+    def decorate(builder: Builder) -> Builder:
+        if name in MODELS:
+            raise TicketlabError(f"model {name!r} is already registered; register yours under another name")
+        missing = [arg for arg in SHAPE_ARGS if arg not in inspect.signature(builder).parameters]
+        if missing:
+            raise TicketlabError(
+                f"model builder for {name!r} must accept num_classes, in_channels and image_size; "
+                f"add the missing parameter(s): {', '.join(missing)}"
+            )
+        MODELS.register(name)(ModelEntry(builder, MappingProxyType(recipe)))
+        return builder
+
+    return decorate
+
+
+def _option_names(builder: Builder) -> list[str] | None:
+    """Names of the builder's options, or None when it takes **kwargs (anything goes)."""
+    options = []
+    for param in inspect.signature(builder).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if param.name not in SHAPE_ARGS and param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            options.append(param.name)
+    return options
+
+
+def build_model(
+    name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs: Any
+) -> nn.Module:
+    """Build a registered model for `in_channels` x `image_size` x `image_size` inputs."""
+    entry = MODELS.get(name)
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TicketlabError(f"{arg} must be a positive integer, got {value!r}")
+    options = _option_names(entry.builder)
+    if options is not None:
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:
+            accepted = ", ".join(options) if options else "none"
+            raise TicketlabError(
+                f"model {name!r} has no option(s) {', '.join(unknown)}; its options are: {accepted}"
+            )
+    return entry.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return MODELS.names()
+
+
+def model_recipe(name: str) -> dict[str, Any]:
+    """A fresh copy of the model's suggested training hyperparameters (may be empty)."""
+    return dict(MODELS.get(name).recipe)

@@ -1,0 +1,77 @@
+"""VGG with BatchNorm for CIFAR (Simonyan & Zisserman 2015, configs A/B/D/E = VGG-11/13/16/19).
+
+Each conv is 3x3/pad 1 -> BN -> ReLU (BN after Ioffe & Szegedy 2015, which lets these deep plain
+nets train without the paper's staged init). The head is OpenLTH's CIFAR head: after the fifth
+max-pool, a global average pool and one linear layer 512 -> classes, instead of the three large
+ImageNet fully connected layers. Conv biases are dropped: the BN that follows cancels them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ticketlab.models.common import kaiming_init_, require_image_size
+from ticketlab.models.registry import register_model
+from ticketlab.models.resnet import CIFAR_RESNET_RECIPE
+
+POOL = "M"
+
+# Simonyan & Zisserman 2015, Table 1 (numbers are output channels, "M" a 2x2 max-pool).
+CONFIGS: dict[int, tuple[int | str, ...]] = {
+    11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
+    13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
+    16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL),
+    19: (
+        64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
+        512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL,
+    ),
+}  # fmt: skip
+
+
+class VGG(nn.Module):
+    """`features` (conv-BN-ReLU and max-pools, named conv1, bn1, relu1, pool1, ...), global
+    average pool, `fc`."""
+
+    def __init__(self, config: Sequence[int | str], num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        channels, convs, pools = in_channels, 0, 0
+        for item in config:
+            if item == POOL:
+                pools += 1
+                layers[f"pool{pools}"] = nn.MaxPool2d(2)
+            else:
+                convs += 1
+                layers[f"conv{convs}"] = nn.Conv2d(channels, int(item), 3, padding=1, bias=False)
+                layers[f"bn{convs}"] = nn.BatchNorm2d(int(item))
+                layers[f"relu{convs}"] = nn.ReLU()
+                channels = int(item)
+        self.features = nn.Sequential(layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(channels, num_classes)
+        kaiming_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.features(x))))
+
+
+def _register_vgg(depth: int) -> None:
+    config = CONFIGS[depth]
+    pools = config.count(POOL)
+
+    # OpenLTH trains its CIFAR VGGs with the ResNet-20 recipe.
+    @register_model(f"cifar_vgg_{depth}", CIFAR_RESNET_RECIPE)
+    def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        require_image_size(f"cifar_vgg_{depth}", image_size, 2**pools, f"it halves the image {pools} times")
+        return VGG(config, num_classes, in_channels)
+
+    build.__doc__ = f"VGG-{depth} with BatchNorm and a one-layer CIFAR head."
+
+
+for _depth in CONFIGS:
+    _register_vgg(_depth)

@@ -1,0 +1,256 @@
+"""Model zoo: every model builds and runs, sizes match the papers, errors name the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.models import MODELS, build_model, list_models, model_recipe, register_model
+from ticketlab.models.registry import RECIPE_KEYS
+
+# Too big to run twice per test session on two CPU cores: one forward at batch 1 only.
+BIG = {"resnet34", "wide_resnet_28_10"}
+# Five 2x max-pools need at least 32x32 inputs (documented in ticketlab.models.vgg).
+NEEDS_32 = {"cifar_vgg_11", "cifar_vgg_13", "cifar_vgg_16", "cifar_vgg_19"}
+
+# Exact counts for 3x32x32 -> 10 classes, and the published (rounded) sizes they must be near.
+PARAM_COUNTS = {
+    "cifar_resnet_20": (272_474, 0.27e6),  # He et al. 2016: 0.27M
+    "cifar_resnet_32": (466_906, 0.46e6),
+    "cifar_resnet_56": (855_770, 0.85e6),
+    "cifar_resnet_110": (1_730_714, 1.7e6),
+    "cifar_vgg_16": (14_724_042, 14.7e6),
+    "resnet18": (11_173_962, 11.17e6),
+    "resnet34": (21_282_122, 21.28e6),
+    "wide_resnet_16_4": (2_748_890, 2.7e6),  # Zagoruyko & Komodakis 2016: 2.7M
+    "wide_resnet_28_10": (36_479_194, 36.5e6),  # 36.5M
+    "conv_2": (4_301_642, 4.3e6),  # Frankle & Carbin 2019: 4.3M
+    "conv_4": (2_425_930, 2.4e6),  # 2.4M
+    "fastnet": (1_972_792, 1.97e6),
+}
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_all_families_registered() -> None:
+    expected = {
+        *(f"cifar_resnet_{d}" for d in (20, 32, 56, 110)),
+        *(f"cifar_vgg_{d}" for d in (11, 13, 16, 19)),
+        "resnet18",
+        "resnet34",
+        "wide_resnet_16_4",
+        "wide_resnet_28_10",
+        "lenet_300_100",
+        "conv_2",
+        "conv_4",
+        "conv_6",
+        "fastnet",
+    }
+    assert expected <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(set(list_models()) - BIG))
+@pytest.mark.parametrize(("channels", "size", "classes"), [(3, 32, 10), (1, 28, 7)])
+def test_forward_shape(name: str, channels: int, size: int, classes: int) -> None:
+    torch.manual_seed(0)
+    if name in NEEDS_32 and size < 32:
+        with pytest.raises(TicketlabError, match="image_size >= 32"):
+            build_model(name, num_classes=classes, in_channels=channels, image_size=size)
+        return
+    model = build_model(name, num_classes=classes, in_channels=channels, image_size=size)
+    model.train()  # BN needs a batch > 1 here, which 2 images give
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(BIG))
+def test_big_models_forward_once(name: str) -> None:
+    model = build_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_parameter_counts(name: str) -> None:
+    exact, published = PARAM_COUNTS[name]
+    n = count(build_model(name))
+    assert n == exact
+    assert abs(n - published) / published < 0.02
+
+
+def test_lenet_size_on_mnist() -> None:
+    assert count(build_model("lenet_300_100", in_channels=1, image_size=28)) == 266_610
+
+
+def test_layers_are_plain_torch_modules() -> None:
+    # Later code finds prunable layers with isinstance and compacts ResNet blocks by name.
+    model = build_model("cifar_resnet_20")
+    block = model.stages[1][0]
+    assert isinstance(block.conv1, nn.Conv2d) and isinstance(block.bn2, nn.BatchNorm2d)
+    assert isinstance(block.shortcut[0], nn.Conv2d) and isinstance(block.shortcut[1], nn.BatchNorm2d)
+    assert isinstance(model.stages[0][0].shortcut, nn.Identity)
+    for name in ("cifar_resnet_20", "cifar_vgg_11", "lenet_300_100", "conv_2", "fastnet", "wide_resnet_16_4"):
+        assert isinstance(build_model(name).fc, nn.Linear)
+
+
+def test_resnet_init_is_kaiming_fan_out() -> None:
+    torch.manual_seed(0)
+    conv = build_model("resnet18").stages[3][0].conv2  # 512 -> 512, 3x3
+    expected_std = (2 / (512 * 9)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
+
+
+def test_recipes() -> None:
+    assert model_recipe("cifar_resnet_20") == {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "batch_size": 128,
+        "epochs": 160,
+        "schedule": "step",
+        "milestones": (80, 120),
+        "gamma": 0.1,
+    }
+    assert model_recipe("wide_resnet_28_10")["gamma"] == 0.2
+    assert model_recipe("conv_2")["lr"] == 2e-4 and model_recipe("conv_6")["lr"] == 3e-4
+    for name in list_models():
+        assert set(model_recipe(name)) <= RECIPE_KEYS
+    # A copy: callers cannot change the registered defaults.
+    model_recipe("resnet18")["lr"] = 99.0
+    assert model_recipe("resnet18")["lr"] == 0.1
+
+
+def test_unknown_model_lists_choices() -> None:
+    with pytest.raises(TicketlabError, match="unknown model 'resnet9000'.*cifar_resnet_20"):
+        build_model("resnet9000")
+    with pytest.raises(TicketlabError, match="cifar_resnet_20"):
+        model_recipe("resnet9000")
+
+
+def test_unknown_option_lists_accepted_ones() -> None:
+    with pytest.raises(TicketlabError, match="'wide_resnet_16_4' has no option.*droput.*dropout"):
+        build_model("wide_resnet_16_4", droput=0.3)
+    with pytest.raises(TicketlabError, match="options are: none"):
+        build_model("cifar_resnet_20", width=2)
+    with pytest.raises(TicketlabError, match="head_scale"):
+        build_model("fastnet", bogus=1)
+
+
+def test_bad_shapes_and_options() -> None:
+    with pytest.raises(TicketlabError, match="num_classes must be a positive integer"):
+        build_model("cifar_resnet_20", num_classes=0)
+    with pytest.raises(TicketlabError, match="cifar_vgg_16 needs image_size >= 32"):
+        build_model("cifar_vgg_16", image_size=8)
+    with pytest.raises(TicketlabError, match="conv_6 needs image_size >= 8"):
+        build_model("conv_6", image_size=4)
+    with pytest.raises(TicketlabError, match="fastnet needs image_size >= 9"):
+        build_model("fastnet", image_size=8)
+    with pytest.raises(TicketlabError, match="whiten_width = 2 \\* in_channels \\* 4 = 24"):
+        build_model("fastnet", whiten_width=32)
+    with pytest.raises(TicketlabError, match="dropout must be in"):
+        build_model("wide_resnet_16_4", dropout=1.0)
+
+
+def test_wide_resnet_dropout_option() -> None:
+    model = build_model("wide_resnet_16_4", dropout=0.3)
+    assert model.stages[0][0].dropout.p == 0.3
+
+
+def test_fastnet_layout() -> None:
+    model = build_model("fastnet", widths=(32, 64), convs_per_group=3, num_classes=5)
+    assert model.whiten.out_channels == 24 and model.whiten.kernel_size == (2, 2)
+    assert len(model.groups) == 2 and isinstance(model.groups[1].conv3, nn.Conv2d)
+    assert model.fc.bias is None and model.head_scale == pytest.approx(1 / 9)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 6
+    for norm in norms:
+        assert norm.momentum == 0.4 and norm.eps == 1e-12
+        assert not norm.weight.requires_grad and norm.bias.requires_grad
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def correlated_images(n: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise with channel mixing, spatial smoothing and an offset: strongly correlated patches."""
+    noise = torch.randn(n, channels, size + 2, size + 2, generator=generator)
+    smooth = torch.nn.functional.avg_pool2d(noise, 3, stride=1) + 0.3 * noise[:, :, 1:-1, 1:-1]
+    mix = torch.randn(channels, channels, generator=generator) + 2 * torch.eye(channels)
+    return torch.einsum("dc,nchw->ndhw", mix, smooth) + 0.5
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_fastnet_whitening(channels: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = correlated_images(200, channels, 16, gen)
+    model = build_model("fastnet", in_channels=channels)
+    dims = channels * 4
+    assert model.whiten.weight.requires_grad
+    model.initialize_from_data(x)
+    weight = model.whiten.weight
+    assert not weight.requires_grad
+    assert torch.equal(weight[dims:], -weight[:dims])
+
+    out = torch.nn.functional.conv2d(x, weight[:dims])  # [N, dims, H-1, W-1]
+    flat = out.permute(1, 0, 2, 3).reshape(dims, -1).double()
+    covariance = torch.cov(flat)
+    assert torch.allclose(covariance, torch.eye(dims, dtype=torch.float64), atol=2e-2)
+    # Channel 0 is the top principal component: of all unit filters it has the largest variance.
+    raw = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, dims).double()
+    variances = torch.linalg.eigvalsh(torch.cov(raw.T))
+    assert 1 / weight[0].double().pow(2).sum() == pytest.approx(variances[-1].item() + 5e-4, rel=1e-3)
+
+    # The frozen whitening stays put under training.
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    before = weight.clone()
+    model(x[:2]).sum().backward()
+    opt.step()
+    assert torch.equal(model.whiten.weight, before)
+
+
+def test_fastnet_whitening_rejects_wrong_input() -> None:
+    model = build_model("fastnet")
+    with pytest.raises(TicketlabError, match=r"\[N, 3, H, W\]"):
+        model.initialize_from_data(torch.randn(10, 1, 28, 28))
+    with pytest.raises(TicketlabError, match="more than 12"):
+        model.initialize_from_data(torch.randn(1, 3, 2, 2))
+
+
+def test_register_user_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Work on a copy of the table so the test leaves the registry as it found it.
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+
+    @register_model("tiny_linear", {"lr": 0.05, "epochs": 3})
+    def tiny(num_classes: int, in_channels: int, image_size: int, hidden: int = 8) -> nn.Module:
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size**2, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    assert "tiny_linear" in list_models()
+    model = build_model("tiny_linear", num_classes=4, in_channels=1, image_size=5, hidden=3)
+    assert model(torch.randn(2, 1, 5, 5)).shape == (2, 4)
+    assert model_recipe("tiny_linear") == {"lr": 0.05, "epochs": 3}
+    with pytest.raises(TicketlabError, match="options are: hidden"):
+        build_model("tiny_linear", width=3)
+    with pytest.raises(TicketlabError, match="already registered"):
+        register_model("tiny_linear")(tiny)
+
+
+def test_register_rejects_bad_recipe_and_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    with pytest.raises(TicketlabError, match="unknown key.*learning_rate.*use only"):
+        register_model("bad_recipe", {"learning_rate": 0.1})
+    with pytest.raises(TicketlabError, match="image_size"):
+        register_model("bad_signature")(lambda num_classes, in_channels: nn.Linear(1, num_classes))
+    assert "bad_recipe" not in list_models() and "bad_signature" not in list_models()

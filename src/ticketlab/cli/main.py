@@ -1,0 +1,213 @@
+"""The `ticketlab` command: a thin layer that builds configs and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from ticketlab.cli.table import key_values, table
+from ticketlab.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TTA_MODES, DataConfig, ModelConfig, RunConfig
+from ticketlab.errors import TicketlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the fix, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise TicketlabError(f"{message} (see `{self.prog} --help`)")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist_subset", help="registered name (see `ticketlab datasets`) or a .npz file")
+    g.add_argument("--data-dir", help="folder holding datasets (else $TICKETLAB_DATA, else the user cache)")
+    g.add_argument("--no-download", action="store_true", help="never download; fail if the files are absent")
+    g.add_argument("--validation", type=int, default=0, help="training examples held out for validation (stratified)")
+    g.add_argument("--cutout", type=int, default=0, help="cutout square size in pixels (0: off)")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Training flags; those left unset take the model's recipe (`ticketlab models`)."""
+    g = p.add_argument_group("training (unset flags take the model's recipe)")
+    g.add_argument("--model", default="lenet_300_100", help="registered model (see `ticketlab models`)")
+    g.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture option, e.g. widths=[64,128,128]; repeatable")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--milestones", type=_floats, help="epochs where the step schedule multiplies lr by --gamma")
+    g.add_argument("--gamma", type=float)
+    g.add_argument("--warmup", type=float, dest="warmup_epochs", help="linear lr warm-up, in epochs")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--ema", type=float, dest="ema_decay", help="weight EMA decay (0: off)")
+    g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation")
+    g.add_argument("--precision", choices=PRECISIONS, help="autocast dtype on CUDA (CPU trains in fp32)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+_TRAIN_FIELDS = (
+    "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
+    "milestones", "gamma", "warmup_epochs", "label_smoothing", "ema_decay", "tta", "precision", "compile", "seed",
+)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    from ticketlab.train import recipe_config
+
+    train_cfg = recipe_config(args.model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
+    data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout)
+    model_cfg = ModelConfig(name=args.model, kwargs=tuple(sorted(args.model_arg)))
+    return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ticketlab.store import RunStore
+    from ticketlab.train import train_run
+
+    config = run_config(args)
+    result = train_run(
+        config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
+        device=args.device, progress=not args.quiet,
+    )
+    s = result.summary
+    if result.reused:
+        print(f"run {result.run_id} already finished with these settings; reusing it (`ticketlab runs rm {result.run_id}` to retrain)")
+    shown = {k: s.get(k) for k in ("run_id", "model", "dataset", "epochs", "iterations", "train_seconds",
+                                    "train_accuracy", "val_accuracy", "test_accuracy", "parameters", "density") if k in s}
+    print(key_values(shown))
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ticketlab.store import RunStore
+
+    store = RunStore(args.store)
+    if args.action == "list":
+        runs = store.list()
+        rows = [
+            (r.run_id, r.kind, r.status, r.config.get("model", {}).get("name"), r.config.get("data", {}).get("dataset"),
+             (r.summary or {}).get("test_accuracy"))
+            for r in runs
+        ]
+        if args.json:
+            print(json.dumps([{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary} for r in runs]))
+        elif rows:
+            print(table(("run", "kind", "status", "model", "dataset", "test_acc"), rows))
+        else:
+            print(f"no runs in {store.root}")
+        return 0
+    if not args.ids:
+        raise TicketlabError(f"`ticketlab runs {args.action}` needs one or more run ids (see `ticketlab runs list`)")
+    records = [store.resolve(i) for i in args.ids]
+    for record in records:
+        if args.action == "show":
+            print(json.dumps({"run_id": record.run_id, "status": record.status, "folder": str(record.folder),
+                              "config": record.config, "summary": record.summary}, indent=2, sort_keys=True))
+        else:
+            store.remove(record.run_id)
+            print(f"removed {record.run_id}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ticketlab.models import list_models, model_recipe
+
+    names = list_models()
+    if args.json:
+        print(json.dumps({n: model_recipe(n) for n in names}, sort_keys=True))
+    else:
+        print(table(("model", "recipe"), [(n, ", ".join(f"{k}={v}" for k, v in model_recipe(n).items())) for n in names]))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from ticketlab.data import list_datasets
+
+    names = list_datasets()
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ticketlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one model (reused if already finished, resumed if interrupted)")
+    add_train_options(p)
+    add_data_options(p)
+    add_output_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="list, show or remove stored runs")
+    p.add_argument("action", choices=("list", "show", "rm"))
+    p.add_argument("ids", nargs="*", help="run ids or unique prefixes (show, rm)")
+    p.add_argument("--store", help="run store folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("models", help="list registered models and their training recipes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list registered datasets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except TicketlabError as e:
+        print(f"ticketlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ticketlab: interrupted; the run is checkpointed — run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

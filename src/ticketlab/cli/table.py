@@ -1,0 +1,23 @@
+"""Plain-text tables for terminal summaries (no dependency for what a few lines do)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in cells)])
+
+
+def key_values(pairs: dict[str, Any]) -> str:
+    return table(("", ""), [(k, v) for k, v in pairs.items()]).split("\n", 2)[2]

@@ -1,0 +1,178 @@
+"""Typed, frozen run configuration and the run identity derived from it.
+
+A run's id is a hash of its canonical configuration (the design of the field's reference
+framework, OpenLTH): identical settings map to the same run, so a finished run is reused and an
+interrupted one resumes. Only fields that differ from their defaults enter the hash, so adding a
+new option with a default later does not change the id of any existing run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ticketlab.errors import TicketlabError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "linear")
+TTA_MODES = ("none", "flip", "flip_shift")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the model sees; where the files live is not part of a run's identity."""
+
+    dataset: str = "mnist_subset"
+    validation: int = 0  # training examples held out (stratified, fixed seed) for selection
+    split_seed: int = 0
+    crop_padding: int = -1  # -1: 4 for 32x32 colour images, 0 otherwise
+    flip: bool | None = None  # None: on for colour images, off for grey (digits are not mirror-symmetric)
+    cutout: int = 0  # side of the square cut out per image; 0 is off
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lenet_300_100"
+    kwargs: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, so equal settings hash equally
+
+    def kwargs_dict(self) -> dict[str, Any]:
+        return dict(self.kwargs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = ()  # epochs at which "step" multiplies the lr by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0 disables the weight EMA; evaluation uses the EMA weights when on
+    ema_every: int = 5
+    tta: str = "none"
+    precision: str = "fp32"  # autocast dtype on CUDA; CPU always trains in fp32
+    compile: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("tta", self.tta, TTA_MODES)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.epochs < 1:
+            raise TicketlabError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise TicketlabError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise TicketlabError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise TicketlabError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise TicketlabError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise TicketlabError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise TicketlabError(f"--ema must be in [0, 1), got {self.ema_decay}")
+        if self.ema_every < 1:
+            raise TicketlabError(f"ema_every must be at least 1, got {self.ema_every}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise TicketlabError(
+                f"--warmup must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"
+            )
+        if self.schedule == "step" and not self.milestones:
+            raise TicketlabError("--schedule step needs --milestones, e.g. --milestones 80,120")
+        bad = [m for m in self.milestones if not 0 < m < self.epochs]
+        if bad:
+            raise TicketlabError(f"--milestones must lie inside (0, epochs={self.epochs}); got {bad}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run's numbers.
+
+    `init` and `masks` are digests of tensors handed in through the Python API (starting
+    weights, pruning masks), so two runs from different starting points never share an id.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "cpu"  # the device type; numbers are reproducible per device, not across
+    init: str = ""
+    masks: str = ""
+    kind: str = "train"
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TicketlabError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in fields(value):
+            v = getattr(value, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if v == default and not dataclasses.is_dataclass(v):
+                continue
+            c = _canonical(v)
+            if c != {}:
+                out[f.name] = c
+        return out
+    if isinstance(value, (tuple, list)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float):
+        # repr round-trips exactly, so 0.1 and 1e-1 hash the same and no precision is lost
+        return float(repr(value))
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The full configuration as JSON-ready data (all fields, for storing and showing)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def canonical_json(config: Any) -> str:
+    """Only non-default fields, sorted: the text the run id is a hash of."""
+    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(config: Any) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples frozen configs hold (hashable, comparable)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output; unknown keys are an error."""
+    kwargs = {}
+    names = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise TicketlabError(f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(names)}")
+        f = names[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = _tuples(value)
+        kwargs[key] = value
+    return cls(**kwargs)

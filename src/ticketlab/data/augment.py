@@ -1,0 +1,87 @@
+"""Augmentation as batched tensor ops on uint8 images, on whatever device holds the data.
+
+Random draws are made once per epoch for every example (`draw`), then applied per batch
+(`apply`). The draws depend only on (seed, epoch), so a run resumed mid-epoch sees exactly the
+augmentations of an uninterrupted one, and no per-worker RNG exists to save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augment:
+    crop_padding: int = 0  # random translation by up to this many pixels, zero fill (standard CIFAR crop)
+    flip: bool = False  # horizontal flip with probability 1/2
+    cutout: int = 0  # side of a square zeroed (in normalised space, i.e. set to the mean) per image
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip or self.cutout > 0
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Per-example random choices for one epoch, indexed like the training set."""
+
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+    cy: torch.Tensor
+    cx: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> "Draws":
+        return Draws(self.dy[index], self.dx[index], self.flip[index], self.cy[index], self.cx[index])
+
+
+def draw(aug: Augment, n: int, height: int, width: int, generator: torch.Generator) -> Draws:
+    p = aug.crop_padding
+    dy = torch.randint(-p, p + 1, (n,), generator=generator)
+    dx = torch.randint(-p, p + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5 if aug.flip else torch.zeros(n, dtype=torch.bool)
+    cy = torch.randint(0, height, (n,), generator=generator)
+    cx = torch.randint(0, width, (n,), generator=generator)
+    return Draws(dy, dx, flip, cy, cx)
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
+    """out[b, :, i, j] = x[b, :, i + dy[b], j + dx[b]], zero outside: a random crop of the padded image."""
+    b, _, h, w = x.shape
+    xp = F.pad(x, (padding, padding, padding, padding))
+    rows = (dy + padding).unsqueeze(1) + torch.arange(h, device=x.device)
+    cols = (dx + padding).unsqueeze(1) + torch.arange(w, device=x.device)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    # advanced indices split by a slice put the indexed dims first: [B, H, W, C]
+    return xp[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def cutout_mask(shape: torch.Size, cy: torch.Tensor, cx: torch.Tensor, size: int, device) -> torch.Tensor:
+    """1 where pixels are kept, 0 inside a size x size square centred at (cy, cx), clipped at borders."""
+    _, _, h, w = shape
+    ys = torch.arange(h, device=device)[None, :]
+    xs = torch.arange(w, device=device)[None, :]
+    half = size // 2
+    in_y = (ys >= (cy[:, None] - half)) & (ys < (cy[:, None] - half + size))
+    in_x = (xs >= (cx[:, None] - half)) & (xs < (cx[:, None] - half + size))
+    return ~(in_y[:, :, None] & in_x[:, None, :])[:, None]
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float32, per-channel standardised (mean/std on the 0..1 scale)."""
+    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def apply(aug: Augment, x: torch.Tensor, d: Draws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Augment a uint8 batch with its draws and return the normalised float batch."""
+    if aug.crop_padding > 0:
+        x = translate(x, d.dy.to(x.device), d.dx.to(x.device), aug.crop_padding)
+    if aug.flip:
+        x = torch.where(d.flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    out = normalize(x, mean, std)
+    if aug.cutout > 0:
+        out = out * cutout_mask(out.shape, d.cy.to(x.device), d.cx.to(x.device), aug.cutout, x.device)
+    return out

@@ -1,0 +1,70 @@
+"""Seeded batching over data that already lives on the training device (no DataLoader workers).
+
+The order and augmentation draws of epoch e are a pure function of (seed, e), so resuming at
+any iteration reproduces the uninterrupted run's batches exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from ticketlab.data.augment import Augment, Draws, apply, draw, normalize
+
+
+def stream_seed(*parts: object) -> int:
+    """A 63-bit seed from named parts, so separate random streams never collide."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass
+class Epoch:
+    order: torch.Tensor  # a permutation of the training set, on the data's device
+    draws: Draws  # augmentation choices, indexed by example
+
+
+class DeviceData:
+    """Images as uint8 on the device, labels as int64; float batches are made on demand."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, mean, std, device: str | torch.device, augment: Augment
+    ) -> None:
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        # the last, smaller batch is kept: every example is seen every epoch (per-example records need it)
+        return -(-len(self) // batch_size)
+
+    def epoch(self, seed: int, epoch: int) -> Epoch:
+        g = torch.Generator().manual_seed(stream_seed("data", seed, epoch))
+        order = torch.randperm(len(self), generator=g)
+        _, _, h, w = self.x.shape
+        draws = draw(self.augment, len(self), h, w, g)
+        return Epoch(order.to(self.device), draws)
+
+    def batch(self, ep: Epoch, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, labels, example indices) of batch `step` of an epoch."""
+        idx = ep.order[step * batch_size : (step + 1) * batch_size]
+        x = self.x[idx]
+        if self.augment.active:
+            inputs = apply(self.augment, x, ep.draws.take(idx.cpu()), self.mean, self.std)
+        else:
+            inputs = normalize(x, self.mean, self.std)
+        return inputs, self.y[idx], idx
+
+    def plain_batches(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        """Unaugmented evaluation batches of any uint8 image set, in order."""
+        for i in range(0, len(y), batch_size):
+            xb = x[i : i + batch_size].to(self.device, non_blocking=True)
+            yield normalize(xb, self.mean, self.std), y[i : i + batch_size].to(self.device, non_blocking=True)

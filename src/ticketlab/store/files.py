@@ -1,0 +1,105 @@
+"""Atomic writes and tensor-tree serialisation.
+
+Everything the store writes goes to a temporary sibling first and is moved into place with
+`os.replace`, so a crash never leaves a half-written file. Tensors go to safetensors and the
+rest of a state (numbers, strings, nesting) to JSON: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+_TENSOR = "__tensor__"
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    _atomic(Path(path), write)
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    # safetensors refuses shared or non-contiguous storage; a detached contiguous copy is always safe
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+
+def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(path), device=str(device))
+
+
+def split_tensors(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Replace every tensor in a nested dict/list by a reference; return (skeleton, tensors)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, key: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[key] = node
+            return {_TENSOR: key}
+        if isinstance(node, dict):
+            # JSON keys are strings; remember int keys (optimizer state is keyed by param index)
+            return {"__dict__": [[k, walk(v, f"{key}.{k}")] for k, v in node.items()]}
+        if isinstance(node, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(node)]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(f"cannot serialise {type(node).__name__} at {key!r}")
+
+    return walk(tree, prefix), tensors
+
+
+def join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if _TENSOR in skeleton:
+            return tensors[skeleton[_TENSOR]]
+        return {k: join_tensors(v, tensors) for k, v in skeleton["__dict__"]}
+    if isinstance(skeleton, list):
+        return [join_tensors(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """A nested training state in ONE safetensors file, its JSON skeleton in the metadata.
+
+    One file means one atomic replace: a reader never pairs new tensors with an old step count.
+    """
+    skeleton, tensors = split_tensors(state)
+    write_tensors(Path(path), tensors, metadata={"skeleton": json.dumps(skeleton)})
+
+
+def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        skeleton = json.loads(f.metadata()["skeleton"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return join_tensors(skeleton, tensors)

@@ -1,0 +1,151 @@
+"""The run store: an SQLite index of runs plus one artifact folder per run.
+
+The index answers "which runs exist and how did they end" quickly (`ticketlab runs list`); the
+folder holds what a run produced: config.json, metrics.json, checkpoint state and weight
+snapshots as safetensors. Every file write is atomic (see files.py); the index uses WAL so a
+reader never blocks a training process that is recording progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ticketlab.config import RunConfig, to_dict
+from ticketlab.errors import TicketlabError
+from ticketlab.store.files import write_json
+
+DEFAULT_STORE = "ticketlab-runs"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id  TEXT PRIMARY KEY,
+    kind    TEXT NOT NULL,
+    status  TEXT NOT NULL,          -- running | finished
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    config  TEXT NOT NULL,          -- the full configuration, JSON
+    summary TEXT                    -- headline metrics once finished, JSON
+)
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    kind: str
+    status: str
+    created: float
+    updated: float
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+    folder: Path
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+def resolve_store_root(root: str | Path | None = None) -> Path:
+    """--store DIR, then env TICKETLAB_STORE, then ./ticketlab-runs."""
+    return Path(root or os.environ.get("TICKETLAB_STORE") or DEFAULT_STORE)
+
+
+class RunStore:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = resolve_store_root(root)
+        try:
+            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TicketlabError(
+                f"cannot create the run store at {self.root}: {e.strerror}; pass a writable --store DIR"
+            ) from None
+        self._db = self.root / "index.sqlite"
+        try:
+            with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise TicketlabError(
+                f"the run index {self._db} is unreadable ({e}); move it away to start a fresh store"
+            ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._db, timeout=30)
+
+    def folder(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def _record(self, row: tuple) -> RunRecord:
+        run_id, kind, status, created, updated, config, summary = row
+        return RunRecord(
+            run_id, kind, status, created, updated, json.loads(config),
+            json.loads(summary) if summary else None, self.folder(run_id),
+        )
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return self._record(row) if row else None
+
+    def list(self, kind: str | None = None) -> list[RunRecord]:
+        query, args = "SELECT * FROM runs", ()
+        if kind:
+            query, args = query + " WHERE kind = ?", (kind,)
+        with self._connect() as con:
+            rows = con.execute(query + " ORDER BY updated", args).fetchall()
+        return [self._record(r) for r in rows]
+
+    def resolve(self, prefix: str) -> RunRecord:
+        """A run by id or unique id prefix, as users type them."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY run_id", (prefix.replace("%", "") + "%",)
+            ).fetchall()
+        if not rows:
+            raise TicketlabError(f"no run {prefix!r} in {self.root}; `ticketlab runs list` shows the runs")
+        if len(rows) > 1:
+            ids = ", ".join(r[0] for r in rows[:5])
+            raise TicketlabError(f"run prefix {prefix!r} is ambiguous ({ids}, ...); type more of the id")
+        return self._record(rows[0])
+
+    def begin(self, config: RunConfig) -> RunRecord:
+        """The run for this configuration: existing (finished or resumable) or newly created."""
+        existing = self.get(config.run_id)
+        if existing is not None:
+            return existing
+        folder = self.folder(config.run_id)
+        full = to_dict(config)
+        write_json(folder / "config.json", full)
+        now = time.time()
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, 'running', ?, ?, ?, NULL)",
+                (config.run_id, config.kind, now, now, json.dumps(full, sort_keys=True)),
+            )
+        return self.get(config.run_id)  # type: ignore[return-value]
+
+    def touch(self, run_id: str) -> None:
+        with self._connect() as con:
+            con.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def finish(self, run_id: str, summary: dict[str, Any]) -> RunRecord:
+        write_json(self.folder(run_id) / "summary.json", summary)
+        with self._connect() as con:
+            con.execute(
+                "UPDATE runs SET status = 'finished', updated = ?, summary = ? WHERE run_id = ?",
+                (time.time(), json.dumps(summary, sort_keys=True), run_id),
+            )
+        return self.get(run_id)  # type: ignore[return-value]
+
+    def remove(self, run_id: str) -> None:
+        """Forget a run: index row first, so a crash in between leaves only an unlisted folder."""
+        with self._connect() as con:
+            con.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        shutil.rmtree(self.folder(run_id), ignore_errors=True)

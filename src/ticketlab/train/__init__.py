@@ -1,0 +1,12 @@
+"""The one training loop (Trainer), its hooks, and stored runs built on it."""
+
+from ticketlab.train.evaluate import evaluate
+from ticketlab.train.hooks import Hook, MaskHook, Step
+from ticketlab.train.optim import lr_factor, make_optimizer
+from ticketlab.train.run import RunResult, recipe_config, train, train_run
+from ticketlab.train.trainer import Trainer, TrainResult
+
+__all__ = [
+    "Hook", "MaskHook", "RunResult", "Step", "Trainer", "TrainResult", "evaluate",
+    "lr_factor", "make_optimizer", "recipe_config", "train", "train_run",
+]

@@ -1,0 +1,67 @@
+"""Accuracy and loss on a held-out set, optionally with flip/shift test-time augmentation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.data.augment import normalize, translate
+
+
+def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
+    """(weight, uint8 view) pairs whose weighted logits are averaged.
+
+    flip_shift follows the fast CIFAR recipe: half the weight on the image and its mirror,
+    half on the two one-pixel diagonal shifts of each.
+    """
+    if tta == "none":
+        return [(1.0, x)]
+    flipped = x.flip(3)
+    if tta == "flip":
+        return [(0.5, x), (0.5, flipped)]
+    views = [(0.25, x), (0.25, flipped)]
+    n = len(x)
+    for d in (-1, 1):
+        shift = torch.full((n,), d, device=x.device)
+        views += [(0.125, translate(x, shift, shift, 1)), (0.125, translate(flipped, shift, shift, 1))]
+    return views
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    tta: str = "none",
+    autocast: contextlib.AbstractContextManager | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Top-1 accuracy (a fraction) and mean cross-entropy of uint8 images `x` on `model`'s device."""
+    was_training = model.training
+    model.eval()
+    device = mean.device
+    correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    try:
+        for i in range(0, len(y), batch_size):
+            xb = x[i : i + batch_size].to(device, non_blocking=True)
+            yb = y[i : i + batch_size].to(device, non_blocking=True)
+            logits = 0
+            for weight, view in _views(xb, tta):
+                inputs = normalize(view, mean, std)
+                if channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with autocast or contextlib.nullcontext():
+                    logits = logits + weight * model(inputs).float()
+            correct += (logits.argmax(1) == yb).sum()
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+    finally:
+        model.train(was_training)
+    n = max(1, len(y))
+    return {"accuracy": float(correct) / n, "loss": float(loss_sum) / n}

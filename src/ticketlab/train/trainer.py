@@ -1,0 +1,314 @@
+"""The one training loop every ticketlab method uses.
+
+Methods extend it with hooks (hooks.py); nothing here knows about pruning. The loop is built for
+exact reproducibility: the lr is a function of the iteration (optim.py), batches and
+augmentations are a function of (seed, epoch) (data/batches.py), and a checkpoint holds the rest
+(weights, optimiser, EMA, RNG, hook state), so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ticketlab.config import TrainConfig
+from ticketlab.data.batches import DeviceData, stream_seed
+from ticketlab.errors import TicketlabError
+from ticketlab.store.files import load_state, save_state, write_tensors
+from ticketlab.train.evaluate import evaluate
+from ticketlab.train.hooks import Hook, Step
+from ticketlab.train.optim import lr_factor, make_optimizer
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    train_seconds: float
+    test: dict[str, float] | None
+    validation: dict[str, float] | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class WeightEMA:
+    """An exponential moving average of the weights, updated every `every` steps.
+
+    BatchNorm statistics are copied rather than averaged: they already are running averages.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, every: int) -> None:
+        self.decay, self.every = decay, every
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema = [p for p in self.model.parameters()]
+        live = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+class _InterruptFlag:
+    """Turns Ctrl-C into a flag checked between steps, so a checkpoint is never taken mid-update."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_InterruptFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """Trains `model` in place on `data` with `cfg`; see `fit`.
+
+    checkpoint_dir: where the resumable state and weight snapshots go; a state found there is
+    resumed. save_at: iterations whose weights are saved as `weights/it_<k>.safetensors`
+    (0 = before the first step), which is what rewinding to iteration k needs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DeviceData,
+        cfg: TrainConfig,
+        *,
+        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        test: tuple[torch.Tensor, torch.Tensor] | None = None,
+        hooks: Sequence[Hook] = (),
+        loss_fn: LossFn | None = None,
+        checkpoint_dir: str | Path | None = None,
+        save_at: Iterable[int] = (),
+        progress: bool = True,
+        description: str = "train",
+    ) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.data = data
+        self.device = data.device
+        self.model = model.to(self.device)
+        self.validation, self.test = validation, test
+        self.hooks = list(hooks)
+        self.loss_fn = loss_fn or self._cross_entropy
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.save_at = set(save_at)
+        self.progress, self.description = progress, description
+
+        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        beyond = sorted(k for k in self.save_at if not 0 <= k <= self.total_steps)
+        if beyond:
+            raise TicketlabError(
+                f"cannot save weights at iteration(s) {beyond}: training has {self.total_steps} iterations"
+            )
+        cuda = self.device.type == "cuda"
+        # channels-last and reduced precision pay off on tensor-core GPUs; the CPU path stays fp32
+        self.channels_last = cuda
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if cuda and dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.ema = WeightEMA(self.model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay > 0 else None
+
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self.history: list[dict[str, float]] = []
+        self._sums = torch.zeros(3, device=self.device)  # loss sum, correct, examples of this epoch
+        self._interrupt = _InterruptFlag()
+
+    def interrupt(self) -> None:
+        """Stop after the current step with a checkpoint, as Ctrl-C does; `fit` raises KeyboardInterrupt."""
+        self._interrupt.raised = True
+
+    # ---- the step -------------------------------------------------------------------------
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on one batch; returns detached (logits, loss). No host sync."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.iteration, self.steps_per_epoch)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.forward(inputs)
+        loss = self.loss_fn(logits.float(), targets, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        for hook in self.hooks:
+            hook.after_backward(self)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return logits.detach(), loss.detach()
+
+    # ---- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "iteration": self.iteration,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+            "sums": self._sums,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "hooks": [h.state_dict() for h in self.hooks],
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.model.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = state["iteration"]
+        self.train_seconds = state["train_seconds"]
+        self.history = state["history"]
+        self._sums = state["sums"].to(self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        for hook, hook_state in zip(self.hooks, state["hooks"]):
+            hook.load_state_dict(hook_state)
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_dir is not None:
+            save_state(self.checkpoint_dir / "checkpoint.safetensors", self.state_dict())
+
+    def _snapshot(self) -> None:
+        if self.checkpoint_dir is not None and self.iteration in self.save_at:
+            write_tensors(self.checkpoint_dir / "weights" / f"it_{self.iteration}.safetensors", self.model.state_dict())
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    def evaluate(self, split: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        return evaluate(
+            self.eval_model, split[0], split[1], self.data.mean, self.data.std,
+            tta=self.cfg.tta, autocast=self._autocast(), channels_last=self.channels_last,
+        )
+
+    # ---- the loop -------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        resumed = load_state(self.checkpoint_dir / "checkpoint.safetensors", self.device) if self.checkpoint_dir else None
+        if resumed is not None:
+            self.load_state_dict(resumed)
+        else:
+            torch.manual_seed(stream_seed("train", self.cfg.seed))  # dropout and other global-RNG users
+        for hook in self.hooks:
+            hook.on_start(self)
+        self._snapshot()
+
+        bar = tqdm(
+            total=self.total_steps, initial=self.iteration, desc=self.description, unit="it",
+            disable=not self.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+        )
+        epoch_data, last_postfix = None, 0.0
+        with self._interrupt as interrupt, bar:
+            start = time.perf_counter()
+            while self.iteration < self.total_steps:
+                epoch, b = divmod(self.iteration, self.steps_per_epoch)
+                if epoch_data is None or b == 0:
+                    epoch_data = self.data.epoch(self.cfg.seed, epoch)
+                inputs, targets, index = self.data.batch(epoch_data, b, self.cfg.batch_size)
+                logits, loss = self.step(inputs, targets, index)
+                self.iteration += 1
+                if self.ema is not None and self.iteration % self.ema.every == 0:
+                    self.ema.update(self.model)
+                self._sums[0] += loss * len(targets)
+                self._sums[1] += (logits.argmax(1) == targets).sum()
+                self._sums[2] += len(targets)
+                step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
+                for hook in self.hooks:
+                    hook.after_step(self, step)
+                self._snapshot()
+                bar.update(1)
+
+                epoch_end = b == self.steps_per_epoch - 1
+                now = time.perf_counter()
+                if epoch_end or now - last_postfix > 1.0:  # reading the sums syncs the device: rarely
+                    last_postfix = now
+                    loss_avg, acc = self._running()
+                    self._check_finite(loss_avg, epoch)
+                    bar.set_postfix(loss=f"{loss_avg:.4f}", acc=f"{acc:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}", refresh=False)
+                if epoch_end:
+                    self.train_seconds += time.perf_counter() - start
+                    self._end_epoch(epoch)
+                    start = time.perf_counter()
+                if interrupt.raised:
+                    self.train_seconds += time.perf_counter() - start
+                    self.save_checkpoint()
+                    raise KeyboardInterrupt
+        validation = self.evaluate(self.validation) if self.validation is not None else None
+        test = self.evaluate(self.test) if self.test is not None else None
+        return TrainResult(self.iteration, self.train_seconds, test, validation, self.history)
+
+    def _running(self) -> tuple[float, float]:
+        loss_sum, correct, n = self._sums.tolist()
+        return loss_sum / max(n, 1), correct / max(n, 1)
+
+    def _check_finite(self, loss: float, epoch: int) -> None:
+        if not math.isfinite(loss):
+            raise TicketlabError(
+                f"training diverged: the loss became {loss} in epoch {epoch + 1} "
+                f"(iteration {self.iteration}); lower --lr (now {self.cfg.lr:g}) or add --warmup"
+            )
+
+    def _end_epoch(self, epoch: int) -> None:
+        loss, acc = self._running()
+        record = {
+            "epoch": epoch + 1, "iteration": self.iteration, "train_loss": loss, "train_accuracy": acc,
+            "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": self.train_seconds,
+        }
+        if self.validation is not None:
+            val = self.evaluate(self.validation)
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        self.history.append(record)
+        self._sums.zero_()
+        for hook in self.hooks:
+            hook.on_epoch_end(self, epoch)
+        self.save_checkpoint()

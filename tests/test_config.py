@@ -1,0 +1,40 @@
+import dataclasses
+
+from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
+
+
+def test_run_id_is_stable_across_releases():
+    # a stored run must keep its id: if this changes, every user's store is orphaned
+    cfg = RunConfig(data=DataConfig(dataset="cifar10"), model=ModelConfig(name="cifar_resnet_20"),
+                    train=TrainConfig(epochs=160, lr=0.1, schedule="step", milestones=(80.0, 120.0)))
+    assert canonical_json(cfg) == (
+        '{"data":{"dataset":"cifar10"},"model":{"name":"cifar_resnet_20"},'
+        '"train":{"epochs":160,"milestones":[80.0,120.0],"schedule":"step"}}'
+    )
+    assert run_id(cfg) == "63001bdeefaa9008"
+
+
+def test_defaults_do_not_enter_the_hash():
+    """Adding a new option with a default must not change existing run ids."""
+    base = RunConfig(train=TrainConfig(epochs=3))
+
+    @dataclasses.dataclass(frozen=True)
+    class NewTrainConfig(TrainConfig):
+        brand_new_option: float = 0.0
+
+    extended = RunConfig(train=NewTrainConfig(epochs=3))
+    assert run_id(base) == run_id(extended)
+    assert run_id(RunConfig(train=NewTrainConfig(epochs=3, brand_new_option=1.0))) != run_id(base)
+
+
+def test_equal_settings_equal_ids_and_each_field_matters():
+    assert run_id(RunConfig(train=TrainConfig(lr=0.1))) == run_id(RunConfig(train=TrainConfig(lr=1e-1)))
+    ids = {run_id(RunConfig(train=TrainConfig(seed=s))) for s in range(5)}
+    assert len(ids) == 5
+    assert run_id(RunConfig(device="cuda")) != run_id(RunConfig(device="cpu"))
+    assert run_id(RunConfig(masks="abc")) != run_id(RunConfig())
+
+
+def test_round_trip():
+    cfg = RunConfig(model=ModelConfig("fastnet", (("widths", (64, 128, 128)),)), train=TrainConfig(milestones=(3.0,), schedule="step"))
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg

@@ -1,0 +1,183 @@
+import copy
+
+import pytest
+import torch
+
+from ticketlab.config import TrainConfig
+from ticketlab.data.augment import Augment
+from ticketlab.data.batches import DeviceData
+from ticketlab.errors import TicketlabError
+from ticketlab.store import read_tensors
+from ticketlab.train import Hook, MaskHook, Trainer
+
+from helpers import TinyNet, tiny_dataset
+
+
+def _trainer(tmp_path=None, *, cfg=None, hooks=(), seed=0, save_at=(), model=None):
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True, cutout=2))
+    cfg = cfg or TrainConfig(epochs=3, batch_size=16, lr=0.05, seed=seed, schedule="cosine", warmup_epochs=0.5)
+    torch.manual_seed(seed)
+    model = model or TinyNet()
+    return Trainer(model, data, cfg, test=(ds.test_x, ds.test_y), hooks=hooks,
+                   checkpoint_dir=tmp_path, save_at=save_at, progress=False)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _masks(model, density=0.3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.rand(p.shape, generator=g) < density).float()
+            for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+
+
+def test_training_learns():
+    t = _trainer(cfg=TrainConfig(epochs=8, batch_size=16, lr=0.1))
+    result = t.fit()
+    assert result.test["accuracy"] >= 0.9  # chance is 0.25
+    assert len(result.history) == 8 and result.iterations == 8 * 6
+
+
+def test_same_seed_same_numbers_different_seed_differs():
+    a, b, c = _trainer(seed=0), _trainer(seed=0), _trainer(seed=1)
+    for t in (a, b, c):
+        t.fit()
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert not torch.equal(a.model.conv.weight, c.model.conv.weight)
+
+
+@pytest.mark.parametrize("optimizer,wd", [("sgd", 5e-4), ("adam", 1e-4), ("adamw", 1e-2)])
+def test_pruned_weights_stay_exactly_zero(optimizer, wd):
+    model = TinyNet()
+    masks = _masks(model)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, optimizer=optimizer, weight_decay=wd, momentum=0.9)
+    t = _trainer(cfg=cfg, hooks=[MaskHook(masks)], model=model)
+    before = _state(model)
+    t.fit()
+    for name, mask in masks.items():
+        w = dict(model.named_parameters())[name]
+        assert torch.all(w[mask == 0] == 0), name
+        assert not torch.equal(w[mask == 1], before[name][mask == 1]), "survivors must train"
+    # optimiser state of pruned weights stays clean, so a weight regrown later starts fresh
+    for name, mask in masks.items():
+        p = dict(model.named_parameters())[name]
+        for buf in t.optimizer.state[p].values():
+            if torch.is_tensor(buf) and buf.shape == p.shape:
+                assert torch.all(buf[mask == 0] == 0)
+
+
+def test_mask_that_does_not_fit_is_a_user_error():
+    model = TinyNet()
+    with pytest.raises(TicketlabError, match="shape"):
+        _trainer(hooks=[MaskHook({"conv.weight": torch.ones(3, 3)})], model=model).fit()
+    with pytest.raises(TicketlabError, match="does not have"):
+        _trainer(hooks=[MaskHook({"nope.weight": torch.ones(3, 3)})], model=TinyNet()).fit()
+
+
+class _Interrupt(Hook):
+    """Stops training after `at` steps through the same path as Ctrl-C."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self, trainer, step):
+        if trainer.iteration == self.at:
+            trainer.interrupt()
+
+
+class _Counter(Hook):
+    def __init__(self):
+        self.steps = 0
+
+    def after_step(self, trainer, step):
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+@pytest.mark.parametrize("stop_at", [6, 8, 17])  # an epoch boundary and two mid-epoch points
+def test_resume_equals_uninterrupted_bitwise(tmp_path, stop_at):
+    ema_cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, ema_decay=0.9, ema_every=2, warmup_epochs=0.5)
+    reference = _trainer(tmp_path / "ref", cfg=ema_cfg)
+    counter_ref = _Counter()
+    reference.hooks.append(counter_ref)
+    ref_result = reference.fit()
+
+    first = _trainer(tmp_path / "run", cfg=ema_cfg, hooks=[_Counter(), _Interrupt(stop_at)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    torch.manual_seed(12345)  # a resumed process starts with unrelated global RNG state
+    counter = _Counter()
+    resumed = _trainer(tmp_path / "run", cfg=ema_cfg, hooks=[counter], model=TinyNet())
+    result = resumed.fit()
+    for k, v in reference.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for k, v in reference.ema.model.state_dict().items():
+        assert torch.equal(v, resumed.ema.model.state_dict()[k]), k
+    assert result.test == ref_result.test
+    timeless = lambda h: [{k: v for k, v in r.items() if k != "train_seconds"} for r in h]  # noqa: E731
+    assert timeless(result.history) == timeless(ref_result.history)
+    assert counter.steps == counter_ref.steps == 18
+
+
+def test_save_at_snapshots_exact_weights(tmp_path):
+    seen = {}
+
+    class Grab(Hook):
+        def on_start(self, trainer):
+            seen[0] = _state(trainer.model)
+
+        def after_step(self, trainer, step):
+            if trainer.iteration == 5:
+                seen[5] = _state(trainer.model)
+
+    _trainer(tmp_path, hooks=[Grab()], save_at=(0, 5)).fit()
+    for k in (0, 5):
+        saved = read_tensors(tmp_path / "weights" / f"it_{k}.safetensors")
+        assert all(torch.equal(saved[n], seen[k][n]) for n in seen[k])
+
+
+def test_save_beyond_training_is_a_user_error(tmp_path):
+    with pytest.raises(TicketlabError, match="iterations"):
+        _trainer(tmp_path, save_at=(10_000,))
+
+
+def test_divergence_is_a_user_error():
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e30, momentum=0.0, nesterov=False)
+    with pytest.raises(TicketlabError, match="diverged"):
+        _trainer(cfg=cfg).fit()
+
+
+def test_hooks_see_every_example_once_per_epoch():
+    seen = []
+
+    class Record(Hook):
+        def after_step(self, trainer, step):
+            seen.append(step.index.clone())
+
+    t = _trainer(cfg=TrainConfig(epochs=2, batch_size=20, lr=0.05), hooks=[Record()])
+    t.fit()
+    per_epoch = t.steps_per_epoch
+    first = torch.cat(seen[:per_epoch])
+    assert sorted(first.tolist()) == list(range(96))
+    assert not torch.equal(first, torch.cat(seen[per_epoch:]))  # reshuffled
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip_shift"])
+def test_tta_evaluates(tta):
+    t = _trainer(cfg=TrainConfig(epochs=4, batch_size=16, lr=0.1, tta=tta))
+    assert t.fit().test["accuracy"] >= 0.8
+
+
+def test_label_smoothing_changes_loss_only():
+    plain = _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=0.05))
+    smooth = _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=0.05, label_smoothing=0.2))
+    plain.fit(), smooth.fit()
+    assert plain.history[0]["train_loss"] != smooth.history[0]["train_loss"]

@@ -1,0 +1,127 @@
+"""MNIST and Fashion-MNIST from the official IDX files, gzipped or not.
+
+IDX: a big-endian header (magic 2051 for images, 2049 for labels, then one uint32 per
+dimension) followed by the raw uint8 values. Every size is checked against the header,
+so a truncated or mismatched file is reported by name instead of producing wrong data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ticketlab.data.catalog import DatasetSpec, Resource, register_dataset
+from ticketlab.data.dataset import ImageDataset
+from ticketlab.errors import TicketlabError
+
+IMAGES_MAGIC = 2051
+LABELS_MAGIC = 2049
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DIGITS = tuple(str(d) for d in range(10))
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
+def idx_path(folder: Path, name: str) -> Path:
+    """The file for ``name`` in ``folder``: uncompressed if present (faster), else ``name.gz``."""
+    plain = folder / name
+    return plain if plain.is_file() else folder / f"{name}.gz"
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read an IDX file of uint8 values with the expected ``magic``; shape comes from its header."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise TicketlabError(_corrupt(path, f"{type(exc).__name__}: {exc}")) from exc
+    if len(raw) < 4:
+        raise TicketlabError(_corrupt(path, f"only {len(raw)} bytes"))
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise TicketlabError(_corrupt(path, f"magic number {found}, expected {magic}"))
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise TicketlabError(_corrupt(path, "header is cut short"))
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise TicketlabError(_corrupt(path, f"{len(raw)} bytes where the header {dims} implies {expected}"))
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _corrupt(path: Path, why: str) -> str:
+    return f"{path} is damaged or not an IDX file ({why}); delete it so that it is downloaded again"
+
+
+def _split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    images_path = idx_path(folder, f"{prefix}-images-idx3-ubyte")
+    labels_path = idx_path(folder, f"{prefix}-labels-idx1-ubyte")
+    images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise TicketlabError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
+            "they belong to different downloads; delete both so that they are downloaded again"
+        )
+    return images[:, None], labels
+
+
+def parse_idx_folder(folder: Path, name: str, classes: tuple[str, ...]) -> ImageDataset:
+    train_x, train_y = _split(folder, "train")
+    test_x, test_y = _split(folder, "t10k")
+    return ImageDataset.create(name, train_x, train_y, test_x, test_y, classes)
+
+
+def _spec(
+    name: str, folders: tuple[str, ...], base_url: str, md5s: tuple[str, ...], classes: tuple[str, ...]
+) -> DatasetSpec:
+    return DatasetSpec(
+        name=name,
+        folder_candidates=folders,
+        required_files=FILES,
+        resources=tuple(
+            Resource(f"{base_url}{f}.gz", f"{f}.gz", md5, extract=False) for f, md5 in zip(FILES, md5s, strict=True)
+        ),
+        parse=partial(parse_idx_folder, name=name, classes=classes),
+        alt_suffixes=(".gz",),
+    )
+
+
+MNIST = _spec(
+    "mnist",
+    ("mnist", "MNIST/raw"),
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    (
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+    ),
+    DIGITS,
+)
+
+FASHION_MNIST = _spec(
+    "fashion_mnist",
+    ("fashion-mnist", "FashionMNIST/raw"),
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bef4ecab320f06d8554ea6380940ec79",
+        "bb300cfdad3c16e7a12a480ee83cd310",
+    ),
+    FASHION_CLASSES,
+)
+
+register_dataset(MNIST.name)(MNIST)
+register_dataset(FASHION_MNIST.name)(FASHION_MNIST)

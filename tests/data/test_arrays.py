@@ -1,0 +1,104 @@
+"""A user's own .npz arrays: the accepted layouts, and clear refusals of the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ticketlab.data import load_dataset
+from ticketlab.errors import TicketlabError
+
+
+def save(tmp_path, name="mine", **arrays):
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def images(n, *shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def labels(n, k=3):
+    return np.arange(n) % k
+
+
+def test_grey_nhw(tmp_path):
+    x = images(12, 9, 7)
+    dataset = load_dataset(save(tmp_path, x=x, y=labels(12), x_test=x[:3], y_test=labels(3)))
+    assert dataset.name == "mine" and dataset.image_shape == (1, 9, 7) and dataset.image_size == 9
+    assert dataset.train_x[:, 0].numpy().tolist() == x.tolist()
+    assert dataset.classes == ("0", "1", "2")
+
+
+def test_channels_last(tmp_path):
+    x = images(6, 8, 8, 3)
+    dataset = load_dataset(save(tmp_path, x=x, y=labels(6), x_test=x[:2], y_test=labels(2)))
+    assert dataset.image_shape == (3, 8, 8)
+    assert dataset.train_x[2, 1, 4, 5].item() == x[2, 4, 5, 1]
+
+
+def test_channels_first(tmp_path):
+    x = images(6, 3, 8, 8)
+    dataset = load_dataset(save(tmp_path, x=x, y=labels(6), x_test=x[:2], y_test=labels(2)))
+    assert dataset.image_shape == (3, 8, 8) and torch.equal(dataset.train_x, torch.from_numpy(x))
+
+
+def test_float_in_unit_range_is_rounded_to_uint8(tmp_path):
+    x = np.array([0.0, 1.0, 0.5, 0.2]).reshape(1, 2, 2).repeat(4, axis=0).astype(np.float32)
+    dataset = load_dataset(save(tmp_path, x=x, y=labels(4, 2), x_test=x[:2], y_test=labels(2, 2)))
+    assert dataset.train_x.dtype == torch.uint8
+    assert dataset.train_x[0, 0].flatten().tolist() == [0, 255, 128, 51]
+
+
+def test_class_names_from_file(tmp_path):
+    x = images(4, 5, 5)
+    path = save(tmp_path, x=x, y=labels(4, 2), x_test=x, y_test=labels(4, 2), classes=np.array(["cat", "dog", "owl"]))
+    assert load_dataset(path).classes == ("cat", "dog", "owl")
+
+
+def test_missing_test_split_holds_out_stratified_ten_percent(tmp_path):
+    x = images(200, 6, 6)
+    y = np.repeat(np.arange(4), [100, 50, 30, 20])
+    dataset = load_dataset(save(tmp_path, x=x, y=y))
+    assert len(dataset.test_y) == 20 and len(dataset.train_y) == 180
+    assert torch.bincount(dataset.test_y).tolist() == [10, 5, 3, 2]
+    # Fixed seed: the same file gives the same split; train and test are disjoint and cover x.
+    again = load_dataset(tmp_path / "mine.npz")
+    assert torch.equal(dataset.test_x, again.test_x)
+    rows = {bytes(r) for r in dataset.train_x.numpy()} | {bytes(r) for r in dataset.test_x.numpy()}
+    assert len(rows) == 200
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(x=images(4, 5, 5), y=np.array([0, 1, -1, 0])), "negative label"),
+        (dict(x=images(4, 5, 5), y=np.array([0.0, 1.0, 1.0, 0.0])), "integer class ids"),
+        (dict(x=images(4, 5, 5), y=labels(3)), "3 labels for 4 images"),
+        (dict(x=images(4, 5, 5), y=labels(4), classes=np.array(["a", "b"])), "label 2 but classes names only 2"),
+        (dict(x=images(4, 5, 6, 7), y=labels(4)), "accepted image layouts"),
+        (dict(x=images(4, 5), y=labels(4)), "accepted image layouts"),
+        (dict(x=images(4, 5, 5).astype(np.int32), y=labels(4)), "dtype int32"),
+        (dict(x=images(4, 5, 5).astype(np.float32), y=labels(4)), "outside \\[0, 1\\]"),
+        (dict(x=images(4, 5, 5), y=labels(4), x_test=images(2, 5, 5)), "only one of x_test and y_test"),
+        (dict(images=images(4, 5, 5), y=labels(4)), "lacks the key\\(s\\) x"),
+        (dict(x=images(4, 5, 5), y=labels(4), x_test=images(2, 6, 6), y_test=labels(2)), "same \\(C, H, W\\)"),
+    ],
+)
+def test_bad_arrays_are_refused(tmp_path, arrays, message):
+    with pytest.raises(TicketlabError, match=message):
+        load_dataset(save(tmp_path, **arrays))
+
+
+def test_object_arrays_are_never_unpickled(tmp_path):
+    path = save(tmp_path, x=images(4, 5, 5), y=labels(4), classes=np.array(["a", None], dtype=object))
+    with pytest.raises(TicketlabError, match="no object arrays"):
+        load_dataset(path)
+
+
+def test_not_a_zip(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(TicketlabError, match="junk.npz"):
+        load_dataset(tmp_path / "junk.npz")

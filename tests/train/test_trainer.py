@@ -181,3 +181,12 @@ def test_label_smoothing_changes_loss_only():
     smooth = _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=0.05, label_smoothing=0.2))
     plain.fit(), smooth.fit()
     assert plain.history[0]["train_loss"] != smooth.history[0]["train_loss"]
+
+
+def test_training_leaves_the_callers_rng_alone():
+    trainer = _trainer()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    trainer.fit()
+    assert torch.equal(torch.rand(3), expected)

@@ -57,7 +57,7 @@ def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes: exact, any dtype
     return h.hexdigest()[:16]
 
 
@@ -71,11 +71,12 @@ def default_augment(data: DataConfig, dataset: ImageDataset) -> Augment:
 
 def initial_model(config: RunConfig, dataset: ImageDataset) -> nn.Module:
     """The seeded initialisation of a registered model, data-dependent parts included."""
-    torch.manual_seed(stream_seed("init", config.train.seed))
-    model = build_model(
-        config.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-        image_size=dataset.image_size, **config.model.kwargs_dict(),
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed("init", config.train.seed))
+        model = build_model(
+            config.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+            image_size=dataset.image_size, **config.model.kwargs_dict(),
+        )
     init_from_data = getattr(model, "initialize_from_data", None)
     if callable(init_from_data):
         g = torch.Generator().manual_seed(stream_seed("init-data", config.train.seed))
@@ -159,7 +160,7 @@ def train_run(
     record = store.begin(config)
     if record.finished:
         return _reuse(record, model, dev)
-    data = DeviceData(train_set.train_x, train_set.train_y, dataset.mean, dataset.std, dev, default_augment(config.data, dataset))
+    data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev, default_augment(config.data, dataset))
     all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks)
     trainer = Trainer(
         model, data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),

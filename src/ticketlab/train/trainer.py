@@ -234,6 +234,16 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train to the end (resuming from a checkpoint if one exists) and evaluate.
+
+        The global RNG (dropout and the like) is seeded for the run and restored afterwards, so
+        training never disturbs the caller's random state.
+        """
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         resumed = load_state(self.checkpoint_dir / "checkpoint.safetensors", self.device) if self.checkpoint_dir else None
         if resumed is not None:
             self.load_state_dict(resumed)

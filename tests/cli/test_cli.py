@@ -1,0 +1,126 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ticketlab.cli.main import main
+
+from helpers import tiny_dataset
+
+
+@pytest.fixture()
+def tiny_npz(tmp_path) -> Path:
+    ds = tiny_dataset(n=160)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=ds.train_x.numpy(), y=ds.train_y.numpy(), x_test=ds.test_x.numpy(), y_test=ds.test_y.numpy())
+    return path
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_json_contract_and_reuse(tmp_path, tiny_npz, capsys):
+    args = ["train", "--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "2", "--batch-size", "32",
+            "--lr", "0.003", "--store", str(tmp_path / "store"), "--json", "--quiet"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    for key in ("run_id", "model", "dataset", "epochs", "test_accuracy", "train_seconds", "parameters", "density"):
+        assert key in result
+    assert result["model"] == "conv_2" and result["epochs"] == 2 and result["density"] == 1.0
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["parameters"] > 0
+    # the same command again reuses the finished run instead of training
+    code, out, _ = _run(capsys, *args)
+    assert code == 0 and "reusing" in out
+    assert json.loads(out.strip().splitlines()[-1]) == result
+    code, out, _ = _run(capsys, "runs", "list", "--store", str(tmp_path / "store"))
+    assert result["run_id"] in out and "finished" in out
+    code, out, _ = _run(capsys, "runs", "show", result["run_id"][:5], "--store", str(tmp_path / "store"))
+    assert json.loads(out)["summary"]["test_accuracy"] == result["test_accuracy"]
+    code, out, _ = _run(capsys, "runs", "rm", result["run_id"], "--store", str(tmp_path / "store"))
+    assert code == 0 and not (tmp_path / "store" / "runs" / result["run_id"]).exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "resnet_9000"], "unknown model 'resnet_9000'; choose one of: "),
+    (["--dataset", "imagenet22k"], "unknown dataset 'imagenet22k'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--schedule", "step"], "--milestones"),
+    (["--device", "cuda"], "no usable CUDA"),
+    (["--device", "tpu"], "device"),
+    (["--epochs", "many"], "invalid int value"),
+    (["--model-arg", "widths"], "KEY=VALUE"),
+    (["--model", "lenet_300_100", "--model-arg", "depth=3"], "depth"),
+])
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_npz, capsys, argv, message):
+    store = tmp_path / "store"
+    base = ["train", "--dataset", str(tiny_npz), "--epochs", "1", "--store", str(store), "--quiet"]
+    code, out, err = _run(capsys, *base, *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (store / "runs").exists() or not any((store / "runs").iterdir())
+
+
+def test_missing_data_names_the_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TICKETLAB_DATA", raising=False)
+    code, _, err = _run(capsys, "train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"),
+                        "--no-download", "--store", str(tmp_path / "s"))
+    assert code == 2 and "data_batch_1" in err and str(tmp_path / "nothing") in err
+
+
+def test_divergence_exits_2_and_leaves_no_run(tmp_path, tiny_npz, capsys):
+    store = tmp_path / "store"
+    code, _, err = _run(capsys, "train", "--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "2",
+                        "--lr", "1e30", "--optimizer", "sgd", "--store", str(store), "--quiet")
+    assert code == 2 and "diverged" in err
+    assert not any((store / "runs").iterdir())
+    code, out, _ = _run(capsys, "runs", "list", "--store", str(store))
+    assert "no runs" in out
+
+
+def test_models_and_datasets_listing(capsys):
+    code, out, _ = _run(capsys, "models", "--json")
+    recipes = json.loads(out)
+    assert recipes["cifar_resnet_20"]["milestones"] == [80, 120] or recipes["cifar_resnet_20"]["milestones"] == [80.0, 120.0]
+    code, out, _ = _run(capsys, "datasets")
+    assert "cifar10" in out.split() and "mnist_subset" in out.split()
+
+
+def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_npz):
+    """A real SIGINT mid-run: exit 130, a checkpoint, and a resumed run equal to an uninterrupted one."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = ["--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "30", "--batch-size", "16",
+              "--lr", "0.001", "--json", "--quiet"]
+    cli = [sys.executable, "-m", "ticketlab.cli.main", "train"]
+    reference = subprocess.run(cli + common + ["--store", str(tmp_path / "ref")], capture_output=True, text=True, env=env)
+    assert reference.returncode == 0, reference.stderr
+    expected = json.loads(reference.stdout.strip().splitlines()[-1])
+
+    store = tmp_path / "run"
+    proc = subprocess.Popen(cli + common + ["--store", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoint = store / "runs" / expected["run_id"] / "checkpoint.safetensors"
+    deadline = time.time() + 60
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived (machine too fast for this test)")
+    assert proc.returncode == 130 and "resume" in err and "Traceback" not in err
+    assert checkpoint.exists()
+    resumed = subprocess.run(cli + common + ["--store", str(store)], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    got = json.loads(resumed.stdout.strip().splitlines()[-1])
+    for key in ("run_id", "test_accuracy", "test_loss", "train_loss", "train_accuracy", "iterations"):
+        assert got[key] == expected[key], key

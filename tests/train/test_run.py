@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+import ticketlab
+from ticketlab.config import DataConfig
+from ticketlab.sparsity import density
+
+from conftest import need
+from helpers import TinyNet, tiny_dataset
+
+
+def test_bundled_mnist_subset_trains_offline(tmp_path):
+    result = ticketlab.train("lenet_300_100", "mnist_subset", epochs=3, store=tmp_path, progress=False)
+    assert result.summary["test_accuracy"] >= 0.92  # 10k-image subset, 3 epochs
+    assert result.summary["parameters"] == 266_610 and result.summary["density"] == 1.0
+
+
+def test_real_mnist_short_run_reaches_97_percent(shared_data, tmp_path):
+    need(shared_data, "mnist/train-images-idx3-ubyte.gz")
+    result = ticketlab.train("lenet_300_100", "mnist", data_dir=shared_data, epochs=2, store=tmp_path, progress=False)
+    assert result.summary["test_accuracy"] >= 0.97
+
+
+def test_user_module_with_masks_and_validation(tmp_path):
+    ds = tiny_dataset(n=200)
+    model = TinyNet()
+    masks = {"conv.weight": (torch.rand(8, 3, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()}
+    result = ticketlab.train(model, ds, masks=masks, store=tmp_path, epochs=6, batch_size=32, lr=0.1,
+                             data=DataConfig(validation=40), progress=False)
+    s = result.summary
+    assert s["model"] == "TinyNet" and s["dataset"].startswith("tiny@")
+    assert s["val_accuracy"] >= 0.8 and s["test_accuracy"] >= 0.8
+    assert torch.all(model.conv.weight[masks["conv.weight"] == 0] == 0)
+    assert density(model) < 1.0
+    # the same model object in the same starting state is the same run; a different mask is not
+    again = ticketlab.train(TinyNet(), ds, masks=masks, store=tmp_path, epochs=6, batch_size=32, lr=0.1,
+                            data=DataConfig(validation=40), progress=False)
+    assert again.run_id != result.run_id  # a fresh TinyNet has other initial weights
+    torch.manual_seed(0)
+    a = TinyNet()
+    torch.manual_seed(0)
+    b = TinyNet()
+    r1 = ticketlab.train(a, ds, store=tmp_path, epochs=1, progress=False)
+    r2 = ticketlab.train(b, ds, store=tmp_path, epochs=1, progress=False)
+    assert r2.reused and r1.run_id == r2.run_id
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_recipe_milestones_follow_a_shorter_schedule():
+    from ticketlab.train import recipe_config
+
+    cfg = recipe_config("cifar_resnet_20", epochs=16)
+    assert cfg.schedule == "step" and cfg.milestones == (8.0, 12.0) and cfg.weight_decay == 1e-4
+    assert recipe_config("cifar_resnet_20").milestones == (80.0, 120.0)
+
+
+def test_fastnet_whitening_is_fitted_on_training_data(tmp_path):
+    ds = tiny_dataset(n=64, size=16)
+    result = ticketlab.train("fastnet", ds, store=tmp_path, epochs=1, batch_size=32, progress=False,
+                             **{"warmup_epochs": 0.5})
+    whiten = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not whiten.weight.requires_grad
+    fresh = ticketlab.build_model("fastnet", num_classes=4, in_channels=3, image_size=16)
+    assert not torch.allclose(whiten.weight, next(fresh.parameters()))

@@ -1,0 +1,116 @@
+"""CPU training-speed benchmarks for the foundation (see BENCHMARKS.md for figures).
+
+  python benchmarks/cpu_train.py --data-dir ../shared/data [--steps 30] [--repeats 5]
+
+1. throughput: ticketlab's Trainer against a plain hand-written PyTorch loop doing the same
+   work (same model and initial weights, batch, threads, optimiser, per-batch gather and
+   normalisation, no augmentation in either), as a steps/s ratio;
+2. masked: the Trainer with 80%-sparse masks (MaskHook) against the dense Trainer, as a
+   step-time ratio.
+Variants alternate within each repetition so machine noise hits both alike; figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ticketlab.config import TrainConfig
+from ticketlab.data import load_dataset
+from ticketlab.data.augment import Augment
+from ticketlab.data.batches import DeviceData, stream_seed
+from ticketlab.models import build_model
+from ticketlab.sparsity import prunable_parameters
+from ticketlab.train import MaskHook, Trainer
+
+
+def trainer_seconds(model, x, y, mean, std, cfg, hooks=()) -> float:
+    data = DeviceData(x, y, mean, std, "cpu", Augment())
+    trainer = Trainer(model, data, cfg, hooks=hooks, progress=False)
+    start = time.perf_counter()
+    trainer.fit()
+    return time.perf_counter() - start
+
+
+def hand_loop_seconds(model, x, y, mean, std, cfg) -> float:
+    """What a user writes by hand: shuffle, gather, normalise, forward, backward, step."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    model.train()
+    start = time.perf_counter()
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(stream_seed("data", cfg.seed, 0)))
+    for i in range(0, len(y), cfg.batch_size):
+        idx = order[i : i + cfg.batch_size]
+        xb = (x[idx].float() / 255 - m) / s
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def random_masks(model, density: float) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {n: (torch.rand(p.shape, generator=g) < density).float() for n, p in prunable_parameters(model).items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--model", default="cifar_resnet_20")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="benchmarks/results/cpu_train.json")
+    args = ap.parse_args()
+
+    ds = load_dataset("cifar10", data_dir=args.data_dir)
+    n = args.batch_size * args.steps
+    x, y = ds.train_x[:n].contiguous(), ds.train_y[:n].contiguous()
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05, schedule="constant", momentum=0.9,
+                      nesterov=True, weight_decay=5e-4)
+    torch.manual_seed(0)
+    init = build_model(args.model, num_classes=10)
+    masks = random_masks(init, 0.2)
+
+    variants = {
+        "hand": lambda: hand_loop_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg),
+        "trainer": lambda: trainer_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg),
+        "trainer_masked": lambda: trainer_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg, [MaskHook(masks)]),
+    }
+    for run in variants.values():  # warm-up: allocator, oneDNN kernel selection
+        run()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.repeats):
+        for name, run in variants.items():
+            times[name].append(run())
+        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+        "median_seconds": med, "all_seconds": times,
+        "steps_per_second": {k: args.steps / v for k, v in med.items()},
+        "throughput_ratio_trainer_over_hand": med["hand"] / med["trainer"],
+        "step_time_ratio_masked_over_dense": med["trainer_masked"] / med["trainer"],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("steps_per_second", "throughput_ratio_trainer_over_hand",
+                                             "step_time_ratio_masked_over_dense")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

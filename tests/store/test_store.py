@@ -12,7 +12,7 @@ def test_begin_finish_list_resolve_remove(tmp_path):
     store = RunStore(tmp_path)
     cfg = RunConfig(train=TrainConfig(epochs=2))
     rec = store.begin(cfg)
-    assert rec.status == "running" and (rec.folder / "config.json").exists()
+    assert rec.status == "incomplete" and (rec.folder / "config.json").exists()
     assert store.begin(cfg).created == rec.created  # same config, same run
     store.finish(cfg.run_id, {"test_accuracy": 0.5})
     again = RunStore(tmp_path).resolve(cfg.run_id[:6])

@@ -27,7 +27,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id  TEXT PRIMARY KEY,
     kind    TEXT NOT NULL,
-    status  TEXT NOT NULL,          -- running | finished
+    status  TEXT NOT NULL,          -- incomplete (training or interrupted) | finished
     created REAL NOT NULL,
     updated REAL NOT NULL,
     config  TEXT NOT NULL,          -- the full configuration, JSON
@@ -126,7 +126,7 @@ class RunStore:
         now = time.time()
         with self._connect() as con:
             con.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, 'running', ?, ?, ?, NULL)",
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, 'incomplete', ?, ?, ?, NULL)",
                 (config.run_id, config.kind, now, now, json.dumps(full, sort_keys=True)),
             )
         return self.get(config.run_id)  # type: ignore[return-value]

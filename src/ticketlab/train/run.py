@@ -97,8 +97,8 @@ def _load_data(config: RunConfig, dataset: ImageDataset | None, data_dir, downlo
     return replace(config, data=replace(config.data, dataset=f"{dataset.name}@{digest}")), dataset
 
 
-def _summary(config: RunConfig, model: nn.Module, result, history) -> dict[str, Any]:
-    last = history[-1] if history else {}
+def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
+    last = result.history[-1] if result.history else {}
     summary = {
         "run_id": config.run_id,
         "model": config.model.name,
@@ -174,7 +174,7 @@ def train_run(
         raise
     write_tensors(record.folder / "final.safetensors", model.state_dict())
     write_json(record.folder / "history.json", result.history)
-    summary = _summary(config, model, result, result.history)
+    summary = _summary(config, model, result)
     (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
     store.finish(config.run_id, summary)
     return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)

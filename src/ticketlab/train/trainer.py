@@ -56,9 +56,8 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema = [p for p in self.model.parameters()]
         live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        torch._foreach_lerp_(list(self.model.parameters()), live, 1.0 - self.decay)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
 

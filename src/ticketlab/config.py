@@ -110,6 +110,8 @@ class RunConfig:
     device: str = "cpu"  # the device type; numbers are reproducible per device, not across
     init: str = ""
     masks: str = ""
+    start: int = 0  # first iteration trained: k > 0 continues a schedule from a rewind point
+    snapshots: tuple[int, ...] = ()  # iterations whose weights are kept (rewinding needs them)
     kind: str = "train"
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -87,14 +88,26 @@ def initial_model(config: RunConfig, dataset: ImageDataset) -> nn.Module:
     return model
 
 
+_DATASET_DIGESTS: "weakref.WeakKeyDictionary[ImageDataset, str]" = weakref.WeakKeyDictionary()
+
+
+def dataset_identity(dataset: ImageDataset) -> str:
+    """`name@content-hash`: data handed in as an object is identified by what it holds.
+
+    Cached per object, so a study that trains hundreds of runs on one dataset hashes it once.
+    """
+    if dataset not in _DATASET_DIGESTS:
+        digest = tensor_digest([dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y])
+        _DATASET_DIGESTS[dataset] = f"{dataset.name}@{digest}"
+    return _DATASET_DIGESTS[dataset]
+
+
 def _load_data(config: RunConfig, dataset: ImageDataset | None, data_dir, download: bool) -> tuple[RunConfig, ImageDataset]:
     if dataset is None:
         dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download)
         if config.data.dataset in DATASETS:
             return config, dataset
-    # data that is not a registered dataset is identified by its content, not its name
-    digest = tensor_digest([dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y])
-    return replace(config, data=replace(config.data, dataset=f"{dataset.name}@{digest}")), dataset
+    return replace(config, data=replace(config.data, dataset=dataset_identity(dataset))), dataset
 
 
 def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
@@ -125,19 +138,24 @@ def train_run(
     *,
     store: RunStore,
     model: nn.Module | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
     dataset: ImageDataset | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    start_iteration: int = 0,
     hooks: Sequence[Hook] = (),
     save_at: Iterable[int] = (),
     data_dir: str | Path | None = None,
     download: bool = True,
     device: str | torch.device | None = None,
     progress: bool = True,
+    description: str | None = None,
 ) -> RunResult:
     """Train (or reuse, or resume) the run `config` describes.
 
-    `model`, when given, is trained instead of the registered `config.model.name`; its starting
-    weights become part of the run's identity, as do `masks`.
+    `model`, when given, is trained instead of the registered `config.model.name`. Starting
+    weights that do not come from the config's seed (a user's model, `init_state` such as
+    rewind weights) become part of the run's identity, as do `masks`, `start_iteration`
+    (continue the schedule from there) and `save_at` (which weight snapshots are kept).
     """
     config.train.validate()
     dev = resolve_device(str(device) if device is not None else config.device)
@@ -150,12 +168,15 @@ def train_run(
     if model is None:
         model = initial_model(config, dataset)
     else:
-        config = replace(
-            config, model=ModelConfig(name=type(model).__name__),
-            init=tensor_digest(model.state_dict().values()),
-        )
+        config = replace(config, model=ModelConfig(name=type(model).__name__))
+        init_state = init_state if init_state is not None else model.state_dict()
+    if init_state is not None:
+        model.load_state_dict(init_state)
+        config = replace(config, init=tensor_digest(init_state[k] for k in sorted(init_state)))
     if masks:
         config = replace(config, masks=tensor_digest(masks[k] for k in sorted(masks)))
+    save_at = tuple(sorted(set(save_at)))
+    config = replace(config, start=start_iteration, snapshots=save_at)
 
     record = store.begin(config)
     if record.finished:
@@ -164,8 +185,8 @@ def train_run(
     all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks)
     trainer = Trainer(
         model, data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),
-        hooks=all_hooks, checkpoint_dir=record.folder, save_at=save_at, progress=progress,
-        description=f"{config.model.name} on {dataset.name}",
+        hooks=all_hooks, checkpoint_dir=record.folder, save_at=save_at, start_iteration=start_iteration,
+        progress=progress, description=description or f"{config.model.name} on {dataset.name}",
     )
     try:
         result = trainer.fit()

@@ -90,6 +90,8 @@ class Trainer:
     checkpoint_dir: where the resumable state and weight snapshots go; a state found there is
     resumed. save_at: iterations whose weights are saved as `weights/it_<k>.safetensors`
     (0 = before the first step), which is what rewinding to iteration k needs.
+    start_iteration: train iterations start..end only, with the lr schedule and data order of
+    an uninterrupted run (lottery-ticket rewinding to iteration k).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Trainer:
         loss_fn: LossFn | None = None,
         checkpoint_dir: str | Path | None = None,
         save_at: Iterable[int] = (),
+        start_iteration: int = 0,
         progress: bool = True,
         description: str = "train",
     ) -> None:
@@ -121,6 +124,12 @@ class Trainer:
 
         self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        if not 0 <= start_iteration < self.total_steps:
+            raise TicketlabError(
+                f"cannot start at iteration {start_iteration}: training has {self.total_steps} iterations "
+                f"({cfg.epochs} epochs of {self.steps_per_epoch}); pick a rewind point inside training"
+            )
+        self.start_iteration = start_iteration
         beyond = sorted(k for k in self.save_at if not 0 <= k <= self.total_steps)
         if beyond:
             raise TicketlabError(
@@ -247,6 +256,8 @@ class Trainer:
         if resumed is not None:
             self.load_state_dict(resumed)
         else:
+            # a rewound run continues the schedule and data order from its rewind point
+            self.iteration = self.start_iteration
             torch.manual_seed(stream_seed("train", self.cfg.seed))  # dropout and other global-RNG users
         for hook in self.hooks:
             hook.on_start(self)

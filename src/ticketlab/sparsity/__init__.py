@@ -1,5 +1,46 @@
-"""Which weights can be pruned, and how many of them are left."""
+"""Sparsity primitives: which weights can be pruned, how to score them, how many to keep where,
+and masks (dict[param_name -> bool tensor], True = kept).
 
-from ticketlab.sparsity.prunable import density, prunable_parameters
+    weights = select_prunable(model, exclude_first=True)
+    masks = masks_from_scores(magnitude(weights), density=0.2, budget="erk")
+    masks = prune_fraction(magnitude(weights), masks, 0.2)            # one IMP step
+    masks = prune_at_init("snip", model, weights, 0.1, batch=(x, y))
+"""
 
-__all__ = ["density", "prunable_parameters"]
+from ticketlab.sparsity.budgets import BUDGETS, er, erdos_renyi, erk, uniform
+from ticketlab.sparsity.criteria import (
+    CRITERIA,
+    compute_scores,
+    grasp,
+    magnitude,
+    prune_at_init,
+    random_scores,
+    snip,
+    synflow,
+    synflow_scores,
+)
+from ticketlab.sparsity.masks import (
+    Masks,
+    apply_masks,
+    check_masks,
+    density_report,
+    global_masks,
+    layerwise_masks,
+    load_masks,
+    masks_from_scores,
+    nm_masks,
+    overall_density,
+    prune_fraction,
+    random_like,
+    save_masks,
+    shuffle_within_layers,
+)
+from ticketlab.sparsity.prunable import density, prunable_parameters, select_prunable
+
+__all__ = [
+    "BUDGETS", "CRITERIA", "Masks", "apply_masks", "check_masks", "compute_scores", "density",
+    "density_report", "er", "erdos_renyi", "erk", "global_masks", "grasp", "layerwise_masks",
+    "load_masks", "magnitude", "masks_from_scores", "nm_masks", "overall_density", "prunable_parameters",
+    "prune_at_init", "prune_fraction", "random_like", "random_scores", "save_masks", "select_prunable",
+    "shuffle_within_layers", "snip", "synflow", "synflow_scores", "uniform",
+]

@@ -6,8 +6,12 @@ any `nn.Module`, including users' own, without subclassing.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
+
+from ticketlab.errors import TicketlabError
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -17,6 +21,57 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     }
+
+
+def select_prunable(
+    model: nn.Module,
+    *,
+    exclude_first: bool = False,
+    exclude_last: bool = False,
+    include: str | None = None,
+    exclude: str | None = None,
+) -> dict[str, nn.Parameter]:
+    """The weights a pruning method may touch, in module order.
+
+    `exclude_first` keeps the first Conv2d/Linear dense and `exclude_last` the last one (the
+    classifier): the common IMP variants (methods.md section 1). `include` / `exclude` are regular
+    expressions searched in the parameter name (`re.search`), applied after the first/last rule.
+    """
+    params = prunable_parameters(model)
+    if not params:
+        raise TicketlabError(
+            "model has no prunable layer (no Conv2d or Linear module); "
+            "ticketlab prunes the weights of Conv2d and Linear layers only"
+        )
+    names = list(params)
+    if exclude_first:
+        names = names[1:]
+    if exclude_last:
+        names = names[:-1]
+    if include is not None:
+        pattern = _compile(include, "include")
+        names = [n for n in names if pattern.search(n)]
+    if exclude is not None:
+        pattern = _compile(exclude, "exclude")
+        names = [n for n in names if not pattern.search(n)]
+    if not names:
+        raise TicketlabError(
+            f"model has no prunable layer left after exclude_first={exclude_first}, "
+            f"exclude_last={exclude_last}, include={include!r}, exclude={exclude!r} "
+            f"(its prunable weights: {_preview(list(params))}); loosen these filters"
+        )
+    return {n: params[n] for n in names}
+
+
+def _compile(pattern: str, option: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise TicketlabError(f"{option} pattern {pattern!r} is not a valid regular expression ({e}); fix the pattern") from None
+
+
+def _preview(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def density(model: nn.Module) -> float:

@@ -1,0 +1,52 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.sparsity import density, select_prunable
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+
+def test_module_order_and_first_last_exclusion():
+    net = Net()
+    assert list(select_prunable(net)) == ["conv1.weight", "conv2.weight", "fc.weight"]
+    assert list(select_prunable(net, exclude_first=True)) == ["conv2.weight", "fc.weight"]
+    assert list(select_prunable(net, exclude_last=True)) == ["conv1.weight", "conv2.weight"]
+    both = select_prunable(net, exclude_first=True, exclude_last=True)
+    assert list(both) == ["conv2.weight"] and both["conv2.weight"] is net.conv2.weight
+
+
+def test_include_and_exclude_are_searched_regexes():
+    net = Net()
+    assert list(select_prunable(net, include="conv")) == ["conv1.weight", "conv2.weight"]
+    assert list(select_prunable(net, exclude=r"^fc\.")) == ["conv1.weight", "conv2.weight"]
+    assert list(select_prunable(net, include="conv", exclude="2")) == ["conv1.weight"]
+    assert list(select_prunable(net, exclude_first=True, include="conv")) == ["conv2.weight"]
+
+
+def test_nothing_to_prune_and_bad_patterns_are_user_errors():
+    with pytest.raises(TicketlabError, match="no prunable layer"):
+        select_prunable(nn.Sequential(nn.BatchNorm1d(3), nn.ReLU()))
+    with pytest.raises(TicketlabError, match="no prunable layer left"):
+        select_prunable(Net(), include="nothing")
+    with pytest.raises(TicketlabError, match="no prunable layer left"):
+        select_prunable(nn.Linear(3, 2), exclude_last=True)
+    with pytest.raises(TicketlabError, match="regular expression"):
+        select_prunable(Net(), exclude="(")
+
+
+def test_density_counts_nonzero_prunable_weights():
+    net = Net()
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.zero_()  # biases are not prunable and do not count
+    total = 4 * 3 * 9 + 8 * 4 * 9 + 16
+    assert density(net) == pytest.approx((total - 16) / total)

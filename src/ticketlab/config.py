@@ -124,12 +124,21 @@ def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         raise TicketlabError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value, or MISSING for a required field (which always enters the hash)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
 def _canonical(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {}
         for f in fields(value):
             v = getattr(value, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = _default(f)
             if v == default and not dataclasses.is_dataclass(v):
                 continue
             c = _canonical(v)
@@ -171,9 +180,10 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         if key not in names:
             raise TicketlabError(f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(names)}")
         f = names[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
-            value = from_dict(type(default), value)
+        if isinstance(f.type, type) and dataclasses.is_dataclass(f.type):
+            value = from_dict(f.type, value)
+        elif dataclasses.is_dataclass(_default(f)):
+            value = from_dict(type(_default(f)), value)
         elif isinstance(value, list):
             value = _tuples(value)
         kwargs[key] = value

@@ -120,6 +120,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_find(args: argparse.Namespace) -> int:
+    from ticketlab.store import RunStore
+    from ticketlab.tickets import TicketConfig, find_ticket
+
+    tickets = TicketConfig(
+        levels=args.levels, fraction=args.fraction, output_fraction=args.output_fraction, scope=args.scope,
+        rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
+        baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds,
+    )
+    train_cfg = run_config(args)
+    options = {f: getattr(train_cfg.train, f) for f in _TRAIN_FIELDS}
+    result = find_ticket(
+        args.model, args.dataset, tickets=tickets, data=train_cfg.data, store=RunStore(args.store),
+        data_dir=args.data_dir, download=not args.no_download, device=args.device, progress=not args.quiet,
+        plot=args.plot, **options,
+    )
+    print(study_table(result.summary))
+    s = result.summary
+    win = s["sparsest_winning_density"]
+    print(f"\nsparsest winning ticket: {win:.2%} of weights remaining" if win is not None
+          else "\nno level produced a winning ticket")
+    print(f"plot: {s['plot']}")
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+    return 0
+
+
+def study_table(summary: dict[str, Any]) -> str:
+    levels = summary["levels"]
+    arms = [k for k in ("ticket", "reinit", "random", "shuffle", "oneshot", "finetune") if levels and k in levels[0]]
+    pm = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"  # noqa: E731
+    rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "")]
+    for r in levels:
+        verdict = "WIN" if r["winning"] else ("no: below dense" if not r["matches_dense"] else "no: ~reinit")
+        rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms], verdict))
+    return table(("level", "density", "dense", *arms, f"verdict ({summary['verdict_on']})"), rows)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from ticketlab.store import RunStore
 
@@ -179,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("find", help="find the sparsest winning ticket by IMP with rewinding, with baselines")
+    g = p.add_argument_group("ticket search")
+    g.add_argument("--levels", type=int, default=5, help="pruning rounds (density 0.8^L at --fraction 0.2)")
+    g.add_argument("--fraction", type=float, default=0.2, help="fraction of remaining weights pruned per level")
+    g.add_argument("--output-fraction", type=float, default=-1.0,
+                   help="layer-wise scope: the classifier's own rate (LeNet paper: 0.1)")
+    g.add_argument("--scope", choices=("global", "layerwise"), default="global")
+    g.add_argument("--rewind", default="0", help="rewind point: 0, <n>it or <n>ep")
+    g.add_argument("--baselines", default="reinit,random", help="comma list of reinit,random,shuffle,oneshot,finetune")
+    g.add_argument("--seeds", type=int, default=1, help="repeat the study with this many seeds")
+    g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
+    g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")
+    g.add_argument("--plot", help="also write the accuracy plot (PNG) here")
+    add_train_options(p)
+    add_data_options(p)
+    add_output_options(p)
+    p.set_defaults(func=cmd_find)
 
     p = sub.add_parser("runs", help="list, show or remove stored runs")
     p.add_argument("action", choices=("list", "show", "rm"))

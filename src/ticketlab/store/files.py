@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 _TENSOR = "__tensor__"
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Run `write(tmp_path)` on a temporary sibling, then move it into place in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -38,7 +39,7 @@ def write_json(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def read_json(path: Path) -> Any:
@@ -49,7 +50,7 @@ def read_json(path: Path) -> Any:
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     # safetensors refuses shared or non-contiguous storage; a detached contiguous copy is always safe
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -1,0 +1,82 @@
+"""The sanity-check baselines trained beside a ticket at every level (methods.md section 2).
+
+Each baseline turns a level's context into an `Arm`: starting weights, masks and the iteration
+training starts at. Everything else (schedule, data order, seeds) is the ticket's, so any
+difference in accuracy comes from the one thing the baseline changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ticketlab.data.batches import stream_seed
+from ticketlab.registry import Registry
+from ticketlab.sparsity import global_masks, layerwise_masks, magnitude, random_like, shuffle_within_layers
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Arm:
+    init_state: Tensors
+    masks: Tensors
+    start: int
+
+
+@dataclass
+class LevelContext:
+    seed: int
+    level: int
+    scope: str
+    masks: Tensors  # the ticket's masks at this level
+    rewind_state: Tensors  # the dense run's weights at the rewind point
+    rewind_iteration: int
+    dense_final: Tensors  # the dense run's trained weights
+    previous_final: Tensors  # trained weights the level's masks were computed from
+    fresh_init: Callable[[], Tensors]  # a new random initialisation (same seed across levels)
+
+    def generator(self, purpose: str) -> torch.Generator:
+        return torch.Generator().manual_seed(stream_seed(purpose, self.seed, self.level))
+
+
+BASELINES: Registry[Callable[[LevelContext], Arm]] = Registry("baseline")
+
+
+@BASELINES.register("reinit")
+def reinit(ctx: LevelContext) -> Arm:
+    """Same mask, fresh random weights, trained from scratch: does the initialisation matter?"""
+    return Arm(ctx.fresh_init(), ctx.masks, 0)
+
+
+@BASELINES.register("random")
+def random_pruning(ctx: LevelContext) -> Arm:
+    """A random mask with the ticket's per-layer densities: does *which* weights matter?"""
+    return Arm(ctx.rewind_state, random_like(ctx.masks, ctx.generator("random-mask")), ctx.rewind_iteration)
+
+
+@BASELINES.register("shuffle")
+def shuffle(ctx: LevelContext) -> Arm:
+    """The ticket's mask permuted within each layer: keeps layer-wise budgets, drops positions."""
+    return Arm(ctx.rewind_state, shuffle_within_layers(ctx.masks, ctx.generator("shuffle-mask")), ctx.rewind_iteration)
+
+
+@BASELINES.register("oneshot")
+def oneshot(ctx: LevelContext) -> Arm:
+    """One magnitude-pruning step from the dense run to the level's density: is iterating needed?"""
+    scores = magnitude({n: ctx.dense_final[n] for n in ctx.masks})
+    if ctx.scope == "global":
+        kept = sum(int(m.sum()) for m in ctx.masks.values())
+        total = sum(m.numel() for m in ctx.masks.values())
+        masks = global_masks(scores, kept / total)
+    else:
+        masks = layerwise_masks(scores, {n: float(m.float().mean()) for n, m in ctx.masks.items()})
+    return Arm(ctx.rewind_state, masks, ctx.rewind_iteration)
+
+
+@BASELINES.register("finetune")
+def finetune(ctx: LevelContext) -> Arm:
+    """Keep the trained weights instead of rewinding them, and train on with the lr rewound."""
+    return Arm(ctx.previous_final, ctx.masks, ctx.rewind_iteration)

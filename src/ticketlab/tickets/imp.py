@@ -1,0 +1,276 @@
+"""Iterative magnitude pruning with rewinding: find a ticket and the evidence that it wins.
+
+Level 0 trains the dense network from its saved initialisation and keeps its weights at the
+rewind point k. Each level L >= 1 prunes `fraction` of the remaining weights of the network
+that finished level L-1 (global or layer-wise magnitude), resets the survivors to their values
+at k, and retrains from iteration k with the schedule and data order fast-forwarded
+(methods.md section 1). Beside every ticket, the selected baselines train with the same seed.
+
+Every training is an ordinary stored run whose identity includes its starting weights and
+masks, so a study is resumable for free: re-running recomputes the (deterministic) masks,
+reuses every finished run and resumes the interrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id
+from ticketlab.data import ImageDataset, load_dataset
+from ticketlab.data.batches import stream_seed
+from ticketlab.errors import TicketlabError
+from ticketlab.sparsity import magnitude, prune_fraction, save_masks, select_prunable, density_report
+from ticketlab.store import RunStore, read_tensors, write_json
+from ticketlab.tickets.baselines import BASELINES, LevelContext
+from ticketlab.tickets.rewind import rewind_iteration
+from ticketlab.tickets.verdict import Stat, sparsest_winning, stat, verdict
+from ticketlab.train.run import RunResult, initial_model, recipe_config, train_run
+
+SCOPES = ("global", "layerwise")
+
+
+@dataclass(frozen=True)
+class TicketConfig:
+    levels: int = 5
+    fraction: float = 0.2  # of the remaining weights, per level: density 0.8^L
+    output_fraction: float = -1.0  # layer-wise only: the classifier's own rate (LeNet: 0.1); -1 = fraction
+    scope: str = "global"
+    rewind: str = "0"  # 0, <n>it or <n>ep
+    exclude_first: bool = False
+    exclude_last: bool = False
+    baselines: tuple[str, ...] = ("reinit", "random")
+    seeds: int = 1
+
+    def validate(self) -> None:
+        if self.levels < 1:
+            raise TicketlabError(f"--levels must be at least 1, got {self.levels}")
+        if not 0 < self.fraction < 1:
+            raise TicketlabError(f"--fraction must be in (0, 1), got {self.fraction}")
+        if self.output_fraction != -1.0:
+            if not 0 < self.output_fraction < 1:
+                raise TicketlabError(f"--output-fraction must be in (0, 1), got {self.output_fraction}")
+            if self.scope != "layerwise":
+                raise TicketlabError("--output-fraction needs --scope layerwise (global pruning has one rate)")
+        if self.scope not in SCOPES:
+            raise TicketlabError(f"unknown --scope {self.scope!r}; choose one of: {', '.join(SCOPES)}")
+        if self.seeds < 1:
+            raise TicketlabError(f"--seeds must be at least 1, got {self.seeds}")
+        for name in self.baselines:
+            BASELINES.get(name)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    run: RunConfig
+    tickets: TicketConfig = field(default_factory=TicketConfig)
+    kind: str = "find"
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+
+@dataclass
+class StudyResult:
+    study_id: str
+    summary: dict[str, Any]  # what `ticketlab find --json` prints
+    masks: list[dict[str, torch.Tensor]]  # the ticket's masks per level (first seed), level 1 first
+    folder: Path
+
+
+def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]:
+    """A user's module re-initialised by its own `reset_parameters`, seeded."""
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(key, seed))
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return fresh.state_dict()
+
+
+class _Study:
+    """One study's fixed inputs, so each step below is a short method."""
+
+    def __init__(self, config: StudyConfig, store: RunStore, dataset: ImageDataset, user_model: nn.Module | None,
+                 device: str, progress: bool) -> None:
+        self.config, self.store, self.dataset = config, store, dataset
+        self.user_model, self.device, self.progress = user_model, device, progress
+        self.t = config.tickets
+        probe = self._model(config.run)
+        self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last))
+        n_train = len(dataset.train_y) - config.run.data.validation
+        steps = -(-n_train // config.run.train.batch_size)
+        self.k = rewind_iteration(self.t.rewind, steps, steps * config.run.train.epochs)
+        self.seconds = 0.0
+
+    def _model(self, run: RunConfig) -> nn.Module:
+        return copy.deepcopy(self.user_model) if self.user_model is not None else initial_model(run, self.dataset)
+
+    def _layer_fractions(self) -> dict[str, float] | None:
+        if self.t.output_fraction == -1.0:
+            return None
+        return {n: self.t.output_fraction if n == self.names[-1] else self.t.fraction for n in self.names}
+
+    def train(self, run: RunConfig, what: str, **kwargs: Any) -> RunResult:
+        result = train_run(run, store=self.store, model=self._model(run) if self.user_model is not None else None,
+                           dataset=self.dataset, device=self.device, progress=self.progress, description=what, **kwargs)
+        self.seconds += result.summary["train_seconds"]
+        return result
+
+    def seed_run(self, s: int, results: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+        run = replace(self.config.run, train=replace(self.config.run.train, seed=self.config.run.train.seed + s))
+        tag = f"seed {s + 1}/{self.t.seeds}"
+        if self.user_model is not None:
+            init = self.user_model.state_dict() if s == 0 else _user_init(self.user_model, "init", run.train.seed)
+        else:
+            init = None
+        dense = self.train(run, f"{tag} dense", init_state=init, save_at=(self.k,))
+        rewind_state = read_tensors(dense.folder / "weights" / f"it_{self.k}.safetensors")
+        dense_final = dense.model.state_dict()
+        results.append(self._record(0, 1.0, {"ticket": dense}))
+        _log(f"{tag} level 0 (dense): test {dense.summary['test_accuracy']:.2%}")
+
+        def fresh_init() -> dict[str, torch.Tensor]:
+            if self.user_model is not None:
+                return _user_init(self.user_model, "reinit", run.train.seed)
+            return initial_model(replace(run, train=replace(run.train, seed=stream_seed("reinit", run.train.seed) % 2**31)),
+                                 self.dataset).state_dict()
+
+        masks = {n: torch.ones_like(dense_final[n], dtype=torch.bool) for n in self.names}
+        previous, per_level = dense_final, []
+        for level in range(1, self.t.levels + 1):
+            scores = magnitude({n: previous[n] for n in self.names})
+            masks = prune_fraction(scores, masks, self.t.fraction, self.t.scope, self._layer_fractions())
+            report = density_report(masks)
+            folder = self.store.folder(self.config.run_id) / f"seed_{s}" / f"level_{level}"
+            save_masks(folder / "masks.safetensors", masks)
+            write_json(folder / "density.json", report)
+            density = report["total"]["density"]
+            what = f"{tag} level {level}/{self.t.levels} ({density:.1%} left)"
+            arms = {"ticket": self.train(run, f"{what} ticket", init_state=rewind_state, masks=masks, start_iteration=self.k)}
+            ctx = LevelContext(s, level, self.t.scope, masks, rewind_state, self.k, dense_final, previous, fresh_init)
+            for name in self.t.baselines:
+                arm = BASELINES.get(name)(ctx)
+                arms[name] = self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm.masks,
+                                        start_iteration=arm.start)
+            results.append(self._record(level, density, arms))
+            _log(f"{what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items()))
+            previous = arms["ticket"].model.state_dict()
+            per_level.append(masks)
+        return per_level
+
+    @staticmethod
+    def _record(level: int, density: float, arms: dict[str, RunResult]) -> dict[str, Any]:
+        return {"level": level, "density": density,
+                "test": {k: v.summary["test_accuracy"] for k, v in arms.items()},
+                "validation": {k: v.summary.get("val_accuracy") for k, v in arms.items()},
+                "runs": {k: v.run_id for k, v in arms.items()}}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], verdict_on: str) -> dict[str, Any]:
+    """Mean ± std over seeds per level and arm, and each level's verdict (pure: testable alone)."""
+    levels = len(per_seed[0])
+    dense_test = stat([seed[0]["test"]["ticket"] for seed in per_seed])
+    dense_judge = stat([seed[0][verdict_on]["ticket"] for seed in per_seed])
+    rows, verdicts, densities = [], [], []
+    for level in range(1, levels):
+        arms = ("ticket", *baselines)
+        test = {a: stat([seed[level]["test"][a] for seed in per_seed]) for a in arms}
+        judge = {a: stat([seed[level][verdict_on][a] for seed in per_seed]) for a in arms}
+        v = verdict(dense_judge, judge["ticket"], judge.get("reinit"))
+        density = per_seed[0][level]["density"]
+        row: dict[str, Any] = {"level": level, "density": density}
+        row.update({a: s.as_dict() for a, s in test.items()})
+        row.update(winning=v.winning, matches_dense=v.matches_dense, beats_reinit=v.beats_reinit,
+                   tolerance=v.tolerance, verdict_on=verdict_on)
+        if verdict_on == "validation":
+            row["validation"] = {a: s.as_dict() for a, s in judge.items()}
+        rows.append(row)
+        verdicts.append(v)
+        densities.append(density)
+    summary: dict[str, Any] = {"dense": dense_test.as_dict(), "levels": rows,
+                               "sparsest_winning_density": sparsest_winning(densities, verdicts),
+                               "verdict_on": verdict_on}
+    if verdict_on == "validation":
+        summary["dense_validation"] = dense_judge.as_dict()
+    return summary
+
+
+def default_validation(n_train: int) -> int:
+    """A ticket study selects (the sparsest winning level), so it judges on held-out training data."""
+    return max(1, n_train // 10)
+
+
+def find_ticket(
+    model: str | nn.Module,
+    dataset: str | ImageDataset,
+    *,
+    tickets: TicketConfig | None = None,
+    data: DataConfig | None = None,
+    store: RunStore | str | Path | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    device: str = "cpu",
+    progress: bool = True,
+    plot: str | Path | None = None,
+    **train_options: Any,
+) -> StudyResult:
+    """Find the sparsest winning ticket of `model` on `dataset` by IMP with rewinding.
+
+    `model` is a registered name or your own `nn.Module` (other seeds re-initialise it with its
+    modules' `reset_parameters`). `train_options` are `TrainConfig` fields. Returns the ticket's
+    masks per level and the study summary; the verdict is judged on a validation split held out
+    of the training set (`data.validation`, default 10%), never on the test set.
+    """
+    tickets = tickets or TicketConfig()
+    tickets.validate()
+    store = store if isinstance(store, RunStore) else RunStore(store)
+    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, data_dir=data_dir, download=download)
+    data_cfg = data or DataConfig()
+    if data_cfg.validation == 0:
+        data_cfg = replace(data_cfg, validation=default_validation(len(ds.train_y)))
+    name = model if isinstance(model, str) else type(model).__name__
+    train_cfg: TrainConfig = recipe_config(name if isinstance(model, str) else None, **train_options)
+    from ticketlab.train.run import dataset_identity, resolve_device
+
+    resolve_device(device)
+    run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=ModelConfig(name=name),
+                    train=train_cfg, device=torch.device(device).type)
+    run.train.validate()
+    config = StudyConfig(run=run, tickets=tickets)
+    study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
+
+    record = store.begin(config)
+    per_seed: list[list[dict[str, Any]]] = []
+    masks: list[dict[str, torch.Tensor]] = []
+    for s in range(tickets.seeds):
+        results: list[dict[str, Any]] = []
+        seed_masks = study.seed_run(s, results)
+        masks = masks or seed_masks
+        per_seed.append(results)
+    summary = summarise(per_seed, tickets.baselines, "validation")
+    summary.update(study_id=config.run_id, model=name, dataset=ds.name, seeds=tickets.seeds,
+                   fraction=tickets.fraction, scope=tickets.scope, rewind_iteration=study.k,
+                   train_seconds=round(study.seconds, 3))
+    from ticketlab.report.plots import plot_study
+
+    png = plot_study(summary, record.folder / "accuracy.png")
+    if plot:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        Path(plot).write_bytes(png.read_bytes())
+    summary["plot"] = str(Path(plot) if plot else png)
+    write_json(record.folder / "per_seed.json", per_seed)
+    store.finish(config.run_id, summary)
+    return StudyResult(config.run_id, summary, masks, record.folder)

@@ -1,0 +1,127 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import ticketlab.tickets.imp as imp
+from ticketlab.errors import TicketlabError
+from ticketlab.sparsity import load_masks
+from ticketlab.store import RunStore, read_tensors
+from ticketlab.tickets import TicketConfig, find_ticket
+from ticketlab.train import Trainer
+
+from helpers import TinyNet, tiny_dataset
+
+ALL = ("reinit", "random", "shuffle", "oneshot", "finetune")
+
+
+def _find(tmp_path, **kw):
+    ds = kw.pop("dataset", None) or tiny_dataset(n=120, channels=1, size=8)
+    tickets = kw.pop("tickets", TicketConfig(levels=2, baselines=ALL, seeds=2, rewind="2it"))
+    return find_ticket(kw.pop("model", "lenet_300_100"), ds, tickets=tickets, store=kw.pop("store", tmp_path),
+                       epochs=3, batch_size=32, lr=0.003, progress=False, **kw)
+
+
+def _comparable(summary):
+    return {k: v for k, v in summary.items() if k not in ("train_seconds", "plot")}
+
+
+def test_tiny_end_to_end_study(tmp_path):
+    result = _find(tmp_path)
+    s = result.summary
+    assert [r["level"] for r in s["levels"]] == [1, 2]
+    assert [r["density"] for r in s["levels"]] == pytest.approx([0.8, 0.64], abs=1e-4)
+    for row in s["levels"]:
+        for arm in ("ticket",) + ALL:
+            assert 0 <= row[arm]["mean"] <= 1 and row[arm]["std"] >= 0
+        assert isinstance(row["winning"], bool)
+    assert s["dense"]["n"] == 2 and s["verdict_on"] == "validation"
+    assert (result.folder / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    json.dumps(s)  # the --json line must serialise
+    # every ticket run kept its pruned weights at exactly zero
+    store = RunStore(tmp_path)
+    per_seed = json.loads((result.folder / "per_seed.json").read_text())
+    for s_index, seed in enumerate(per_seed):
+        for level in seed[1:]:
+            masks = load_masks(result.folder / f"seed_{s_index}" / f"level_{level['level']}" / "masks.safetensors")
+            if s_index == 0:
+                assert all(torch.equal(masks[n], result.masks[level["level"] - 1][n]) for n in masks)
+            final = read_tensors(store.folder(level["runs"]["ticket"]) / "final.safetensors")
+            for name, m in masks.items():
+                assert torch.all(final[name][~m] == 0), name
+    # masks nest: each level prunes only weights that were still alive
+    assert all(torch.all(result.masks[1][n] <= result.masks[0][n]) for n in result.masks[0])
+
+
+def test_user_module_and_layerwise_rates(tmp_path):
+    ds = tiny_dataset(n=80)
+    t = TicketConfig(levels=1, scope="layerwise", fraction=0.5, output_fraction=0.25, baselines=("reinit",))
+    result = _find(tmp_path, model=TinyNet(), dataset=ds, tickets=t)
+    masks = result.masks[0]
+    assert masks["conv.weight"].float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert masks["fc.weight"].float().mean().item() == pytest.approx(0.75, abs=0.01)
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["boundary", "mid-level"])
+def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, where):
+    reference = _find(tmp_path / "ref", tickets=TicketConfig(levels=2, baselines=("reinit", "random")))
+    calls = {"n": 0}
+    if where == "boundary":  # stop just before level 2's first training starts
+        real = imp.train_run
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 5:  # dense, L1 ticket, L1 reinit, L1 random, -> L2 ticket
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(imp, "train_run", flaky)
+    else:  # Ctrl-C in the middle of level 1's ticket training
+        real_step = Trainer.step
+
+        def step(self, *a):
+            calls["n"] += 1
+            # 108 training examples (12 held out), batch 32: 4 steps/epoch, 12 per run;
+            # steps 1-12 are the dense run, 13-24 level 1's ticket: stop half-way through it
+            if calls["n"] == 18:
+                self.interrupt()
+            return real_step(self, *a)
+
+        monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        _find(tmp_path / "run", tickets=TicketConfig(levels=2, baselines=("reinit", "random")))
+    monkeypatch.undo()
+    resumed = _find(tmp_path / "run", tickets=TicketConfig(levels=2, baselines=("reinit", "random")))
+    assert _comparable(resumed.summary) == _comparable(reference.summary)
+    for a, b in zip(resumed.masks, reference.masks):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("tickets,match", [
+    (TicketConfig(fraction=1.0), "--fraction"), (TicketConfig(fraction=0.0), "--fraction"),
+    (TicketConfig(levels=0), "--levels"), (TicketConfig(rewind="99ep"), "beyond training"),
+    (TicketConfig(baselines=("magic",)), "unknown baseline"), (TicketConfig(output_fraction=0.1), "layerwise"),
+    (TicketConfig(seeds=0), "--seeds"),
+])
+def test_bad_study_settings(tmp_path, tickets, match):
+    with pytest.raises(TicketlabError, match=match):
+        _find(tmp_path, tickets=tickets)
+    assert not any((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else True
+
+
+def test_model_without_prunable_layer(tmp_path):
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(1)
+
+        def forward(self, x):
+            return self.bn(x).flatten(1)[:, :4]
+
+    with pytest.raises(TicketlabError, match="no prunable layer"):
+        _find(tmp_path, model=Pool())

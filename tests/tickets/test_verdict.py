@@ -1,0 +1,74 @@
+import pytest
+
+from ticketlab.errors import TicketlabError
+from ticketlab.tickets.imp import summarise
+from ticketlab.tickets.rewind import rewind_iteration
+from ticketlab.tickets.verdict import Stat, sparsest_winning, stat, verdict
+
+
+def test_stat_is_mean_and_sample_std():
+    s = stat([0.90, 0.92, 0.94])
+    assert s.mean == pytest.approx(0.92) and s.std == pytest.approx(0.02) and s.n == 3
+    assert stat([0.5]).std == 0.0
+
+
+def test_both_conditions_are_required():
+    dense = Stat(0.920, 0.001, 3)
+    # condition 1 within tolerance (0.2 points floor), condition 2 clear gap: wins
+    v = verdict(dense, Stat(0.9185, 0.001, 3), Stat(0.900, 0.001, 3))
+    assert v.winning and v.matches_dense and v.beats_reinit and v.tolerance == pytest.approx(0.002)
+    # below dense by more than the tolerance: loses even though it beats re-init
+    v = verdict(dense, Stat(0.915, 0.001, 3), Stat(0.900, 0.001, 3))
+    assert not v.winning and not v.matches_dense and v.beats_reinit
+    # matches dense but re-init is as good (inside the spread): not a *winning* ticket
+    v = verdict(dense, Stat(0.921, 0.001, 3), Stat(0.9195, 0.001, 3))
+    assert not v.winning and v.matches_dense and not v.beats_reinit
+
+
+def test_tolerance_is_the_seed_spread_when_larger():
+    dense = Stat(0.92, 0.01, 3)
+    v = verdict(dense, Stat(0.911, 0.002, 3), Stat(0.85, 0.003, 3))
+    assert v.tolerance == pytest.approx(0.01) and v.winning
+    v = verdict(dense, Stat(0.93, 0.002, 3), Stat(0.925, 0.003, 3))
+    assert not v.beats_reinit  # a 0.5-point gap is inside a 1-point spread
+
+
+def test_without_reinit_condition_two_is_unchecked():
+    v = verdict(Stat(0.9, 0.0, 1), Stat(0.9, 0.0, 1), None)
+    assert v.winning and v.beats_reinit is None
+
+
+def test_sparsest_winning_is_the_lowest_winning_density():
+    vs = [verdict(Stat(0.9, 0, 1), Stat(a, 0, 1), Stat(0.5, 0, 1)) for a in (0.91, 0.85, 0.9)]
+    assert sparsest_winning([0.8, 0.64, 0.512], vs) == 0.512
+    assert sparsest_winning([0.8], [verdict(Stat(0.9, 0, 1), Stat(0.1, 0, 1), None)]) is None
+
+
+def _seed(dense, tickets, reinits, densities=(0.8, 0.64)):
+    rows = [{"level": 0, "density": 1.0, "test": {"ticket": dense}, "validation": {"ticket": dense}}]
+    for lvl, (t, r, d) in enumerate(zip(tickets, reinits, densities), 1):
+        rows.append({"level": lvl, "density": d, "test": {"ticket": t, "reinit": r}, "validation": {"ticket": t, "reinit": r}})
+    return rows
+
+
+def test_summarise_synthetic_table():
+    per_seed = [_seed(0.98, (0.981, 0.95), (0.97, 0.94)), _seed(0.979, (0.980, 0.951), (0.969, 0.941)),
+                _seed(0.981, (0.982, 0.949), (0.971, 0.939))]
+    s = summarise(per_seed, ("reinit",), "validation")
+    assert s["dense"]["mean"] == pytest.approx(0.98)
+    assert [r["winning"] for r in s["levels"]] == [True, False]
+    assert s["levels"][0]["ticket"]["mean"] == pytest.approx(0.981)
+    assert s["levels"][1]["reinit"]["std"] == pytest.approx(0.001)
+    assert s["sparsest_winning_density"] == 0.8
+
+
+@pytest.mark.parametrize("text,k", [("0", 0), ("500", 500), ("500it", 500), ("2ep", 200), ("0.5ep", 50)])
+def test_rewind_points(text, k):
+    assert rewind_iteration(text, 100, 1000) == k
+
+
+@pytest.mark.parametrize("text,match", [("10ep", "beyond training"), ("1000it", "beyond training"),
+                                        ("two", "cannot read"), ("1.5it", "whole number")])
+def test_bad_rewind_points(text, match):
+    with pytest.raises(TicketlabError, match=match):
+        rewind_iteration(text, 100, 1000)

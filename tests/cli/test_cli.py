@@ -124,3 +124,22 @@ def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_
     got = json.loads(resumed.stdout.strip().splitlines()[-1])
     for key in ("run_id", "test_accuracy", "test_loss", "train_loss", "train_accuracy", "iterations"):
         assert got[key] == expected[key], key
+
+
+def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
+    base = ["find", "--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "2", "--batch-size", "32",
+            "--lr", "0.003", "--store", str(tmp_path / "store"), "--quiet"]
+    code, out, _ = _run(capsys, *base, "--levels", "2", "--baselines", "reinit,random", "--plot",
+                        str(tmp_path / "p.png"), "--json")
+    assert code == 0
+    s = json.loads(out.strip().splitlines()[-1])
+    assert set(s["dense"]) >= {"mean", "std"} and len(s["levels"]) == 2
+    for row in s["levels"]:
+        assert {"level", "density", "ticket", "reinit", "random", "winning"} <= set(row)
+        assert set(row["ticket"]) >= {"mean", "std"}
+    assert "sparsest_winning_density" in s and (tmp_path / "p.png").exists()
+    assert "verdict" in out and "reinit" in out
+    for argv, message in ((["--fraction", "1.5"], "--fraction"), (["--rewind", "50ep"], "beyond training"),
+                          (["--baselines", "reinit,nope"], "unknown baseline 'nope'")):
+        code, _, err = _run(capsys, *base, *argv)
+        assert code == 2 and message in err and err.count("\n") == 1

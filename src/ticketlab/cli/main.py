@@ -151,11 +151,19 @@ def study_table(summary: dict[str, Any]) -> str:
     levels = summary["levels"]
     arms = [k for k in ("ticket", "reinit", "random", "shuffle", "oneshot", "finetune") if levels and k in levels[0]]
     pm = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"  # noqa: E731
-    rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "")]
+    on_val = summary["verdict_on"] == "validation"
+    rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "", "")]
     for r in levels:
         verdict = "WIN" if r["winning"] else ("no: below dense" if not r["matches_dense"] else "no: ~reinit")
-        rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms], verdict))
-    return table(("level", "density", "dense", *arms, f"verdict ({summary['verdict_on']})"), rows)
+        judged = r["validation"] if on_val else r
+        dense = summary["dense_validation"] if on_val else summary["dense"]
+        gap = f"{100 * (judged['ticket']['mean'] - dense['mean']):+.2f} (±{100 * r['tolerance']:.2f})"
+        rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms],
+                     gap, verdict))
+    basis = summary["verdict_on"]
+    return (f"test accuracy (%), mean ± std over {summary.get('seeds', 1)} seed(s); "
+            f"the verdict is judged on {basis} accuracy\n") + table(
+        ("level", "density", "dense", *arms, f"ticket-dense ({basis[:3]})", "verdict"), rows)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

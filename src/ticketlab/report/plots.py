@@ -9,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from ticketlab.store.files import atomic_write  # noqa: E402
 
@@ -35,7 +35,9 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
         ax.axvline(min(wins), color="C0", lw=0.8, ls=":", label=f"sparsest winning ({min(wins):.1f}%)")
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())  # label the measured densities, nothing else
+    ax.set_xticks(x)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{summary.get('model', '')} on {summary.get('dataset', '')}: "

@@ -143,3 +143,39 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
                           (["--baselines", "reinit,nope"], "unknown baseline 'nope'")):
         code, _, err = _run(capsys, *base, *argv)
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "random", "snip", "grasp", "synflow"])
+def test_prune_at_init_every_criterion_then_train_the_masks(tmp_path, tiny_npz, capsys, criterion):
+    masks = tmp_path / "m.safetensors"
+    store = str(tmp_path / "store")
+    code, out, _ = _run(capsys, "prune", "--model", "conv_2", "--dataset", str(tiny_npz), "--criterion", criterion,
+                        "--density", "0.25", "--out", str(masks), "--json")
+    assert code == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["density"] == pytest.approx(0.25, abs=1e-4)
+    code, out, _ = _run(capsys, "train", "--model", "conv_2", "--dataset", str(tiny_npz), "--masks", str(masks),
+                        "--epochs", "1", "--store", store, "--quiet", "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["density"] == pytest.approx(0.25, abs=1e-3)
+
+
+def test_prune_a_finished_run_and_bad_inputs(tmp_path, tiny_npz, capsys):
+    store = str(tmp_path / "store")
+    code, out, _ = _run(capsys, "train", "--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "1",
+                        "--store", store, "--quiet", "--json")
+    run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+    out_masks = tmp_path / "m.safetensors"
+    code, out, _ = _run(capsys, "prune", "--run", run_id[:6], "--dataset", str(tiny_npz), "--store", store,
+                        "--budget", "erk", "--density", "0.1", "--out", str(out_masks))
+    assert code == 0 and "total" in out and out_masks.exists()
+    # a mask that does not fit the model, an impossible density, an unknown criterion
+    for argv, message in (
+        (["train", "--model", "lenet_300_100", "--masks", str(out_masks), "--epochs", "1"], "does not fit the model"),
+        (["prune", "--model", "conv_2", "--density", "1.5"], "density must be in (0, 1]"),
+        (["prune", "--model", "conv_2", "--density", "0.5", "--criterion", "oracle"], "unknown pruning criterion"),
+        (["train", "--model", "conv_2", "--masks", str(tmp_path / "none.safetensors")], "no mask file"),
+    ):
+        code, _, err = _run(capsys, *argv, "--dataset", str(tiny_npz), "--store", store, "--quiet")
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, out, _ = _run(capsys, "runs", "list", "--store", store)
+    assert out.count("finished") == 1  # the failed run left nothing behind

@@ -72,8 +72,8 @@ def test_mask_that_does_not_fit_is_a_user_error():
     model = TinyNet()
     with pytest.raises(TicketlabError, match="shape"):
         _trainer(hooks=[MaskHook({"conv.weight": torch.ones(3, 3)})], model=model).fit()
-    with pytest.raises(TicketlabError, match="does not have"):
-        _trainer(hooks=[MaskHook({"nope.weight": torch.ones(3, 3)})], model=TinyNet()).fit()
+    with pytest.raises(TicketlabError, match="does not fit the model: it has no parameter"):
+        _trainer(hooks=[MaskHook({"nope.weight": torch.ones(3, 3)})], model=TinyNet()).fit()  # unknown name
 
 
 class _Interrupt(Hook):

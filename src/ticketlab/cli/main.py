@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 from ticketlab.cli.table import key_values, table
@@ -82,6 +84,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--masks", help="train with these masks (a file from `ticketlab prune` or a study level)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -104,10 +107,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ticketlab.store import RunStore
     from ticketlab.train import train_run
 
+    from ticketlab.sparsity import load_masks
+
     config = run_config(args)
     result = train_run(
         config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, masks=load_masks(args.masks) if args.masks else None,
     )
     s = result.summary
     if result.reused:
@@ -164,6 +169,51 @@ def study_table(summary: dict[str, Any]) -> str:
     return (f"test accuracy (%), mean ± std over {summary.get('seeds', 1)} seed(s); "
             f"the verdict is judged on {basis} accuracy\n") + table(
         ("level", "density", "dense", *arms, f"ticket-dense ({basis[:3]})", "verdict"), rows)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """One-shot masks from a stored run, a weights file, or the model's seeded initialisation."""
+    from ticketlab.data import load_dataset
+    from ticketlab.sparsity import density_report, save_masks
+    from ticketlab.store import RunStore, read_tensors
+    from ticketlab.tickets.oneshot import prune_model
+    from ticketlab.train.run import initial_model
+
+    config = run_config(args)
+    if args.run:
+        record = RunStore(args.store).resolve(args.run)
+        if not record.finished:
+            raise TicketlabError(f"run {record.run_id} has not finished; finish it (re-run its command) before pruning it")
+        model_cfg = record.config["model"]
+        config = replace(config, model=ModelConfig(model_cfg["name"], tuple(tuple(kv) for kv in model_cfg["kwargs"])))
+        weights = record.folder / "final.safetensors"
+    else:
+        weights = Path(args.weights) if args.weights else None
+    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
+    model = initial_model(config, dataset)
+    source = "the seeded initialisation"
+    if weights is not None:
+        if not weights.is_file():
+            raise TicketlabError(f"no weights file at {weights}; give a .safetensors written by ticketlab")
+        try:
+            model.load_state_dict(read_tensors(weights))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1:2] or [str(e)]
+            raise TicketlabError(f"the weights in {weights} do not fit {config.model.name}: {first[0].strip()}") from None
+        source = str(weights)
+    masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
+                        exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed)
+    save_masks(args.out, masks)
+    report = density_report(masks, model)
+    print(f"pruned {config.model.name} ({source}) with {args.criterion}, budget {args.budget}")
+    print(table(("layer", "kept", "total", "density"),
+                [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
+                + [("total", report["total"]["kept"], report["total"]["total"], f"{100 * report['total']['density']:.2f}%")]))
+    print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --masks {args.out} ...)")
+    if args.json:
+        print(json.dumps({"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
+                          "density": report["total"]["density"], "layers": report["layers"]}, sort_keys=True))
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -243,6 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_find)
+
+    p = sub.add_parser("prune", help="one-shot masks for a trained run, a weights file or a fresh init")
+    g = p.add_argument_group("pruning")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--run", help="a finished run (id or prefix) whose final weights are pruned")
+    src.add_argument("--weights", help="a .safetensors state dict of --model (else: its seeded initialisation)")
+    g.add_argument("--criterion", default="magnitude", help="magnitude, random, snip, grasp or synflow")
+    g.add_argument("--budget", default="global", help="global, uniform, er or erk")
+    g.add_argument("--density", type=float, required=True, help="fraction of prunable weights kept, in (0, 1]")
+    g.add_argument("--exclude-first", action="store_true")
+    g.add_argument("--exclude-last", action="store_true")
+    g.add_argument("--out", default="masks.safetensors", help="where the masks are written")
+    add_train_options(p)
+    add_data_options(p)
+    add_output_options(p)
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("runs", help="list, show or remove stored runs")
     p.add_argument("action", choices=("list", "show", "rm"))

@@ -7,7 +7,7 @@ and masks (dict[param_name -> bool tensor], True = kept).
     masks = prune_at_init("snip", model, weights, 0.1, batch=(x, y))
 """
 
-from ticketlab.sparsity.budgets import BUDGETS, er, erdos_renyi, erk, uniform
+from ticketlab.sparsity.budgets import BUDGETS, check_density, er, erdos_renyi, erk, uniform
 from ticketlab.sparsity.criteria import (
     CRITERIA,
     compute_scores,
@@ -38,7 +38,7 @@ from ticketlab.sparsity.masks import (
 from ticketlab.sparsity.prunable import density, prunable_parameters, select_prunable
 
 __all__ = [
-    "BUDGETS", "CRITERIA", "Masks", "apply_masks", "check_masks", "compute_scores", "density",
+    "BUDGETS", "CRITERIA", "Masks", "apply_masks", "check_density", "check_masks", "compute_scores", "density",
     "density_report", "er", "erdos_renyi", "erk", "global_masks", "grasp", "layerwise_masks",
     "load_masks", "magnitude", "masks_from_scores", "nm_masks", "overall_density", "prunable_parameters",
     "prune_at_init", "prune_fraction", "random_like", "random_scores", "save_masks", "select_prunable",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ticketlab.errors import TicketlabError
+from ticketlab.sparsity.masks import check_masks
 
 if TYPE_CHECKING:
     from ticketlab.train.trainer import Trainer
@@ -66,22 +66,10 @@ class MaskHook(Hook):
         self._masks: list[torch.Tensor] = []
 
     def on_start(self, trainer: "Trainer") -> None:
+        check_masks(trainer.model, self.masks)
         params = dict(trainer.model.named_parameters())
-        unknown = sorted(set(self.masks) - set(params))
-        if unknown:
-            raise TicketlabError(
-                f"masks name tensors the model does not have: {', '.join(unknown[:5])}; "
-                "build masks from this model's parameter names"
-            )
-        self._params, self._masks = [], []
-        for name, mask in self.masks.items():
-            p = params[name]
-            if mask.shape != p.shape:
-                raise TicketlabError(
-                    f"mask for {name} has shape {tuple(mask.shape)} but the weight is {tuple(p.shape)}"
-                )
-            self._params.append(p)
-            self._masks.append(mask.to(device=p.device, dtype=p.dtype))
+        self._params = [params[name] for name in self.masks]
+        self._masks = [m.to(device=p.device, dtype=p.dtype) for m, p in zip(self.masks.values(), self._params)]
         self.apply()
 
     @torch.no_grad()

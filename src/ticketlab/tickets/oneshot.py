@@ -1,0 +1,42 @@
+"""One-shot pruning of a model's weights (trained, or at initialisation) with any criterion.
+
+At initialisation this is pruning-at-init (SNIP, GraSP, SynFlow, random, magnitude; methods.md
+section 3); on a trained checkpoint it is classic one-shot magnitude pruning. Data-dependent
+criteria score one seeded batch of normalised training images, never test data.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ticketlab.data import ImageDataset
+from ticketlab.data.augment import normalize
+from ticketlab.data.batches import stream_seed
+from ticketlab.sparsity import check_density, prune_at_init, select_prunable
+
+Masks = dict[str, torch.Tensor]
+
+
+def prune_model(
+    model: nn.Module,
+    dataset: ImageDataset,
+    *,
+    criterion: str = "magnitude",
+    density: float = 0.2,
+    budget: str = "global",
+    exclude_first: bool = False,
+    exclude_last: bool = False,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> Masks:
+    """Masks keeping `density` of the prunable weights of `model` (which is not modified)."""
+    check_density(density)
+    names = list(select_prunable(model, exclude_first=exclude_first, exclude_last=exclude_last))
+    g = torch.Generator().manual_seed(stream_seed("prune-batch", seed))
+    pick = torch.randperm(len(dataset.train_y), generator=g)[:batch_size]
+    mean = torch.tensor(dataset.mean, dtype=torch.float32)
+    std = torch.tensor(dataset.std, dtype=torch.float32)
+    batch = (normalize(dataset.train_x[pick], mean, std), dataset.train_y[pick])
+    return prune_at_init(criterion, model, names, density, budget, batch=batch, generator=g,
+                         input_shape=dataset.image_shape)

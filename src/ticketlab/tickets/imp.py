@@ -26,12 +26,12 @@ from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ru
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.batches import stream_seed
 from ticketlab.errors import TicketlabError
-from ticketlab.sparsity import magnitude, prune_fraction, save_masks, select_prunable, density_report
+from ticketlab.sparsity import density_report, magnitude, prune_fraction, save_masks, select_prunable
 from ticketlab.store import RunStore, read_tensors, write_json
 from ticketlab.tickets.baselines import BASELINES, LevelContext
 from ticketlab.tickets.rewind import rewind_iteration
-from ticketlab.tickets.verdict import Stat, sparsest_winning, stat, verdict
-from ticketlab.train.run import RunResult, initial_model, recipe_config, train_run
+from ticketlab.tickets.verdict import sparsest_winning, stat, verdict
+from ticketlab.train.run import RunResult, dataset_identity, initial_model, recipe_config, resolve_device, train_run
 
 SCOPES = ("global", "layerwise")
 
@@ -141,8 +141,7 @@ class _Study:
         def fresh_init() -> dict[str, torch.Tensor]:
             if self.user_model is not None:
                 return _user_init(self.user_model, "reinit", run.train.seed)
-            return initial_model(replace(run, train=replace(run.train, seed=stream_seed("reinit", run.train.seed) % 2**31)),
-                                 self.dataset).state_dict()
+            return initial_model(run, self.dataset, stream="reinit").state_dict()
 
         masks = {n: torch.ones_like(dense_final[n], dtype=torch.bool) for n in self.names}
         previous, per_level = dense_final, []
@@ -243,8 +242,6 @@ def find_ticket(
         data_cfg = replace(data_cfg, validation=default_validation(len(ds.train_y)))
     name = model if isinstance(model, str) else type(model).__name__
     train_cfg: TrainConfig = recipe_config(name if isinstance(model, str) else None, **train_options)
-    from ticketlab.train.run import dataset_identity, resolve_device
-
     resolve_device(device)
     run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=ModelConfig(name=name),
                     train=train_cfg, device=torch.device(device).type)

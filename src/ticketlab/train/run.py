@@ -70,17 +70,21 @@ def default_augment(data: DataConfig, dataset: ImageDataset) -> Augment:
     return Augment(crop_padding=padding, flip=flip, cutout=data.cutout)
 
 
-def initial_model(config: RunConfig, dataset: ImageDataset) -> nn.Module:
-    """The seeded initialisation of a registered model, data-dependent parts included."""
+def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init") -> nn.Module:
+    """The seeded initialisation of a registered model, data-dependent parts included.
+
+    `stream` names an independent random stream: "reinit" gives the fresh weights of the
+    random re-initialisation baseline, different from "init" for the same seed.
+    """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed("init", config.train.seed))
+        torch.manual_seed(stream_seed(stream, config.train.seed))
         model = build_model(
             config.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
             image_size=dataset.image_size, **config.model.kwargs_dict(),
         )
     init_from_data = getattr(model, "initialize_from_data", None)
     if callable(init_from_data):
-        g = torch.Generator().manual_seed(stream_seed("init-data", config.train.seed))
+        g = torch.Generator().manual_seed(stream_seed(f"{stream}-data", config.train.seed))
         pick = torch.randperm(len(dataset.train_y), generator=g)[:5000]
         mean = torch.tensor(dataset.mean, dtype=torch.float32)
         std = torch.tensor(dataset.std, dtype=torch.float32)

@@ -72,3 +72,12 @@ def test_rewind_points(text, k):
 def test_bad_rewind_points(text, match):
     with pytest.raises(TicketlabError, match=match):
         rewind_iteration(text, 100, 1000)
+
+
+def test_a_ticket_far_above_dense_warns_of_an_undertrained_baseline():
+    weak = [_seed(0.64, (0.70, 0.75), (0.64, 0.63))]
+    s = summarise(weak, ("reinit",), "validation")
+    assert [r["winning"] for r in s["levels"]] == [True, True]
+    assert len(s["warnings"]) == 1 and "under-trained" in s["warnings"][0] and "11.0 points" in s["warnings"][0]
+    healthy = summarise([_seed(0.98, (0.981, 0.95), (0.97, 0.94))], ("reinit",), "validation")
+    assert healthy["warnings"] == []

@@ -147,6 +147,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     print(f"\nsparsest winning ticket: {win:.2%} of weights remaining" if win is not None
           else "\nno level produced a winning ticket")
     print(f"plot: {s['plot']}")
+    for warning in s["warnings"]:
+        print(f"warning: {warning}")
     if args.json:
         print(json.dumps(s, sort_keys=True))
     return 0

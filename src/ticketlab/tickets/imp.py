@@ -34,6 +34,9 @@ from ticketlab.tickets.verdict import sparsest_winning, stat, verdict
 from ticketlab.train.run import RunResult, dataset_identity, initial_model, recipe_config, resolve_device, train_run
 
 SCOPES = ("global", "layerwise")
+# a sparse ticket that beats its dense parent by more than a point is a sign of a weak dense
+# baseline (too few epochs, too small an lr), not of a great ticket
+UNDERTRAINED_GAIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,15 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
         densities.append(density)
     summary: dict[str, Any] = {"dense": dense_test.as_dict(), "levels": rows,
                                "sparsest_winning_density": sparsest_winning(densities, verdicts),
-                               "verdict_on": verdict_on}
+                               "verdict_on": verdict_on, "warnings": []}
+    judged = [r["validation"]["ticket"]["mean"] if verdict_on == "validation" else r["ticket"]["mean"] for r in rows]
+    best_gain = max(judged, default=dense_judge.mean) - dense_judge.mean
+    if best_gain > UNDERTRAINED_GAIN:
+        summary["warnings"].append(
+            f"tickets beat the dense network by up to {100 * best_gain:.1f} points: the dense baseline is probably "
+            "under-trained, and against a weak dense network tickets win trivially (lottery-ticket sanity checks); "
+            "train longer (--epochs) before trusting the verdict"
+        )
     if verdict_on == "validation":
         summary["dense_validation"] = dense_judge.as_dict()
     return summary
@@ -231,7 +242,8 @@ def find_ticket(
     `model` is a registered name or your own `nn.Module` (other seeds re-initialise it with its
     modules' `reset_parameters`). `train_options` are `TrainConfig` fields. Returns the ticket's
     masks per level and the study summary; the verdict is judged on a validation split held out
-    of the training set (`data.validation`, default 10%), never on the test set.
+    of the training set (`data.validation`, default 10%), never on the test set. `summary["warnings"]`
+    flags a result not to trust, such as tickets far above an under-trained dense network.
     """
     tickets = tickets or TicketConfig()
     tickets.validate()

@@ -88,6 +88,13 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """What every command that trains or builds a model takes."""
+    add_train_options(p)
+    add_data_options(p)
+    add_output_options(p)
+
+
 _TRAIN_FIELDS = (
     "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
     "milestones", "gamma", "warmup_epochs", "label_smoothing", "ema_decay", "tta", "precision", "compile", "seed",
@@ -273,9 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one model (reused if already finished, resumed if interrupted)")
-    add_train_options(p)
-    add_data_options(p)
-    add_output_options(p)
+    add_run_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("find", help="find the sparsest winning ticket by IMP with rewinding, with baselines")
@@ -291,9 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")
     g.add_argument("--plot", help="also write the accuracy plot (PNG) here")
-    add_train_options(p)
-    add_data_options(p)
-    add_output_options(p)
+    add_run_options(p)
     p.set_defaults(func=cmd_find)
 
     p = sub.add_parser("prune", help="one-shot masks for a trained run, a weights file or a fresh init")
@@ -307,9 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude-first", action="store_true")
     g.add_argument("--exclude-last", action="store_true")
     g.add_argument("--out", default="masks.safetensors", help="where the masks are written")
-    add_train_options(p)
-    add_data_options(p)
-    add_output_options(p)
+    add_run_options(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("runs", help="list, show or remove stored runs")

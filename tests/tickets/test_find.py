@@ -125,3 +125,8 @@ def test_model_without_prunable_layer(tmp_path):
 
     with pytest.raises(TicketlabError, match="no prunable layer"):
         _find(tmp_path, model=Pool())
+
+
+def test_unknown_training_option_is_a_user_error(tmp_path):
+    with pytest.raises(TicketlabError, match="unknown training option.*epoch"):
+        find_ticket("lenet_300_100", tiny_dataset(n=40, channels=1), store=tmp_path, epoch=3, progress=False)

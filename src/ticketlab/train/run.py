@@ -231,10 +231,6 @@ def train(
     `train_options` are `TrainConfig` fields (epochs, lr, batch_size, ...); fields you leave out
     take the model's recipe where it has one, else the `TrainConfig` defaults.
     """
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(train_options) - known)
-    if unknown:
-        raise TicketlabError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     name = model if isinstance(model, str) else type(model).__name__
     train_cfg = recipe_config(name if isinstance(model, str) else None, **train_options)
     data_cfg = data or DataConfig()
@@ -257,6 +253,9 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
     from ticketlab.models import model_recipe
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TicketlabError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     recipe = {k: v for k, v in (model_recipe(model_name) if model_name else {}).items() if k in known}
     given = {k: v for k, v in overrides.items() if v is not None}
     values = {**recipe, **given}

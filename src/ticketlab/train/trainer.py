@@ -42,6 +42,7 @@ class TrainResult:
     test: dict[str, float] | None
     validation: dict[str, float] | None
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: str | None = None  # why a hook ended training before the last epoch
 
 
 class WeightEMA:
@@ -152,6 +153,12 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._sums = torch.zeros(3, device=self.device)  # loss sum, correct, examples of this epoch
         self._interrupt = _InterruptFlag()
+        self.stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """End training after the current epoch (hooks call this from `on_epoch_end`, e.g.
+        early-bird stopping); the run then evaluates and finishes as usual."""
+        self.stop_reason = reason
 
     def interrupt(self) -> None:
         """Stop after the current step with a checkpoint, as Ctrl-C does; `fit` raises KeyboardInterrupt."""
@@ -196,6 +203,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "hooks": [h.state_dict() for h in self.hooks],
+            "stop_reason": self.stop_reason or "",
         }
         if self.ema is not None:
             state["ema"] = self.ema.model.state_dict()
@@ -209,6 +217,7 @@ class Trainer:
         self.iteration = state["iteration"]
         self.train_seconds = state["train_seconds"]
         self.history = state["history"]
+        self.stop_reason = state.get("stop_reason") or None
         self._sums = state["sums"].to(self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -270,7 +279,7 @@ class Trainer:
         epoch_data, last_postfix = None, 0.0
         with self._interrupt as interrupt, bar:
             start = time.perf_counter()
-            while self.iteration < self.total_steps:
+            while self.iteration < self.total_steps and self.stop_reason is None:
                 epoch, b = divmod(self.iteration, self.steps_per_epoch)
                 if epoch_data is None or b == 0:
                     epoch_data = self.data.epoch(self.cfg.seed, epoch)
@@ -305,7 +314,7 @@ class Trainer:
                     raise KeyboardInterrupt
         validation = self.evaluate(self.validation) if self.validation is not None else None
         test = self.evaluate(self.test) if self.test is not None else None
-        return TrainResult(self.iteration, self.train_seconds, test, validation, self.history)
+        return TrainResult(self.iteration, self.train_seconds, test, validation, self.history, self.stop_reason)
 
     def _running(self) -> tuple[float, float]:
         loss_sum, correct, n = self._sums.tolist()

@@ -36,11 +36,21 @@ from ticketlab.sparsity.masks import (
     shuffle_within_layers,
 )
 from ticketlab.sparsity.prunable import density, prunable_parameters, select_prunable
+from ticketlab.sparsity.structure import (
+    REFILL_CRITERIA,
+    channel_counts,
+    channel_scores,
+    is_channel_structured,
+    kept_channels,
+    refill,
+    refill_layer,
+)
 
 __all__ = [
-    "BUDGETS", "CRITERIA", "Masks", "apply_masks", "check_density", "check_masks", "compute_scores", "density",
-    "density_report", "er", "erdos_renyi", "erk", "global_masks", "grasp", "layerwise_masks",
-    "load_masks", "magnitude", "masks_from_scores", "nm_masks", "overall_density", "prunable_parameters",
-    "prune_at_init", "prune_fraction", "random_like", "random_scores", "save_masks", "select_prunable",
+    "BUDGETS", "CRITERIA", "REFILL_CRITERIA", "Masks", "apply_masks", "channel_counts", "channel_scores",
+    "check_density", "check_masks", "compute_scores", "density", "density_report", "er", "erdos_renyi", "erk",
+    "global_masks", "grasp", "is_channel_structured", "kept_channels", "layerwise_masks", "load_masks", "magnitude",
+    "masks_from_scores", "nm_masks", "overall_density", "prunable_parameters", "prune_at_init", "prune_fraction",
+    "random_like", "random_scores", "refill", "refill_layer", "save_masks", "select_prunable",
     "shuffle_within_layers", "snip", "synflow", "synflow_scores", "uniform",
 ]

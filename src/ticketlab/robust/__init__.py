@@ -1,0 +1,19 @@
+"""Training and evaluation under noisy labels (methods.md section 8)."""
+
+from ticketlab.robust.selective import (
+    COVERAGES,
+    coverage_table,
+    coverage_threshold,
+    risk_coverage_curve,
+    selective_error,
+    split_for_selection,
+)
+
+__all__ = [
+    "COVERAGES",
+    "coverage_table",
+    "coverage_threshold",
+    "risk_coverage_curve",
+    "selective_error",
+    "split_for_selection",
+]

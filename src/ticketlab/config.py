@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
 TTA_MODES = ("none", "flip", "flip_shift")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("ce", "sat", "sat-selective")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class DataConfig:
     crop_padding: int = -1  # -1: 4 for 32x32 colour images, 0 otherwise
     flip: bool | None = None  # None: on for colour images, off for grey (digits are not mirror-symmetric)
     cutout: int = 0  # side of the square cut out per image; 0 is off
+    noise: str = ""  # label noise of the training labels, e.g. "uniform:0.4" (ticketlab.data.noise)
+    noise_seed: int = 0  # the noisy labels stay fixed across training seeds
+    subset: str = ""  # digest of the training examples used, when not all are (PrAC sets)
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,25 @@ class TrainConfig:
     precision: str = "fp32"  # autocast dtype on CUDA; CPU always trains in fp32
     compile: bool = False
     seed: int = 0
+    loss: str = "ce"  # ce, sat (self-adaptive training) or sat-selective (with an abstain output)
+    sat_alpha: float = 0.9  # SAT's target momentum
+    sat_start: int = 60  # SAT's first epoch (0-based); plain cross-entropy before it
+
 
     def validate(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("tta", self.tta, TTA_MODES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("loss", self.loss, LOSSES)
+        if self.loss != "ce":
+            if not 0 <= self.sat_alpha < 1:
+                raise TicketlabError(f"--sat-alpha must be in [0, 1), got {self.sat_alpha}")
+            if not 0 <= self.sat_start < self.epochs:
+                raise TicketlabError(
+                    f"--sat-start {self.sat_start} is not inside training ({self.epochs} epochs), so self-adaptive "
+                    f"training would never start; pass --sat-start below --epochs (published: 60 of 200)"
+                )
         if self.epochs < 1:
             raise TicketlabError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -112,6 +129,7 @@ class RunConfig:
     masks: str = ""
     start: int = 0  # first iteration trained: k > 0 continues a schedule from a rewind point
     snapshots: tuple[int, ...] = ()  # iterations whose weights are kept (rewinding needs them)
+    hooks: str = ""  # canonical description of hooks that change the numbers (early-bird stopping)
     kind: str = "train"
 
     @property

@@ -9,9 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from ticketlab.cli import ship
 from ticketlab.cli.table import key_values, table
-from ticketlab.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TTA_MODES, DataConfig, ModelConfig, RunConfig
+from ticketlab.config import LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TTA_MODES, DataConfig, ModelConfig, RunConfig
 from ticketlab.errors import TicketlabError
+from ticketlab.sparsity.structure import REFILL_CRITERIA
+from ticketlab.tickets.structured import STRUCTURES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +56,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-download", action="store_true", help="never download; fail if the files are absent")
     g.add_argument("--validation", type=int, default=0, help="training examples held out for validation (stratified)")
     g.add_argument("--cutout", type=int, default=0, help="cutout square size in pixels (0: off)")
+    g.add_argument("--noise", default="", help="training-label noise: uniform:R, flip:R, asymmetric:R or "
+                   "file:PATH.npz:KEY (CIFAR-10N layout); test labels stay clean")
+    g.add_argument("--noise-seed", type=int, default=0, help="seed of the noisy labels (fixed across --seed)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -78,6 +84,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=PRECISIONS, help="autocast dtype on CUDA (CPU trains in fp32)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--loss", choices=LOSSES, help="ce, sat (self-adaptive training) or sat-selective (abstain output)")
+    g.add_argument("--sat-alpha", type=float, help="SAT target momentum (published 0.9)")
+    g.add_argument("--sat-start", type=int, help="first SAT epoch, 0-based (published 60 of 200)")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
@@ -98,6 +107,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 _TRAIN_FIELDS = (
     "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
     "milestones", "gamma", "warmup_epochs", "label_smoothing", "ema_decay", "tta", "precision", "compile", "seed",
+    "loss", "sat_alpha", "sat_start",
 )
 
 
@@ -105,7 +115,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     from ticketlab.train import recipe_config
 
     train_cfg = recipe_config(args.model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
-    data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout)
+    data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout, noise=args.noise,
+                          noise_seed=args.noise_seed)
     model_cfg = ModelConfig(name=args.model, kwargs=tuple(sorted(args.model_arg)))
     return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
 
@@ -125,8 +136,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"run {result.run_id} already finished with these settings; reusing it (`ticketlab runs rm {result.run_id}` to retrain)")
     shown = {k: s.get(k) for k in ("run_id", "model", "dataset", "epochs", "iterations", "train_seconds",
-                                    "train_accuracy", "val_accuracy", "test_accuracy", "parameters", "density") if k in s}
+                                    "train_accuracy", "val_accuracy", "test_accuracy", "parameters", "density",
+                                    "noise_rate", "relabelled_fraction", "corrected_fraction", "label_accuracy_after",
+                                    "labels_file", "stopped_epoch") if k in s}
     print(key_values(shown))
+    if "coverage" in s:
+        print("selective classification on the test set (thresholds chosen on a held-out half of it, "
+              "errors reported on the other half):")
+        print(table(("target coverage", "coverage", "selective error"),
+                    [(f"{100 * r['target_coverage']:.0f}%", f"{100 * r['coverage']:.1f}%",
+                      f"{100 * r['selective_error']:.2f}%") for r in s["coverage"]]))
+        print(f"plot: {s['coverage_plot']}")
     if args.json:
         print(json.dumps(s, sort_keys=True))
     return 0
@@ -139,7 +159,9 @@ def cmd_find(args: argparse.Namespace) -> int:
     tickets = TicketConfig(
         levels=args.levels, fraction=args.fraction, output_fraction=args.output_fraction, scope=args.scope,
         rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
-        baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds,
+        baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
+        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm, data=args.data,
+        prac_file=args.prac_file, early_bird=args.early_bird,
     )
     train_cfg = run_config(args)
     options = {f: getattr(train_cfg.train, f) for f in _TRAIN_FIELDS}
@@ -153,7 +175,10 @@ def cmd_find(args: argparse.Namespace) -> int:
     win = s["sparsest_winning_density"]
     print(f"\nsparsest winning ticket: {win:.2%} of weights remaining" if win is not None
           else "\nno level produced a winning ticket")
-    print(f"plot: {s['plot']}")
+    print(f"plot: {s['plot']}" + (f"  accuracy vs speed: {s['speed_plot']}" if s.get("speed_plot") else ""))
+    if "iterations_saved" in s:
+        print(f"search: {s['search_iterations']:,} training iterations instead of {s['full_data_iterations']:,} "
+              f"on the full data ({s['iterations_saved']:.1%} saved)")
     for warning in s["warnings"]:
         print(f"warning: {warning}")
     if args.json:
@@ -166,18 +191,21 @@ def study_table(summary: dict[str, Any]) -> str:
     arms = [k for k in ("ticket", "reinit", "random", "shuffle", "oneshot", "finetune") if levels and k in levels[0]]
     pm = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"  # noqa: E731
     on_val = summary["verdict_on"] == "validation"
-    rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "", "")]
+    speed = any("speedup_cpu" in r for r in levels)
+    rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "", "", *(["1.00x"] if speed else []))]
     for r in levels:
         verdict = "WIN" if r["winning"] else ("no: below dense" if not r["matches_dense"] else "no: ~reinit")
         judged = r["validation"] if on_val else r
         dense = summary["dense_validation"] if on_val else summary["dense"]
         gap = f"{100 * (judged['ticket']['mean'] - dense['mean']):+.2f} (±{100 * r['tolerance']:.2f})"
+        cpu = [f"{r['speedup_cpu']:.2f}x" if r.get("speedup_cpu") else "n/a"] if speed else []
         rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms],
-                     gap, verdict))
+                     gap, verdict, *cpu))
     basis = summary["verdict_on"]
     return (f"test accuracy (%), mean ± std over {summary.get('seeds', 1)} seed(s); "
             f"the verdict is judged on {basis} accuracy\n") + table(
-        ("level", "density", "dense", *arms, f"ticket-dense ({basis[:3]})", "verdict"), rows)
+        ("level", "density", "dense", *arms, f"ticket-dense ({basis[:3]})", "verdict",
+         *(["CPU speed-up (b64)"] if speed else [])), rows)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -222,6 +250,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
                           "density": report["total"]["density"], "layers": report["layers"]}, sort_keys=True))
+    return 0
+
+
+def cmd_prac(args: argparse.Namespace) -> int:
+    """Train the dense network with per-example records and save its hard-to-memorise set."""
+    from ticketlab.store import RunStore
+    from ticketlab.tickets.prac import from_records, save_prac
+    from ticketlab.train import train_run
+    from ticketlab.train.records import ExampleRecords
+
+    config = run_config(args)
+    result = train_run(config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
+                       device=args.device, progress=not args.quiet, records=True)
+    records = ExampleRecords.load(result.folder / "records.safetensors")
+    prac = from_records(records.correct, records.seen, {
+        "dataset": result.summary["dataset"], "validation": config.data.validation,
+        "split_seed": config.data.split_seed, "model": config.model.name, "run_id": result.run_id})
+    save_prac(args.out, prac)
+    i = prac.info
+    print(key_values({"run_id": result.run_id, "test_accuracy": result.summary["test_accuracy"],
+                      "examples": i["examples"], "forgotten at least once": i["forgotten"],
+                      "never learned": i["never_learned"], "PrAC fraction": f"{prac.fraction:.2%}", "saved to": args.out}))
+    print(f"use it: ticketlab find --data prac --prac-file {args.out} ... (any model, same dataset and --validation)")
+    if args.json:
+        print(json.dumps({**i, "prac_fraction": prac.fraction, "out": str(args.out)}, sort_keys=True))
     return 0
 
 
@@ -296,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")
     g.add_argument("--plot", help="also write the accuracy plot (PNG) here")
+    g = p.add_argument_group("structured tickets (methods.md section 5)")
+    g.add_argument("--structure", choices=STRUCTURES, default="none",
+                   help="channel: refill whole channels (compactable, faster); group: regroup dense blocks; nm: N:M")
+    g.add_argument("--refill-rate", type=float, default=0.0, help="channel: refill+ rate r of extra channels")
+    g.add_argument("--refill-criterion", choices=REFILL_CRITERIA, default="count",
+                   help="channel: rank channels by surviving weights, weight L1, activation norm or |activation*grad|")
+    g.add_argument("--nm", default="2:4", help="nm: keep N of every M weights")
+    g = p.add_argument_group("cheaper search (methods.md section 6)")
+    g.add_argument("--data", choices=("full", "prac"), default="full",
+                   help="prac: each level's search trains on its PrAC set with a shrunk schedule")
+    g.add_argument("--prac-file", default="", help="a PrAC set from `ticketlab prac` (e.g. of another model)")
+    g.add_argument("--early-bird", type=float, default=0.0, metavar="THRESHOLD",
+                   help="stop a level's search once the next mask moves less than this over 5 epochs (published 0.08)")
     add_run_options(p)
     p.set_defaults(func=cmd_find)
 
@@ -312,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="masks.safetensors", help="where the masks are written")
     add_run_options(p)
     p.set_defaults(func=cmd_prune)
+
+    ship.add_commands(sub)
+
+    p = sub.add_parser("prac", help="train the dense network with per-example records and save its PrAC set")
+    p.add_argument("--out", default="prac.safetensors", help="where the PrAC set is written")
+    add_run_options(p)
+    p.set_defaults(func=cmd_prac)
 
     p = sub.add_parser("runs", help="list, show or remove stored runs")
     p.add_argument("action", choices=("list", "show", "rm"))

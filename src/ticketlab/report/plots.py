@@ -49,3 +49,29 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
+
+
+def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
+    """Ticket test accuracy against measured compacted/dense CPU throughput, one point per level."""
+    levels = [r for r in summary["levels"] if r.get("speedup_cpu")]
+    dense = summary["dense"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    ax.errorbar([1.0], [100 * dense["mean"]], yerr=[100 * dense["std"]], color="k", marker="s", capsize=3,
+                label="dense")
+    x = [r["speedup_cpu"] for r in levels]
+    ax.errorbar(x, [100 * r["ticket"]["mean"] for r in levels], yerr=[100 * r["ticket"]["std"] for r in levels],
+                capsize=3, label=f"{summary.get('structure', '')} ticket, compacted", **_STYLE["ticket"])
+    for r in levels:
+        ax.annotate(f"{100 * r['density']:.1f}%", (r["speedup_cpu"], 100 * r["ticket"]["mean"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.axhline(100 * (dense["mean"] - 0.005), color="k", lw=0.8, ls=":", label="dense − 0.5 points")
+    ax.set_xlabel("CPU throughput, compacted / dense (batch 64, measured)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{summary.get('model', '')} on {summary.get('dataset', '')}: accuracy vs measured speed-up")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path

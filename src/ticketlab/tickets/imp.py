@@ -24,13 +24,21 @@ from torch import nn
 
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id
 from ticketlab.data import ImageDataset, load_dataset
+from ticketlab.data.augment import normalize
 from ticketlab.data.batches import stream_seed
+from ticketlab.data.split import train_validation_split
 from ticketlab.errors import TicketlabError
-from ticketlab.sparsity import density_report, magnitude, prune_fraction, save_masks, select_prunable
+from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
 from ticketlab.store import RunStore, read_tensors, write_json
 from ticketlab.tickets.baselines import BASELINES, LevelContext
+from ticketlab.sparsity.structure import REFILL_CRITERIA
+from ticketlab.tickets.earlybird import EarlyBird
+from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions, scaled_train
 from ticketlab.tickets.rewind import rewind_iteration
+from ticketlab.tickets.structured import STRUCTURES, Structure, parse_nm
+from ticketlab.tickets.ticketfile import save_ticket
 from ticketlab.tickets.verdict import sparsest_winning, stat, verdict
+from ticketlab.train.records import ExampleRecords
 from ticketlab.train.run import RunResult, dataset_identity, initial_model, recipe_config, resolve_device, train_run
 
 SCOPES = ("global", "layerwise")
@@ -50,6 +58,13 @@ class TicketConfig:
     exclude_last: bool = False
     baselines: tuple[str, ...] = ("reinit", "random")
     seeds: int = 1
+    structure: str = "none"  # none, channel (refill), group (regroup) or nm
+    refill_rate: float = 0.0  # channel: r of refill+ (0 = the unstructured mask's parameter count)
+    refill_criterion: str = "count"  # channel: how channels are ranked (structure.REFILL_CRITERIA)
+    nm: str = "2:4"  # nm: N of every M weights kept
+    data: str = "full"  # full, or prac: search each level on its PrAC set (methods.md section 6)
+    prac_file: str = ""  # a saved PrAC set to use instead of this dense run's (transfer across models)
+    early_bird: float = 0.0  # > 0: stop a search run once its next mask moves less than this (You et al. 0.08)
 
     def validate(self) -> None:
         if self.levels < 1:
@@ -67,6 +82,25 @@ class TicketConfig:
             raise TicketlabError(f"--seeds must be at least 1, got {self.seeds}")
         for name in self.baselines:
             BASELINES.get(name)
+        if self.structure not in STRUCTURES:
+            raise TicketlabError(f"unknown --structure {self.structure!r}; choose one of: {', '.join(STRUCTURES)}")
+        if self.structure != "channel" and (self.refill_rate != 0.0 or self.refill_criterion != "count"):
+            raise TicketlabError("--refill-rate and --refill-criterion shape channel tickets; add --structure channel")
+        if not 0 <= self.refill_rate < 1:
+            raise TicketlabError(f"--refill-rate must be in [0, 1), got {self.refill_rate}")
+        if self.refill_criterion not in REFILL_CRITERIA:
+            raise TicketlabError(f"unknown --refill-criterion {self.refill_criterion!r}; "
+                                 f"choose one of: {', '.join(REFILL_CRITERIA)}")
+        parse_nm(self.nm)
+        if self.data not in ("full", "prac"):
+            raise TicketlabError(f"unknown --data {self.data!r}; choose full or prac")
+        if self.prac_file and self.data != "prac":
+            raise TicketlabError("--prac-file gives a PrAC set; add --data prac to search on it")
+        if not 0 <= self.early_bird < 1:
+            raise TicketlabError(f"--early-bird is a mask-distance threshold in (0, 1) (published 0.08), got {self.early_bird}")
+        if self.structure == "nm" and self.levels != 1:
+            raise TicketlabError(f"an N:M mask has one fixed density ({self.nm} keeps {self.nm.replace(':', ' of ')}), "
+                                 f"so --structure nm takes --levels 1, got {self.levels}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +112,13 @@ class StudyConfig:
     @property
     def run_id(self) -> str:
         return run_id(self)
+
+
+@dataclass
+class _Search:
+    result: RunResult
+    prac_fraction: float | None
+    iterations: int  # iterations the search trained (from its start)
 
 
 @dataclass
@@ -113,6 +154,27 @@ class _Study:
         steps = -(-n_train // config.run.train.batch_size)
         self.k = rewind_iteration(self.t.rewind, steps, steps * config.run.train.epochs)
         self.seconds = 0.0
+        self.structure = Structure(self.t.structure, probe, self.names, refill_rate=self.t.refill_rate,
+                                   refill_criterion=self.t.refill_criterion, nm=self.t.nm)
+        self.input_shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+        self.prac = self.t.data == "prac"
+        self._dense_predictions: tuple[RunResult, torch.Tensor] | None = None
+        self.n_train = n_train
+        self.steps = steps
+
+    def _score_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training examples (never validation or test) for activation-based channel criteria."""
+        run = self.config.run
+        train_set, _ = train_validation_split(self.dataset, run.data.validation, run.data.split_seed)
+        mean = torch.tensor(train_set.mean, dtype=torch.float32)
+        std = torch.tensor(train_set.std, dtype=torch.float32)
+        return normalize(train_set.train_x[:256], mean, std), train_set.train_y[:256].long()
+
+    def _structured(self, masks: dict[str, torch.Tensor], trained: nn.Module) -> dict[str, torch.Tensor]:
+        if not self.structure.active:
+            return masks
+        batch = self._score_batch() if self.structure.needs_batch() else None
+        return self.structure.apply(masks, trained.cpu(), batch)
 
     def _model(self, run: RunConfig) -> nn.Module:
         return copy.deepcopy(self.user_model) if self.user_model is not None else initial_model(run, self.dataset)
@@ -135,9 +197,11 @@ class _Study:
             init = self.user_model.state_dict() if s == 0 else _user_init(self.user_model, "init", run.train.seed)
         else:
             init = None
-        dense = self.train(run, f"{tag} dense", init_state=init, save_at=(self.k,))
+        dense = self.train(run, f"{tag} dense", init_state=init, save_at=(self.k,), records=self.prac)
         rewind_state = read_tensors(dense.folder / "weights" / f"it_{self.k}.safetensors")
         dense_final = dense.model.state_dict()
+        trained = dense.model
+        hard = self._hard_examples(dense) if self.prac else None
         results.append(self._record(0, 1.0, {"ticket": dense}))
         _log(f"{tag} level 0 (dense): test {dense.summary['test_accuracy']:.2%}")
 
@@ -146,35 +210,119 @@ class _Study:
                 return _user_init(self.user_model, "reinit", run.train.seed)
             return initial_model(run, self.dataset, stream="reinit").state_dict()
 
-        masks = {n: torch.ones_like(dense_final[n], dtype=torch.bool) for n in self.names}
+        weights = {n: torch.ones_like(dense_final[n], dtype=torch.bool) for n in self.names}
         previous, per_level = dense_final, []
         for level in range(1, self.t.levels + 1):
             scores = magnitude({n: previous[n] for n in self.names})
-            masks = prune_fraction(scores, masks, self.t.fraction, self.t.scope, self._layer_fractions())
-            report = density_report(masks)
+            if self.structure.kind == "nm":
+                weights = self.structure.nm_masks({n: previous[n] for n in self.names})
+            else:
+                weights = prune_fraction(scores, weights, self.t.fraction, self.t.scope, self._layer_fractions())
+                weights = self._structured(weights, trained)
+            masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels
+            report = density_report(weights)
             folder = self.store.folder(self.config.run_id) / f"seed_{s}" / f"level_{level}"
             save_masks(folder / "masks.safetensors", masks)
             write_json(folder / "density.json", report)
             density = report["total"]["density"]
             what = f"{tag} level {level}/{self.t.levels} ({density:.1%} left)"
-            arms = {"ticket": self.train(run, f"{what} ticket", init_state=rewind_state, masks=masks, start_iteration=self.k)}
-            ctx = LevelContext(s, level, self.t.scope, masks, rewind_state, self.k, dense_final, previous, fresh_init)
+            search = self._search(run, what, rewind_state, masks, weights, trained, dense, hard)
+            if search is not None and not self.prac:
+                ticket = search.result
+            else:
+                ticket = self.train(run, f"{what} ticket", init_state=rewind_state, masks=masks, start_iteration=self.k)
+            arms = {"ticket": ticket}
+            ctx = LevelContext(s, level, self.t.scope, weights, rewind_state, self.k, dense_final, previous, fresh_init)
             for name in self.t.baselines:
                 arm = BASELINES.get(name)(ctx)
-                arms[name] = self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm.masks,
+                # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
+                arm_masks = masks if arm.masks is weights else self.structure.complete(self._structured(arm.masks, trained))
+                arms[name] = self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm_masks,
                                         start_iteration=arm.start)
-            results.append(self._record(level, density, arms))
-            _log(f"{what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items()))
-            previous = arms["ticket"].model.state_dict()
+            speed = None
+            if self.structure.active and s == 0:
+                speed = self._ship(folder, arms["ticket"].model, masks, density)
+            results.append(self._record(level, density, arms, speed, search))
+            _log(f"{what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items())
+                 + (f", compacted/dense CPU throughput {speed['speedup_cpu']:.2f}x"
+                    if speed and speed.get("speedup_cpu") else ""))
+            trained = search.result.model if search is not None else arms["ticket"].model
+            previous = trained.state_dict()
             per_level.append(masks)
         return per_level
 
-    @staticmethod
-    def _record(level: int, density: float, arms: dict[str, RunResult]) -> dict[str, Any]:
-        return {"level": level, "density": density,
-                "test": {k: v.summary["test_accuracy"] for k, v in arms.items()},
-                "validation": {k: v.summary.get("val_accuracy") for k, v in arms.items()},
-                "runs": {k: v.run_id for k, v in arms.items()}}
+    def _ship(self, folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], density: float) -> dict[str, Any]:
+        """Save the level's ticket as a file `ticketlab bench` reads, and measure its speed."""
+        model = copy.deepcopy(model).cpu()
+        run = self.config.run
+        if self.user_model is None:
+            save_ticket(folder / "ticket.safetensors", model, masks, model_name=run.model.name,
+                        model_options=run.model.kwargs_dict(), num_classes=self.dataset.num_classes,
+                        in_channels=self.dataset.in_channels, image_size=self.dataset.image_size,
+                        extra={"structure": self.t.structure, "density": density, "study": self.config.run_id})
+        speed = self.structure.speed(model, masks, self.input_shape)
+        write_json(folder / "speed.json", speed)
+        return speed
+
+    def _hard_examples(self, dense: RunResult) -> torch.Tensor:
+        """The PrAC set's hard-to-memorise part: from a saved set, or this dense run's records."""
+        if self.t.prac_file:
+            return load_prac(self.t.prac_file, self.n_train).hard
+        records = ExampleRecords.load(dense.folder / "records.safetensors")
+        return from_records(records.correct, records.seen, {}).hard
+
+    def _search(self, run: RunConfig, what: str, rewind_state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                weights: dict[str, torch.Tensor], trained: nn.Module, dense: RunResult,
+                hard: torch.Tensor | None) -> _Search | None:
+        """The run whose weights the next level prunes, when it is not simply the ticket's:
+        a PrAC-set run (scaled schedule, from the rewind weights) and/or one with early-bird stopping."""
+        if not self.prac and not self.t.early_bird:
+            return None
+        hooks = []
+        if self.t.early_bird:
+            hooks.append(EarlyBird(self.names, self.t.fraction, current=weights, scope=self.t.scope,
+                                   threshold=self.t.early_bird, layer_fractions=self._layer_fractions()))
+            run = replace(run, hooks=f"early_bird:{self.t.early_bird}:5")
+        if not self.prac:
+            result = self.train(run, f"{what} ticket (early-bird)", init_state=rewind_state, masks=masks,
+                                start_iteration=self.k, hooks=hooks)
+            return _Search(result, None, result.summary["iterations"] - self.k)
+        x, mean, std = self._train_images()
+        pruned = copy.deepcopy(trained).cpu()
+        with torch.no_grad():
+            apply_masks(pruned, masks)
+        if self._dense_predictions is None or self._dense_predictions[0] is not dense:
+            self._dense_predictions = (dense, predictions(copy.deepcopy(dense.model).cpu(), x, mean, std))
+        changed = self._dense_predictions[1] != predictions(pruned, x, mean, std)
+        subset = prac_indices(hard, changed)
+        fraction = len(subset) / self.n_train
+        prac_run = replace(run, train=scaled_train(run.train, fraction))
+        result = self.train(prac_run, f"{what} PrAC search ({fraction:.0%} of the data)", init_state=rewind_state,
+                            masks=masks, subset=subset, hooks=hooks)
+        return _Search(result, fraction, result.summary["iterations"])
+
+    def _train_images(self) -> tuple[torch.Tensor, tuple[float, ...], tuple[float, ...]]:
+        run = self.config.run
+        if run.data.validation:
+            train_set, _ = train_validation_split(self.dataset, run.data.validation, run.data.split_seed)
+        else:
+            train_set = self.dataset
+        return train_set.train_x, train_set.mean, train_set.std
+
+    def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,
+                search: _Search | None = None) -> dict[str, Any]:
+        record = {"level": level, "density": density,
+                  "test": {k: v.summary["test_accuracy"] for k, v in arms.items()},
+                  "validation": {k: v.summary.get("val_accuracy") for k, v in arms.items()},
+                  "runs": {k: v.run_id for k, v in arms.items()},
+                  "full_iterations": self.steps * self.config.run.train.epochs - self.k}
+        if speed is not None:
+            record["speed"] = speed
+        if search is not None:
+            record["search"] = {"iterations": search.iterations, "run": search.result.run_id,
+                                "prac_fraction": search.prac_fraction,
+                                "stopped_epoch": search.result.summary.get("stopped_epoch")}
+        return record
 
 
 def _log(message: str) -> None:
@@ -199,6 +347,7 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
                    tolerance=v.tolerance, verdict_on=verdict_on)
         if verdict_on == "validation":
             row["validation"] = {a: s.as_dict() for a, s in judge.items()}
+        row.update(per_seed[0][level].get("speed", {}))  # measured on the first seed's ticket
         rows.append(row)
         verdicts.append(v)
         densities.append(density)
@@ -215,6 +364,20 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
         )
     if verdict_on == "validation":
         summary["dense_validation"] = dense_judge.as_dict()
+    searches = [lv for seed in per_seed for lv in seed[1:] if "search" in lv]
+    if searches:
+        for row, level in zip(rows, range(1, levels)):
+            found = [seed[level]["search"] for seed in per_seed]
+            fractions = [f["prac_fraction"] for f in found if f["prac_fraction"] is not None]
+            row["search_iterations"] = [f["iterations"] for f in found]
+            row["stopped_epoch"] = [f["stopped_epoch"] for f in found]
+            if fractions:
+                row["prac_fraction"] = sum(fractions) / len(fractions)
+        searched = sum(lv["search"]["iterations"] for lv in searches)
+        full = sum(lv["full_iterations"] for lv in searches)
+        summary["search_iterations"] = searched
+        summary["full_data_iterations"] = full
+        summary["iterations_saved"] = 1 - searched / full
     return summary
 
 
@@ -272,14 +435,16 @@ def find_ticket(
     summary = summarise(per_seed, tickets.baselines, "validation")
     summary.update(study_id=config.run_id, model=name, dataset=ds.name, seeds=tickets.seeds,
                    fraction=tickets.fraction, scope=tickets.scope, rewind_iteration=study.k,
-                   train_seconds=round(study.seconds, 3))
-    from ticketlab.report.plots import plot_study
+                   structure=tickets.structure, train_seconds=round(study.seconds, 3))
+    from ticketlab.report.plots import plot_study, plot_tradeoff
 
     png = plot_study(summary, record.folder / "accuracy.png")
     if plot:
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         Path(plot).write_bytes(png.read_bytes())
     summary["plot"] = str(Path(plot) if plot else png)
+    if any(row.get("speedup_cpu") for row in summary["levels"]):
+        summary["speed_plot"] = str(plot_tradeoff(summary, record.folder / "speed.png"))
     write_json(record.folder / "per_seed.json", per_seed)
     store.finish(config.run_id, summary)
     return StudyResult(config.run_id, summary, masks, record.folder)

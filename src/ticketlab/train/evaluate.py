@@ -42,6 +42,7 @@ def evaluate(
     tta: str = "none",
     autocast: contextlib.AbstractContextManager | None = None,
     channels_last: bool = False,
+    output_classes: int | None = None,
 ) -> dict[str, float]:
     """Top-1 accuracy (a fraction) and mean cross-entropy of uint8 images `x` on `model`'s device."""
     was_training = model.training
@@ -58,7 +59,7 @@ def evaluate(
                 if channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 with autocast or contextlib.nullcontext():
-                    logits = logits + weight * model(inputs).float()
+                    logits = logits + weight * model(inputs).float()[:, :output_classes]
             correct += (logits.argmax(1) == yb).sum()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from ticketlab.data import DATASETS, ImageDataset, load_dataset, train_validation_split
+from ticketlab.data import DATASETS, ImageDataset, load_dataset
+from ticketlab.data.split import stratified_indices
 from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.errors import TicketlabError
@@ -70,7 +72,7 @@ def default_augment(data: DataConfig, dataset: ImageDataset) -> Augment:
     return Augment(crop_padding=padding, flip=flip, cutout=data.cutout)
 
 
-def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init") -> nn.Module:
+def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init", extra_outputs: int = 0) -> nn.Module:
     """The seeded initialisation of a registered model, data-dependent parts included.
 
     `stream` names an independent random stream: "reinit" gives the fresh weights of the
@@ -79,7 +81,7 @@ def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(stream, config.train.seed))
         model = build_model(
-            config.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+            config.model.name, num_classes=dataset.num_classes + extra_outputs, in_channels=dataset.in_channels,
             image_size=dataset.image_size, **config.model.kwargs_dict(),
         )
     init_from_data = getattr(model, "initialize_from_data", None)
@@ -114,6 +116,111 @@ def _load_data(config: RunConfig, dataset: ImageDataset | None, data_dir, downlo
     return replace(config, data=replace(config.data, dataset=dataset_identity(dataset))), dataset
 
 
+@dataclass
+class _Data:
+    """The training data a run sees: noisy labels applied, validation held out, subset taken."""
+
+    train_set: ImageDataset
+    validation: tuple[torch.Tensor, torch.Tensor] | None
+    clean_train_y: torch.Tensor | None  # the true labels of train_set, when noise was added
+    noise_rate: float | None
+
+
+def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None) -> _Data:
+    """Noise is drawn over the whole training set before the split, with its own fixed seed, so
+    every training seed and method sees the same noisy labels; the validation labels are noisy
+    too (a user holding noisy data has no clean ones), the test labels never are."""
+    clean, rate = None, None
+    if config.data.noise:
+        from ticketlab.data.noise import add_label_noise, noise_rate, parse_noise
+
+        noisy = add_label_noise(dataset.train_y, dataset.num_classes, parse_noise(config.data.noise),
+                                config.data.noise_seed)
+        clean, rate = dataset.train_y, noise_rate(dataset.train_y, noisy)
+        dataset = dataclasses.replace(dataset, train_y=noisy)
+    validation = None
+    if config.data.validation:
+        keep, held = stratified_indices(dataset.train_y, config.data.validation, config.data.split_seed)
+        validation = (dataset.train_x[held].contiguous(), dataset.train_y[held].contiguous())
+    else:
+        keep = torch.arange(len(dataset.train_y))
+    if subset is None and not config.data.validation:
+        return _Data(dataset, None, clean, rate)
+    if subset is not None:
+        if subset.numel() == 0 or int(subset.min()) < 0 or int(subset.max()) >= len(keep):
+            raise TicketlabError(f"the training subset must index the {len(keep)} training examples "
+                                 "(after the validation split); got an empty or out-of-range index set")
+        keep = keep[subset]
+    train_set = ImageDataset.create(name=dataset.name, train_x=dataset.train_x[keep], train_y=dataset.train_y[keep],
+                                    test_x=dataset.test_x, test_y=dataset.test_y, classes=dataset.classes)
+    return _Data(train_set, validation, clean[keep] if clean is not None else None, rate)
+
+
+def _loss_hook(config: RunConfig, data: _Data):
+    """The hook object whose `loss` replaces cross-entropy (self-adaptive training), or None."""
+    from ticketlab.robust.sat import SelectiveSAT, SelfAdaptiveTraining
+
+    t = config.train
+    kind = {"sat": SelfAdaptiveTraining, "sat-selective": SelectiveSAT}.get(t.loss)
+    if kind is None:
+        return None
+    return kind(data.train_set.train_y, data.train_set.num_classes, alpha=t.sat_alpha, start_epoch=t.sat_start)
+
+
+def _robust_results(config: RunConfig, data: _Data, hook, model: nn.Module, folder: Path,
+                    dev: torch.device) -> dict[str, Any]:
+    """What a noisy-label run reports beyond accuracy: labels corrected, or the coverage table."""
+    out: dict[str, Any] = {}
+    if data.noise_rate is not None:
+        out["noise_rate"] = round(data.noise_rate, 6)
+    if hook is None:
+        return out
+    from ticketlab.robust.sat import SelectiveSAT
+
+    if isinstance(hook, SelectiveSAT):
+        from ticketlab.report.selective_plot import plot_coverage_risk
+        from ticketlab.robust.selective import coverage_table, risk_coverage_curve
+
+        ds = data.train_set
+        logits = _logits(model, ds.test_x, ds.mean, ds.std, dev)
+        k = ds.num_classes
+        confidence = SelectiveSAT.confidence(logits)
+        correct = logits[:, :k].argmax(1) == ds.test_y
+        # coverage 100% accepts everything (threshold -inf), which strict JSON cannot hold
+        table = [{**row, "threshold": row["threshold"] if math.isfinite(row["threshold"]) else None}
+                 for row in coverage_table(confidence, correct, seed=config.train.seed)]
+        write_json(folder / "coverage.json", table)
+        out["coverage"] = table
+        out["coverage_plot"] = str(plot_coverage_risk({"SAT (selective)": risk_coverage_curve(confidence, correct)},
+                                                      folder / "coverage_risk.png", table))
+        return out
+    corrected = hook.corrected_labels().cpu()
+    given = data.train_set.train_y
+    tensors = {"given": given, "corrected": corrected}
+    out["relabelled_fraction"] = round(float((corrected != given).float().mean()), 6)
+    if data.clean_train_y is not None:
+        clean = data.clean_train_y
+        tensors["clean"] = clean
+        wrong = given != clean
+        out["corrected_fraction"] = round(float((corrected[wrong] == clean[wrong]).float().mean()), 6) if wrong.any() else 0.0
+        out["corrected_count"] = int((corrected[wrong] == clean[wrong]).sum())
+        out["label_accuracy_after"] = round(float((corrected == clean).float().mean()), 6)
+    write_tensors(folder / "labels.safetensors", tensors)
+    out["labels_file"] = str(folder / "labels.safetensors")
+    return out
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, mean, std, dev: torch.device, batch: int = 1000) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    m = torch.tensor(mean, dtype=torch.float32, device=dev)
+    sd = torch.tensor(std, dtype=torch.float32, device=dev)
+    out = [model(normalize(x[i:i + batch].to(dev), m, sd)).float().cpu() for i in range(0, len(x), batch)]
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
     last = result.history[-1] if result.history else {}
     summary = {
@@ -134,6 +241,9 @@ def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
     if result.validation is not None:
         summary["val_accuracy"] = result.validation["accuracy"]
         summary["val_loss"] = result.validation["loss"]
+    if result.stopped_early:
+        summary["stopped_early"] = result.stopped_early
+        summary["stopped_epoch"] = len(result.history)
     return summary
 
 
@@ -153,6 +263,8 @@ def train_run(
     device: str | torch.device | None = None,
     progress: bool = True,
     description: str | None = None,
+    subset: torch.Tensor | None = None,
+    records: bool = False,
 ) -> RunResult:
     """Train (or reuse, or resume) the run `config` describes.
 
@@ -160,17 +272,24 @@ def train_run(
     weights that do not come from the config's seed (a user's model, `init_state` such as
     rewind weights) become part of the run's identity, as do `masks`, `start_iteration`
     (continue the schedule from there) and `save_at` (which weight snapshots are kept).
+    `subset` (indices into the training examples left after the validation split, e.g. a PrAC
+    set) trains on those only. Hooks that change the numbers must describe themselves in
+    `config.hooks`. `records` keeps per-example records (train/records.py) in the run folder.
     """
     config.train.validate()
     dev = resolve_device(str(device) if device is not None else config.device)
     config = replace(config, device=dev.type)
     config, dataset = _load_data(config, dataset, data_dir, download)
-    if config.data.validation:
-        train_set, validation = train_validation_split(dataset, config.data.validation, config.data.split_seed)
-    else:
-        train_set, validation = dataset, None
+    if subset is not None:
+        subset = torch.as_tensor(subset, dtype=torch.long).flatten()
+        config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))
+    if records:
+        config = replace(config, kind="records" if config.kind == "train" else config.kind)
+    data = _prepare(config, dataset, subset)
+    train_set, validation = data.train_set, data.validation
+    extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     if model is None:
-        model = initial_model(config, dataset)
+        model = initial_model(config, dataset, extra_outputs=extra_outputs)
     else:
         config = replace(config, model=ModelConfig(name=type(model).__name__))
         init_state = init_state if init_state is not None else model.state_dict()
@@ -185,11 +304,19 @@ def train_run(
     record = store.begin(config)
     if record.finished:
         return _reuse(record, model, dev)
-    data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev, default_augment(config.data, dataset))
-    all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks)
+    device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev,
+                             default_augment(config.data, dataset))
+    loss_hook = _loss_hook(config, data)
+    recorder = None
+    if records:
+        from ticketlab.train.records import ExampleRecords
+
+        recorder = ExampleRecords(len(train_set.train_y), train_set.num_classes + extra_outputs, config.train.epochs)
+    all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
     trainer = Trainer(
-        model, data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),
-        hooks=all_hooks, checkpoint_dir=record.folder, save_at=save_at, start_iteration=start_iteration,
+        model, device_data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),
+        hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, checkpoint_dir=record.folder,
+        save_at=save_at, start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
         progress=progress, description=description or f"{config.model.name} on {dataset.name}",
     )
     try:
@@ -199,7 +326,10 @@ def train_run(
         raise
     write_tensors(record.folder / "final.safetensors", model.state_dict())
     write_json(record.folder / "history.json", result.history)
+    if recorder is not None:
+        recorder.save(record.folder / "records.safetensors")
     summary = _summary(config, model, result)
+    summary.update(_robust_results(config, data, loss_hook, model, record.folder, dev))
     (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
     store.finish(config.run_id, summary)
     return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)

@@ -110,6 +110,7 @@ class Trainer:
         start_iteration: int = 0,
         progress: bool = True,
         description: str = "train",
+        output_classes: int | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -122,6 +123,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.save_at = set(save_at)
         self.progress, self.description = progress, description
+        self.output_classes = output_classes  # evaluate on the first K outputs only (an abstain output follows)
 
         self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -247,6 +249,7 @@ class Trainer:
         return evaluate(
             self.eval_model, split[0], split[1], self.data.mean, self.data.std,
             tta=self.cfg.tta, autocast=self._autocast(), channels_last=self.channels_last,
+            output_classes=self.output_classes,
         )
 
     # ---- the loop -------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""`ticketlab bench` and `ticketlab export`: what a ticket is worth at run time, and shipping it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ticketlab.cli.table import table
+from ticketlab.errors import TicketlabError
+
+
+def _variants(ticket_path: str, device: str) -> tuple[dict, tuple[int, ...], dict]:
+    """dense, masked (torch.nn.utils.prune) and, where the masks allow it, compacted."""
+    from ticketlab.compact import compact, compaction_report
+    from ticketlab.speed import masked_module
+    from ticketlab.tickets.ticketfile import load_ticket
+
+    ticket = load_ticket(ticket_path)
+    variants = {"dense": ticket.model, "masked": masked_module(ticket.model, ticket.masks)}
+    notes: dict = {}
+    try:
+        small = compact(ticket.model, ticket.masks)
+        variants["compacted"] = small
+        notes["compaction"] = compaction_report(ticket.model, small)
+    except TicketlabError as error:
+        notes["compacted"] = f"not compacted: {error}"
+    return variants, ticket.input_shape, notes
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ticketlab.speed import measure
+    from ticketlab.train.run import resolve_device
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants, shape, notes = _variants(args.model_file, args.device)
+    timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats)
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
+    print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
+          f"{device.type}, {torch.get_num_threads()} threads; ratios are throughput / dense")
+    print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters"),
+                [(t.variant, t.batch_size, f"{t.latency_ms:.3f}", f"{t.throughput:.1f}", f"{t.ratio:.2f}x",
+                  params[t.variant]) for t in timings]))
+    if "compacted" in notes:
+        print(notes["compacted"])
+    if args.json:
+        print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
+                          "timings": [t.as_dict() for t in timings], "parameters": params, **notes}, sort_keys=True))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ticketlab.compact import compact, compaction_report, export_onnx, save_model
+    from ticketlab.tickets.ticketfile import load_ticket
+
+    ticket = load_ticket(args.model_file)
+    model = ticket.model if args.no_compact else compact(ticket.model, ticket.masks)
+    out = Path(args.out)
+    if out.suffix == ".onnx":
+        export_onnx(model, out, ticket.input_shape)
+    else:
+        save_model(out, model, ticket.input_shape, metadata={"ticket": ticket.info})
+    report = compaction_report(ticket.model, model)
+    print(f"wrote {out}: {report['parameters_after']:,} parameters "
+          f"(the ticket's dense architecture has {report['parameters_before']:,})")
+    if args.json:
+        print(json.dumps({"out": str(out), **report}, sort_keys=True))
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency and throughput of a ticket: dense, masked and compacted, side by side")
+    p.add_argument("--model-file", required=True, help="a ticket file (level_<L>/ticket.safetensors of a study)")
+    p.add_argument("--batch-sizes", type=_ints, default=(1, 64, 256), help="comma list (default 1,64,256)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--repeats", type=int, default=10, help="timed repetitions; the median is reported")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forward passes first")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="save a ticket as a compacted model (safetensors + JSON graph, or .onnx)")
+    p.add_argument("--model-file", required=True, help="a ticket file (level_<L>/ticket.safetensors of a study)")
+    p.add_argument("--out", required=True, help="output .safetensors (loads with ticketlab.compact.load_model) or .onnx")
+    p.add_argument("--no-compact", action="store_true", help="export the dense-shaped masked network as it is")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,118 @@
+"""Inference latency and throughput, measured side by side.
+
+Pruned models are famously no faster (methods.md section 5), so every speed claim ticketlab makes
+is a ratio measured in one process: the variants take turns within each repetition, so a noisy
+machine slows them alike, and the figure is the median over repetitions after a warm-up.
+
+The variants of a ticket:
+  * dense: the architecture with the ticket's weights (zeros computed like any other number);
+  * masked: what a pruning library gives, `torch.nn.utils.prune` re-applying the mask on every
+    forward;
+  * compacted: the physically smaller network (`ticketlab.compact`), channel tickets only.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ticketlab.errors import TicketlabError
+
+
+@dataclass(frozen=True)
+class Timing:
+    variant: str
+    batch_size: int
+    latency_ms: float  # median time of one forward pass of the batch
+    throughput: float  # images per second at that median
+    ratio: float  # throughput relative to the first variant (dense) at this batch size
+    repeats: int
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return {"variant": self.variant, "batch_size": self.batch_size, "latency_ms": round(self.latency_ms, 4),
+                "throughput": round(self.throughput, 2), "ratio": round(self.ratio, 4), "repeats": self.repeats}
+
+
+def masked_module(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy whose masked weights go through `torch.nn.utils.prune`'s forward re-masking."""
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    for name, mask in masks.items():
+        module_name, _, param = name.rpartition(".")
+        prune.custom_from_mask(modules[module_name], param, mask.to(next(masked.parameters()).device))
+    return masked
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, calls: int) -> float:
+    _synchronize(x.device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        forward(x)
+    _synchronize(x.device)
+    return (time.perf_counter() - start) / calls
+
+
+def measure(
+    variants: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 64, 256),
+    *,
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    min_seconds: float = 0.05,
+) -> list[Timing]:
+    """Median forward latency of each variant (eval mode, no autograd) at each batch size.
+
+    Each repetition times every variant once, in turn; a repetition runs enough forward calls to
+    last about `min_seconds`, so sub-millisecond batch-1 timings are not timer noise. The first
+    variant is the reference of the ratios.
+    """
+    if not variants:
+        raise TicketlabError("nothing to measure: give at least one model variant")
+    if repeats < 1 or warmup < 0:
+        raise TicketlabError(f"--repeats must be at least 1 and warm-up at least 0, got {repeats} and {warmup}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise TicketlabError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    dev = torch.device(device)
+    models = {name: m.to(dev).eval() for name, m in variants.items()}
+    generator = torch.Generator().manual_seed(0)
+    timings: list[Timing] = []
+    with torch.inference_mode():
+        for batch in batch_sizes:
+            x = torch.randn(batch, *input_shape, generator=generator).to(dev)
+            calls = {}
+            for name, model in models.items():
+                for _ in range(warmup):
+                    model(x)
+                once = _time_once(model, x, 1)
+                calls[name] = max(1, int(min_seconds / max(once, 1e-9)))
+            seconds: dict[str, list[float]] = {name: [] for name in models}
+            for _ in range(repeats):
+                for name, model in models.items():
+                    seconds[name].append(_time_once(model, x, calls[name]))
+            medians = {name: statistics.median(s) for name, s in seconds.items()}
+            reference = next(iter(medians.values()))
+            for name, median in medians.items():
+                timings.append(Timing(name, batch, 1000 * median, batch / median, reference / median, repeats))
+    return timings
+
+
+def speedup(timings: Sequence[Timing], variant: str, batch_size: int) -> float:
+    """The throughput ratio of `variant` to the reference at `batch_size`."""
+    for t in timings:
+        if t.variant == variant and t.batch_size == batch_size:
+            return t.ratio
+    raise TicketlabError(f"no timing of {variant!r} at batch size {batch_size}")

@@ -1,0 +1,105 @@
+"""PrAC sets: find tickets on the training examples that matter (methods.md section 6).
+
+Zhang et al. 2021 ("Efficient Lottery Ticket Finding: Less Data is More") keep two kinds of
+examples and run IMP on them alone, with epochs and lr milestones scaled by |PrAC| / |train|:
+  * hard to memorise: forgotten at least once (correct -> incorrect between epochs) or never
+    learned while the dense network trained (its per-example records);
+  * easy to forget during pruning, from level 1 on: examples whose prediction differs between
+    the dense network and the freshly pruned one.
+The first kind depends only on the data and the dense run, so a saved set transfers to other
+architectures. Indices count the training examples left after the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ticketlab.config import TrainConfig
+from ticketlab.data.augment import normalize
+from ticketlab.errors import TicketlabError
+from ticketlab.store.files import write_tensors
+from ticketlab.train.records import forgetting_events, hard_to_memorise, never_learned
+
+KEY = "ticketlab.prac"
+
+
+@dataclass
+class PracSet:
+    hard: torch.Tensor  # bool [N]: hard-to-memorise examples of the training set
+    info: dict[str, Any]  # dataset identity, validation split, source run, counts
+
+    @property
+    def fraction(self) -> float:
+        return float(self.hard.float().mean())
+
+
+def from_records(correct: torch.Tensor, seen: torch.Tensor, info: dict[str, Any]) -> PracSet:
+    hard = hard_to_memorise(correct, seen)
+    counts = {"examples": int(hard.numel()), "hard": int(hard.sum()),
+              "forgotten": int((forgetting_events(correct, seen) > 0).sum()),
+              "never_learned": int(never_learned(correct, seen).sum())}
+    return PracSet(hard.cpu(), {**info, **counts})
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 1000) -> torch.Tensor:
+    """Class predictions on un-augmented uint8 images, in eval mode, on the model's device."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    m = torch.tensor(mean, dtype=torch.float32, device=device)
+    s = torch.tensor(std, dtype=torch.float32, device=device)
+    out = [model(normalize(x[i:i + batch_size].to(device), m, s)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    model.train(was)
+    return torch.cat(out)
+
+
+def prac_indices(hard: torch.Tensor, changed: torch.Tensor | None = None) -> torch.Tensor:
+    """The PrAC set: hard-to-memorise examples, plus (from level 1) those pruning changed."""
+    keep = hard.clone() if changed is None else hard | changed
+    if not keep.any():
+        raise TicketlabError("the PrAC set is empty: the dense network never forgot or failed any training example "
+                             "and pruning changed no prediction; train on the full data (drop --data prac)")
+    return keep.nonzero().flatten()
+
+
+def scaled_train(cfg: TrainConfig, fraction: float) -> TrainConfig:
+    """Epochs, milestones and warm-up shrunk by the PrAC fraction (at least one epoch)."""
+    epochs = max(1, round(cfg.epochs * fraction))
+    scale = epochs / cfg.epochs
+    milestones = tuple(m for m in (round(m * scale, 4) for m in cfg.milestones) if 0 < m < epochs)
+    schedule = cfg.schedule if milestones or cfg.schedule != "step" else "constant"
+    sat_start = min(cfg.sat_start, epochs - 1) if cfg.loss != "ce" else cfg.sat_start
+    return replace(cfg, epochs=epochs, milestones=milestones, schedule=schedule,
+                   warmup_epochs=min(cfg.warmup_epochs * scale, epochs * 0.5), sat_start=sat_start)
+
+
+def save_prac(path: str | Path, prac: PracSet) -> Path:
+    write_tensors(Path(path), {"hard": prac.hard}, metadata={KEY: json.dumps(prac.info, sort_keys=True)})
+    return Path(path)
+
+
+def load_prac(path: str | Path, n_train: int) -> PracSet:
+    path = Path(path)
+    if not path.is_file():
+        raise TicketlabError(f"no PrAC file at {path}; compute one with `ticketlab prac --out {path.name}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            hard = f.get_tensor("hard") if "hard" in f.keys() else None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise TicketlabError(f"{path} is not a readable safetensors file ({error}); give a file from `ticketlab prac`") from None
+    if KEY not in meta or hard is None:
+        raise TicketlabError(f"{path} is not a PrAC file (no {KEY!r} metadata or 'hard' tensor); "
+                             "give a file written by `ticketlab prac`")
+    if hard.dtype != torch.bool or hard.numel() != n_train:
+        raise TicketlabError(f"the PrAC set in {path} covers {hard.numel()} examples but this study trains on {n_train}; "
+                             "compute it on the same dataset with the same --validation split")
+    return PracSet(hard, json.loads(meta[KEY]))

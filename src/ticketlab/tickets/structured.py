@@ -1,0 +1,111 @@
+"""Structured tickets: the IMP mask turned into shapes hardware can exploit (methods.md section 5).
+
+After each IMP pruning step and before rewinding, the unstructured mask becomes
+  * channel: whole output channels (refill / refill+), which `ticketlab.compact` then removes
+    physically, so the ticket runs faster on any device;
+  * group: a union of dense blocks (regroup), the layout block-sparse GEMM kernels run well;
+  * nm: N:M (2:4) groups along the input dimension, what sparse tensor cores accelerate.
+The classifier's outputs are classes, so it keeps its unstructured mask in every mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.sparsity import Masks, apply_masks, magnitude, nm_masks, prunable_parameters
+from ticketlab.sparsity.regroup import regroup
+from ticketlab.sparsity.structure import channel_scores, refill
+
+STRUCTURES = ("none", "channel", "group", "nm")
+# the issue's speed figure: compacted/dense throughput at batch 64 on CPU
+SPEED_BATCH = 64
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    n, sep, m = text.partition(":")
+    if not sep or not n.isdigit() or not m.isdigit() or not 0 < int(n) <= int(m):
+        raise TicketlabError(f"--nm must look like N:M with 0 < N <= M (e.g. 2:4), got {text!r}")
+    return int(n), int(m)
+
+
+class Structure:
+    """The structure step of one study, fixed by its TicketConfig and architecture."""
+
+    def __init__(self, kind: str, model: nn.Module, names: list[str], *, refill_rate: float = 0.0,
+                 refill_criterion: str = "count", nm: str = "2:4") -> None:
+        self.kind, self.rate, self.criterion = kind, refill_rate, refill_criterion
+        self.n, self.m = parse_nm(nm)
+        classifier = list(prunable_parameters(model))[-1]
+        self.keep = {classifier} & set(names)
+        self.tied: list[tuple[str, ...]] = []
+        self.compactable = False
+        self.why_not_compactable = ""
+        if kind == "channel":
+            from ticketlab.compact import tied_layers
+
+            try:
+                self.tied = tied_layers(model)
+                self.compactable = True
+            except TicketlabError as error:
+                self.why_not_compactable = str(error)
+        self.probe = model
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "none"
+
+    def needs_batch(self) -> bool:
+        return self.kind == "channel" and self.criterion in ("activation", "taylor")
+
+    def apply(self, masks: Masks, model: nn.Module | None = None,
+              batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> Masks:
+        """Structure an unstructured weight mask (the classifier's entry is left as it is)."""
+        if self.kind == "channel":
+            scores = None
+            if self.criterion != "count":
+                scores = channel_scores(self.criterion, model, masks, batch)
+            return refill(masks, r=self.rate, scores=scores, tied=self.tied, keep=self.keep)
+        if self.kind == "group":
+            return regroup(masks, keep=self.keep)
+        return masks
+
+    def nm_masks(self, weights: Mapping[str, torch.Tensor]) -> Masks:
+        """N:M masks of the layers whose input width allows it; the others stay dense."""
+        fits = {n: w for n, w in weights.items() if n not in self.keep and w.dim() >= 2 and w.shape[1] % self.m == 0}
+        if not fits:
+            raise TicketlabError(f"no prunable layer has an input width divisible by {self.m}, so no {self.n}:{self.m} "
+                                 "mask fits this model; use --structure channel or group")
+        masks = nm_masks(magnitude(fits), self.n, self.m)
+        return {n: masks.get(n, torch.ones_like(w, dtype=torch.bool)) for n, w in weights.items()}
+
+    def complete(self, masks: Masks) -> Masks:
+        """Weight masks plus the BatchNorm/bias entries that make removed channels exactly zero."""
+        if self.kind == "channel" and self.compactable:
+            from ticketlab.compact import complete_channel_masks
+
+            return complete_channel_masks(self.probe, masks)
+        return dict(masks)
+
+    def speed(self, model: nn.Module, masks: Masks, input_shape: tuple[int, ...],
+              repeats: int = 7) -> dict[str, Any]:
+        """Measured CPU throughput of the compacted ticket against the dense network."""
+        if not (self.kind == "channel" and self.compactable):
+            reason = (self.why_not_compactable if self.kind == "channel" else
+                      f"{self.kind} masks keep the dense shapes: no compaction, and dense CPU kernels gain nothing")
+            return {"speedup_cpu": None, "speed_note": reason}
+        from ticketlab.compact import compact
+        from ticketlab.speed import measure, speedup
+
+        dense = model.to("cpu").eval()
+        with torch.no_grad():
+            apply_masks(dense, masks)
+        small = compact(dense, masks)
+        timings = measure({"dense": dense, "compacted": small}, input_shape, (SPEED_BATCH,), repeats=repeats)
+        return {"speedup_cpu": round(speedup(timings, "compacted", SPEED_BATCH), 4),
+                "parameters": sum(p.numel() for p in dense.parameters()),
+                "compacted_parameters": sum(p.numel() for p in small.parameters())}

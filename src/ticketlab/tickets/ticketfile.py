@@ -1,0 +1,87 @@
+"""A ticket in one file: the architecture to rebuild, its trained weights and its masks.
+
+One safetensors file holds `weight/<param>` and `mask/<param>` tensors; the metadata's
+`ticketlab.ticket` entry is JSON naming the registered model, its options and the input shape,
+so `ticketlab bench` and `compact` can rebuild the dense network without guessing anything.
+Nothing in it is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.models import build_model
+from ticketlab.sparsity import Masks, apply_masks
+from ticketlab.store.files import write_tensors
+
+KEY = "ticketlab.ticket"
+
+
+@dataclass
+class Ticket:
+    model: nn.Module  # the dense architecture, ticket weights loaded and masks applied
+    masks: Masks
+    info: dict[str, Any]  # model, options, num_classes, in_channels, image_size, and what the saver added
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.info["in_channels"], self.info["image_size"], self.info["image_size"])
+
+
+def save_ticket(
+    path: str | Path,
+    model: nn.Module,
+    masks: Masks,
+    *,
+    model_name: str,
+    model_options: dict[str, Any],
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    info = {"model": model_name, "options": model_options, "num_classes": num_classes,
+            "in_channels": in_channels, "image_size": image_size, **(extra or {})}
+    tensors = {f"weight/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"mask/{k}": m.bool() for k, m in masks.items()})
+    write_tensors(Path(path), tensors, metadata={KEY: json.dumps(info, sort_keys=True)})
+    return Path(path)
+
+
+def load_ticket(path: str | Path) -> Ticket:
+    path = Path(path)
+    if not path.is_file():
+        raise TicketlabError(f"ticket file {path} does not exist; `ticketlab find` writes one per level "
+                             "(level_<L>/ticket.safetensors in the study folder)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise TicketlabError(f"{path} is not a readable safetensors file ({error}); pass a ticket file "
+                             "written by `ticketlab find`") from None
+    if KEY not in meta:
+        raise TicketlabError(f"{path} is a safetensors file but not a ticket (no {KEY!r} metadata); "
+                             "pass level_<L>/ticket.safetensors from a `ticketlab find` study")
+    info = json.loads(meta[KEY])
+    model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                        image_size=info["image_size"], **info["options"])
+    state = {k.removeprefix("weight/"): v for k, v in tensors.items() if k.startswith("weight/")}
+    masks = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise TicketlabError(f"{path}: the weights do not fit {info['model']} ({first}); the file is corrupt or "
+                             "was written for other model options") from None
+    with torch.no_grad():
+        apply_masks(model, masks)
+    return Ticket(model, masks, info)

@@ -1,0 +1,211 @@
+"""Which output channels are tied together, and which layers read them, per architecture.
+
+A channel can be removed from a network only where every layer writing it drops it: in a residual
+stage the stem (or the stage's projection shortcut) and every block's conv2 add into one stream,
+so their channels are tied (methods.md section 5). A *plan* lists these groups for one model class;
+`register_channel_plan` adds one for a new architecture.
+
+A channel whose weights are all zero is not silent: BatchNorm still outputs its shift
+beta - gamma * mean / std (a Linear its bias). So the per-channel parameters after a producer
+(its *companions*) must be masked too before the channel can be removed without changing the
+function; `complete_channel_masks` adds those masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.models.fastnet import FastNet
+from ticketlab.models.lenet import LeNet300100
+from ticketlab.models.resnet import ResNet
+from ticketlab.models.vgg import VGG
+from ticketlab.sparsity.masks import Masks, check_masks
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels written together by `producers` and read by `consumers`."""
+
+    channels: int
+    producers: tuple[str, ...]  # weight param names whose dim 0 indexes these channels (conv/linear weights)
+    companions: tuple[str, ...]  # 1-D params indexed by these channels: producer biases, BN weight and bias
+    buffers: tuple[str, ...]  # BN running_mean / running_var of these channels
+    consumers: tuple[str, ...]  # weight param names whose dim 1 indexes these channels
+
+
+Plan = Callable[[nn.Module], list[ChannelGroup]]
+
+_PLANS: dict[type[nn.Module], Plan] = {}
+
+
+def register_channel_plan(cls: type[nn.Module]) -> Callable[[Plan], Plan]:
+    """Decorator: `plan(model) -> list[ChannelGroup]` describes every model of exactly class `cls`.
+
+    Exact class, not subclasses: a subclass may wire its layers differently, and a wrong plan
+    would silently change the compacted function.
+    """
+
+    def decorate(plan: Plan) -> Plan:
+        if cls in _PLANS:
+            raise TicketlabError(f"a channel plan for {cls.__name__} is already registered; register each class once")
+        _PLANS[cls] = plan
+        return plan
+
+    return decorate
+
+
+def channel_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The channel groups of `model`, checked against its parameter shapes."""
+    plan = _PLANS.get(type(model))
+    if plan is None:
+        supported = ", ".join(sorted(cls.__name__ for cls in _PLANS))
+        raise TicketlabError(
+            f"no channel plan for {type(model).__name__}; channel compaction supports {supported}. "
+            f"Add one with @ticketlab.compact.register_channel_plan({type(model).__name__}) on a function "
+            "model -> list[ChannelGroup]"
+        )
+    groups = plan(model)
+    _check_plan(model, groups)
+    return groups
+
+
+def _check_plan(model: nn.Module, groups: list[ChannelGroup]) -> None:
+    """A registered plan must name real tensors whose channel dimension has the group's size."""
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    where = f"channel plan of {type(model).__name__}"
+    for group in groups:
+        expected = [(name, params, 0) for name in group.producers + group.companions]
+        expected += [(name, buffers, 0) for name in group.buffers] + [(name, params, 1) for name in group.consumers]
+        for name, tensors, dim in expected:
+            if name not in tensors:
+                raise TicketlabError(f"{where} names {name}, which the model does not have; fix the registered plan")
+            if tensors[name].dim() <= dim or tensors[name].shape[dim] != group.channels:
+                raise TicketlabError(
+                    f"{where}: {name} has shape {tuple(tensors[name].shape)}, but its dim {dim} should index the "
+                    f"group's {group.channels} channels; fix the registered plan"
+                )
+
+
+def tied_layers(model: nn.Module) -> list[tuple[str, ...]]:
+    """Producers that must drop a channel together (the residual streams)."""
+    return [group.producers for group in channel_groups(model) if len(group.producers) > 1]
+
+
+def pruned_channels(group: ChannelGroup, masks: Masks) -> torch.Tensor:
+    """Bool [channels]: True where every producer's mask drops the whole output channel.
+
+    A producer absent from `masks` is dense, so it keeps every channel of its group.
+    """
+    if any(name not in masks for name in group.producers):
+        return torch.zeros(group.channels, dtype=torch.bool)
+    pruned = torch.ones(group.channels, dtype=torch.bool, device=masks[group.producers[0]].device)
+    for name in group.producers:
+        pruned &= ~masks[name].bool().flatten(1).any(1).to(pruned.device)
+    return pruned
+
+
+def complete_channel_masks(model: nn.Module, masks: Masks) -> Masks:
+    """`masks` plus masks of every group's companions, False at the channels all producers drop.
+
+    Training with these keeps a dropped channel's bias and BN affine parameters at zero, so the
+    channel outputs exactly zero and `compact` can remove it without changing the function.
+    """
+    check_masks(model, masks)
+    completed = dict(masks)
+    for group in channel_groups(model):
+        kept = ~pruned_channels(group, masks)
+        for name in group.companions:
+            completed[name] = kept.clone()
+    return completed
+
+
+def _layer(model: nn.Module, layer: str, norm: str | None) -> tuple[list[str], list[str]]:
+    """(companions, buffers) of a Conv2d/Linear `layer` optionally followed by the BatchNorm `norm`."""
+    companions = [f"{layer}.bias"] if model.get_submodule(layer).bias is not None else []
+    buffers = []
+    if norm is not None:
+        bn = model.get_submodule(norm)
+        if bn.affine:
+            companions += [f"{norm}.weight", f"{norm}.bias"]
+        if bn.track_running_stats:
+            buffers += [f"{norm}.running_mean", f"{norm}.running_var"]
+    return companions, buffers
+
+
+def _group(model: nn.Module, writers: Sequence[tuple[str, str | None]], consumers: Sequence[str]) -> ChannelGroup:
+    """One group from its (layer, norm) writers and the weights that read it."""
+    companions: list[str] = []
+    buffers: list[str] = []
+    for layer, norm in writers:
+        c, b = _layer(model, layer, norm)
+        companions += c
+        buffers += b
+    return ChannelGroup(
+        channels=model.get_submodule(writers[0][0]).weight.shape[0],
+        producers=tuple(f"{layer}.weight" for layer, _ in writers),
+        companions=tuple(companions),
+        buffers=tuple(buffers),
+        consumers=tuple(consumers),
+    )
+
+
+def _chain(model: nn.Module, layers: Sequence[tuple[str, str | None]]) -> list[ChannelGroup]:
+    """Plain feed-forward nets: each layer is read by the next one, the last by the classifier `fc`
+    (after global pooling, so its input columns are the channels)."""
+    readers = [f"{layer}.weight" for layer, _ in layers[1:]] + ["fc.weight"]
+    return [_group(model, [writer], [reader]) for writer, reader in zip(layers, readers)]
+
+
+def _convs(module: nn.Module) -> int:
+    return sum(isinstance(child, nn.Conv2d) for child in module.children())
+
+
+@register_channel_plan(ResNet)
+def _resnet_plan(model: ResNet) -> list[ChannelGroup]:
+    """Each conv1 -> bn1 -> conv2 is a group; all writers of a stage's residual stream are one.
+
+    An identity shortcut passes the stream on, so the block's conv2 adds into it; a projection
+    shortcut (1x1 conv + BN) starts a new stream, which it and the next conv2s write.
+    """
+    groups = []
+    writers: list[tuple[str, str | None]] = [("stem.conv", "stem.bn")]
+    readers: list[str] = []
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            p = f"stages.{s}.{b}"
+            if isinstance(block.shortcut, nn.Sequential):
+                groups.append(_group(model, writers, readers + [f"{p}.conv1.weight", f"{p}.shortcut.0.weight"]))
+                writers, readers = [(f"{p}.shortcut.0", f"{p}.shortcut.1")], []
+            else:
+                readers.append(f"{p}.conv1.weight")
+            groups.append(_group(model, [(f"{p}.conv1", f"{p}.bn1")], [f"{p}.conv2.weight"]))
+            writers.append((f"{p}.conv2", f"{p}.bn2"))
+    groups.append(_group(model, writers, readers + ["fc.weight"]))
+    return groups
+
+
+@register_channel_plan(VGG)
+def _vgg_plan(model: VGG) -> list[ChannelGroup]:
+    """conv_k -> bn_k, read by conv_{k+1}; ReLU and max-pool map a zero channel to zero."""
+    return _chain(model, [(f"features.conv{k}", f"features.bn{k}") for k in range(1, _convs(model.features) + 1)])
+
+
+@register_channel_plan(FastNet)
+def _fastnet_plan(model: FastNet) -> list[ChannelGroup]:
+    """The whitening conv (its bias is the companion), then every conv_k -> bn_k of every group;
+    GELU(0) = 0 and max-pools keep zero channels zero."""
+    layers: list[tuple[str, str | None]] = [("whiten", None)]
+    for g, group in enumerate(model.groups):
+        layers += [(f"groups.{g}.conv{k}", f"groups.{g}.bn{k}") for k in range(1, _convs(group) + 1)]
+    return _chain(model, layers)
+
+
+@register_channel_plan(LeNet300100)
+def _lenet_plan(model: LeNet300100) -> list[ChannelGroup]:
+    """The hidden units of fc1 and fc2; their biases are the companions."""
+    return _chain(model, [("hidden.fc1", None), ("hidden.fc2", None)])

@@ -1,0 +1,400 @@
+"""Shipping a model as data: its graph as JSON and its weights as tensors, in one safetensors file.
+
+A compacted model no longer has the shapes its architecture code builds, so its weights alone
+cannot be loaded back (methods.md section 5, pitfalls). Here the module is traced with torch.fx,
+every leaf layer is described by its type and constructor arguments and every operation by a
+name, and `load_model` rebuilds a `torch.fx.GraphModule` from fixed whitelists of those: a file
+is read as data only, never unpickled or executed, so an untrusted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import keyword
+import math
+import operator
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from torch import fx, nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.store.files import atomic_write, write_tensors
+
+FORMAT = 1
+ARCHITECTURE = "ticketlab.architecture"
+METADATA = "ticketlab.metadata"
+INPUT_SHAPE = "ticketlab.input_shape"
+
+# Leaf layers, each with the constructor arguments that describe it completely (its weights are
+# the tensors). "bias" is stored as whether the layer has one.
+_MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Conv2d": (
+        nn.Conv2d,
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias")
+        + ("padding_mode",),
+    ),
+    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "ReLU": (nn.ReLU, ("inplace",)),
+    "GELU": (nn.GELU, ("approximate",)),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")),
+    "AvgPool2d": (
+        nn.AvgPool2d,
+        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    ),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+    "AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d, ("output_size", "return_indices")),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Identity": (nn.Identity, ()),
+    "Dropout": (nn.Dropout, ("p", "inplace")),
+}
+_MODULE_NAMES = {cls: name for name, (cls, _) in _MODULES.items()}
+
+_FUNCTIONS = {
+    "operator.add": operator.add,
+    "operator.sub": operator.sub,
+    "operator.mul": operator.mul,
+    "operator.truediv": operator.truediv,
+    "operator.neg": operator.neg,
+    "operator.getitem": operator.getitem,
+    "torch.add": torch.add,
+    "torch.mul": torch.mul,
+    "torch.cat": torch.cat,
+    "torch.flatten": torch.flatten,
+    "torch.relu": torch.relu,
+    "torch.nn.functional.relu": F.relu,
+    "torch.nn.functional.gelu": F.gelu,
+    "torch.nn.functional.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+}
+_FUNCTION_NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
+_METHODS = frozenset({"add", "flatten", "mean", "mul", "relu", "reshape", "size", "view"})
+
+# Names end up in the Python source fx generates for the graph, so a file may only use plain
+# identifiers (and digits for Sequential children): nothing in it can become code.
+_PART = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _identifier(name: Any) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _path(target: Any) -> bool:
+    return isinstance(target, str) and all(_PART.fullmatch(part) for part in target.split("."))
+
+
+def _untrusted(what: str) -> TicketlabError:
+    return TicketlabError(
+        f"model file asks for {what}, which is not in ticketlab's whitelist; the file is corrupt or was not "
+        "written by ticketlab.compact.save_model, and is not loaded (untrusted files are never executed)"
+    )
+
+
+def _encode(value: Any, where: str) -> Any:
+    """A graph argument as JSON: nodes by name, tuples and slices tagged, non-finite floats as text."""
+    if isinstance(value, fx.Node):
+        return {"node": value.name}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": str(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v, where) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, where) for v in value]
+    if isinstance(value, slice):
+        return {"slice": [_encode(v, where) for v in (value.start, value.stop, value.step)]}
+    raise TicketlabError(
+        f"{where} has an argument of type {type(value).__name__}, which save_model cannot store; "
+        "use numbers, strings, tuples, lists and slices as constants"
+    )
+
+
+def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, nodes) for v in value]
+    if not isinstance(value, dict):
+        return value
+    ((tag, content),) = value.items()
+    if tag == "node":
+        return nodes[content]
+    if tag == "tuple":
+        return tuple(_decode(v, nodes) for v in content)
+    if tag == "slice":
+        return slice(*(_decode(v, nodes) for v in content))
+    if tag == "float" and content in ("inf", "-inf", "nan"):
+        return float(content)
+    raise _untrusted(f"a constant tagged {tag!r}")
+
+
+def _describe_module(target: str, module: nn.Module) -> dict[str, Any]:
+    name = _MODULE_NAMES.get(type(module))
+    if name is None:
+        raise TicketlabError(
+            f"layer {target} is a {type(module).__name__}, which save_model cannot store; "
+            f"supported layers: {', '.join(_MODULES)}"
+        )
+    args = {arg: module.bias is not None if arg == "bias" else getattr(module, arg) for arg in _MODULES[name][1]}
+    return {"type": name, "args": {arg: _encode(v, f"layer {target}") for arg, v in args.items()}}
+
+
+def _describe(graph_module: fx.GraphModule, model_name: str) -> dict[str, Any]:
+    """The traced graph as JSON, checked against the whitelists."""
+    params, buffers = dict(graph_module.named_parameters()), dict(graph_module.named_buffers())
+    modules, attributes, nodes = {}, {}, []
+    for node in graph_module.graph.nodes:
+        target = node.target
+        if node.op == "call_module":
+            modules[target] = _describe_module(target, graph_module.get_submodule(target))
+        elif node.op == "call_function":
+            target = _FUNCTION_NAMES.get(target)
+            if target is None:
+                raise TicketlabError(
+                    f"{model_name} calls {getattr(node.target, '__name__', node.target)} (graph node {node.name}), "
+                    f"which save_model cannot store; supported functions: {', '.join(_FUNCTIONS)}"
+                )
+        elif node.op == "call_method" and target not in _METHODS:
+            raise TicketlabError(
+                f"{model_name} calls the tensor method .{target}() (graph node {node.name}), which save_model "
+                f"cannot store; supported methods: {', '.join(sorted(_METHODS))}"
+            )
+        elif node.op == "get_attr":
+            if target not in params and target not in buffers:
+                raise TicketlabError(
+                    f"{model_name} reads {target}, a tensor that is neither a parameter nor a buffer, so save_model "
+                    "cannot store it; register it with register_buffer"
+                )
+            attributes[target] = "parameter" if target in params else "buffer"
+        where = f"graph node {node.name} of {model_name}"
+        nodes.append(
+            {
+                "name": node.name,
+                "op": node.op,
+                "target": target,
+                "args": [_encode(a, where) for a in node.args],
+                "kwargs": {k: _encode(v, where) for k, v in node.kwargs.items()},
+            }
+        )
+    frozen = [name for name, p in params.items() if not p.requires_grad]
+    return {"format": FORMAT, "modules": modules, "attributes": attributes, "frozen": frozen, "nodes": nodes}
+
+
+def _container(root: nn.Module, path: str) -> nn.Module:
+    """The module at `path` under `root`, creating empty parents as needed."""
+    module = root
+    for part in path.split(".") if path else []:
+        if part not in module._modules:
+            module.add_module(part, nn.Module())
+        module = module._modules[part]
+    return module
+
+
+def _target(op: str, target: Any, architecture: dict[str, Any]) -> Any:
+    """The node target a file asks for, only if it is whitelisted or defined by the file itself."""
+    if op == "call_function":
+        if target not in _FUNCTIONS:
+            raise _untrusted(f"the function {target!r}")
+        return _FUNCTIONS[target]
+    if op == "call_method" and target in _METHODS:
+        return target
+    if op == "call_module" and target in architecture["modules"]:
+        return target
+    if op == "get_attr" and target in architecture["attributes"]:
+        return target
+    if op == "placeholder" and _identifier(target):
+        return target
+    if op == "output" and target == "output":
+        return target
+    raise _untrusted(f"a {op!r} node with target {target!r}")
+
+
+def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.GraphModule:
+    """A GraphModule from the JSON description and the weights, using the whitelists only."""
+    root = nn.Module()
+    for target, entry in architecture["modules"].items():
+        if entry["type"] not in _MODULES:
+            raise _untrusted(f"the layer type {entry['type']!r}")
+        cls, allowed = _MODULES[entry["type"]]
+        if not _path(target) or not set(entry["args"]) <= set(allowed):
+            raise _untrusted(f"a layer {target!r} with arguments {sorted(entry['args'])}")
+        parent, _, leaf = target.rpartition(".")
+        _container(root, parent).add_module(leaf, cls(**{k: _decode(v, {}) for k, v in entry["args"].items()}))
+    for target, kind in architecture["attributes"].items():
+        if not _path(target) or kind not in ("parameter", "buffer"):
+            raise _untrusted(f"a tensor attribute {target!r} of kind {kind!r}")
+        parent, _, leaf = target.rpartition(".")
+        owner = _container(root, parent)
+        if leaf not in owner._parameters and leaf not in owner._buffers:  # not part of a rebuilt layer
+            tensor = torch.empty_like(state[target])
+            if kind == "parameter":
+                owner.register_parameter(leaf, nn.Parameter(tensor))
+            else:
+                owner.register_buffer(leaf, tensor)
+    graph = fx.Graph()
+    nodes: dict[str, fx.Node] = {}
+    for entry in architecture["nodes"]:
+        if not _identifier(entry["name"]):
+            raise _untrusted(f"a graph node named {entry['name']!r}")
+        args = tuple(_decode(a, nodes) for a in entry["args"])
+        kwargs = {k: _decode(v, nodes) for k, v in entry["kwargs"].items()}
+        target = _target(entry["op"], entry["target"], architecture)
+        nodes[entry["name"]] = graph.create_node(entry["op"], target, args, kwargs, name=entry["name"])
+    graph.lint()
+    model = fx.GraphModule(root, graph)
+    model.load_state_dict(state, strict=True)
+    for name in architecture["frozen"]:
+        model.get_parameter(name).requires_grad_(False)
+    return model.eval()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every submodule's own mode back."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _shape(input_shape: Sequence[int]) -> list[int]:
+    shape = list(input_shape)
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise TicketlabError(
+            "input_shape must be the shape of one input batch, positive integers such as (1, 3, 32, 32); "
+            f"got {input_shape!r}"
+        )
+    return shape
+
+
+def _example(model: nn.Module, shape: list[int]) -> torch.Tensor:
+    """A fixed random batch on the model's device and in its dtype (its own generator: the caller's
+    RNG is left alone)."""
+    like = next(iter(model.parameters()), torch.empty(0))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(like.device, like.dtype)
+
+
+@torch.no_grad()
+def _check_reproduces(model: nn.Module, rebuilt: fx.GraphModule, shape: list[int]) -> None:
+    """Refuse to write a file that would not compute what `model` computes."""
+    x = _example(model, shape)
+    with _eval_mode(model):
+        try:
+            expected = model(x)
+        except Exception as e:  # any failure of the user's forward on this shape
+            raise TicketlabError(
+                f"{type(model).__name__} fails on an input of shape {tuple(shape)} ({type(e).__name__}: {e}); "
+                "pass the shape of one input batch the model accepts"
+            ) from e
+        got = rebuilt.to(x.device)(x)
+    try:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    except AssertionError as e:
+        raise TicketlabError(
+            f"the traced graph of {type(model).__name__} computes something else than its forward ({e}); its forward "
+            "depends on state torch.fx cannot record (Python values that change between calls)"
+        ) from None
+
+
+def save_model(
+    path: str | Path, model: nn.Module, input_shape: Sequence[int], metadata: dict | None = None
+) -> None:
+    """Write `model` (graph, layers and weights) to one safetensors file that `load_model` reads
+    without the code that built it.
+
+    `input_shape` is the shape of one input batch, e.g. (1, 3, 32, 32): it is stored for users of
+    the file and used to check, before writing, that the file reproduces the model's outputs.
+    `metadata` (JSON-serialisable) is stored as it is.
+    """
+    shape = _shape(input_shape)
+    try:
+        extra = json.dumps(metadata if metadata is not None else {})
+    except (TypeError, ValueError) as e:
+        raise TicketlabError(
+            f"model metadata must be JSON-serialisable ({e}); pass numbers, strings, lists and dicts"
+        ) from None
+    model_name = type(model).__name__
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception as e:  # fx fails in many ways on Python control flow over tensor values
+        raise TicketlabError(
+            f"cannot trace {model_name} with torch.fx ({type(e).__name__}: {e}); save_model needs a forward "
+            "without Python control flow on tensor values"
+        ) from e
+    architecture = _describe(graph_module, model_name)
+    # clones: tied weights would share storage, which safetensors refuses
+    state = {name: t.detach().clone() for name, t in graph_module.state_dict().items()}
+    _check_reproduces(model, _build(architecture, state), shape)
+    header = {ARCHITECTURE: json.dumps(architecture), METADATA: extra, INPUT_SHAPE: json.dumps(shape)}
+    write_tensors(Path(path), state, metadata=header)
+
+
+def load_model(path: str | Path) -> fx.GraphModule:
+    """The model saved by `save_model`, in eval mode; `model.meta` holds the stored
+    "ticketlab.metadata" and "ticketlab.input_shape"."""
+    path = Path(path)
+    if not path.is_file():
+        raise TicketlabError(f"no model file at {path}; give the path of a file written by compact.save_model")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            names = f.keys()
+            state = {name: f.get_tensor(name) for name in names}
+    except SafetensorError as e:
+        raise TicketlabError(f"{path} is not a safetensors file ({e}); give a file written by save_model") from None
+    if ARCHITECTURE not in header:
+        raise TicketlabError(f"{path} holds no model architecture; it was not written by ticketlab.compact.save_model")
+    try:
+        architecture = json.loads(header[ARCHITECTURE])
+        if architecture.get("format") != FORMAT:
+            raise TicketlabError(
+                f"{path} has model format {architecture.get('format')!r}, this ticketlab reads format {FORMAT}; "
+                "load it with the ticketlab version that wrote it"
+            )
+        model = _build(architecture, state)
+        model.meta[METADATA] = json.loads(header.get(METADATA, "{}"))
+        model.meta[INPUT_SHAPE] = json.loads(header.get(INPUT_SHAPE, "null"))
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TicketlabError(
+            f"{path} is a malformed model file ({type(e).__name__}: {e}); write it again with save_model"
+        ) from None
+    return model
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> None:
+    """Write `model` in eval mode as an ONNX file for inputs of exactly `input_shape`.
+
+    Needs the `onnx` extra (pip install 'ticketlab[onnx]'): torch's exporter is built on onnx and
+    onnxscript, and onnxruntime runs the result.
+    """
+    shape = _shape(input_shape)
+    for package in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise TicketlabError(
+                f"export_onnx needs the {package} package; install the extra: pip install 'ticketlab[onnx]'"
+            ) from None
+    x = _example(model, shape)
+
+    def export(tmp: str) -> None:
+        torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, verbose=False)
+
+    with _eval_mode(model):
+        try:
+            atomic_write(Path(path), export)
+        except Exception as e:  # the exporter's own message says which operation it could not convert
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise TicketlabError(
+                f"torch.onnx.export cannot export {type(model).__name__} ({type(e).__name__}: {first_line}); "
+                "export a model made of standard layers, such as the result of compact() or load_model()"
+            ) from e

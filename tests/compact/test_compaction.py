@@ -1,0 +1,220 @@
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.compact import (
+    channel_groups,
+    compact,
+    compaction_report,
+    complete_channel_masks,
+)
+from ticketlab.errors import TicketlabError
+from ticketlab.models import build_model
+from ticketlab.sparsity import apply_masks
+from ticketlab.train.hooks import MaskHook
+
+# name -> (build options, input batch shape); small inputs keep every case fast
+ARCHITECTURES = {
+    "cifar_resnet_20": ({"in_channels": 3, "image_size": 32}, (2, 3, 16, 16)),
+    "resnet18": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+    "cifar_vgg_11": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+    "fastnet": ({"in_channels": 3, "image_size": 16, "widths": (8, 16, 16)}, (2, 3, 16, 16)),
+    "lenet_300_100": ({"in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
+}
+
+
+def build(name):
+    torch.manual_seed(0)
+    return build_model(name, num_classes=10, **ARCHITECTURES[name][0])
+
+
+def rows(shape, keep):
+    """Expand a per-output-channel bool vector to a weight-shaped mask."""
+    return keep.view(-1, *[1] * (len(shape) - 1)).expand(shape).clone()
+
+
+def channel_masks(model, g, drop=0.4, extra=0.2):
+    """Random channel masks: per group a shared set of channels every producer drops (removable),
+    plus channels each producer drops on its own (tied to kept ones, so they must stay); the
+    classifier gets an unstructured mask."""
+    params = dict(model.named_parameters())
+    masks = {}
+    for group in channel_groups(model):
+        shared = torch.rand(group.channels, generator=g) < drop
+        for name in group.producers:
+            own = torch.rand(group.channels, generator=g) < extra
+            masks[name] = rows(params[name].shape, ~(shared | own))
+    masks["fc.weight"] = torch.rand(params["fc.weight"].shape, generator=g) < 0.7
+    return masks
+
+
+@torch.no_grad()
+def randomise(model, g):
+    """BN statistics and affine parameters, and biases, far from their init, so a wrongly removed
+    channel shows up in the output."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=g))
+            module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+            module.weight.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+            module.bias.copy_(torch.randn(module.num_features, generator=g))
+        elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+            module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def max_gap(a, b, x):
+    return float((a.eval()(x) - b.eval()(x)).abs().max())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_compacted_model_computes_the_masked_function_with_fewer_parameters(name):
+    g = torch.Generator().manual_seed(1)
+    model = build(name)
+    randomise(model, g)
+    masks = complete_channel_masks(model, channel_masks(model, g))
+    reference = copy.deepcopy(model)
+    apply_masks(reference, masks)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    small = compact(model, masks)  # the unmasked model: compact masks first
+
+    x = torch.randn(ARCHITECTURES[name][1], generator=g)
+    assert max_gap(small, reference, x) <= 1e-4
+    assert count(small) < count(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input is untouched
+    report = compaction_report(model, small)
+    assert report["parameters"] == {"before": count(model), "after": count(small)}
+    for group, entry in zip(channel_groups(model), report["groups"]):
+        dropped = int((~torch.stack([masks[p].flatten(1).any(1) for p in group.producers])).all(0).sum())
+        assert entry["channels"] == {"before": group.channels, "after": group.channels - dropped}
+    tied = [entry for entry in report["groups"] if len(entry["producers"]) > 1]
+    assert all(e["channels"]["after"] < e["channels"]["before"] for e in tied)  # residual streams did shrink
+
+
+def test_channels_dropped_by_only_some_tied_producers_are_kept():
+    model = build("cifar_resnet_20")
+    params = dict(model.named_parameters())
+    stream = channel_groups(model)[-1]  # stage 2: shortcut conv and three conv2s
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[:10] = False
+    masks = {name: rows(params[name].shape, keep) for name in stream.producers}
+    masks[stream.producers[1]] = rows(params[stream.producers[1]].shape, torch.arange(64) >= 4)
+    small = compact(model, complete_channel_masks(model, masks))
+    assert small.fc.in_features == 60 and small.stages[2][1].conv1.in_channels == 60
+    assert small.stages[2][1].conv2.out_channels == 60 and small.stages[2][0].shortcut[1].num_features == 60
+    # a dense (unmasked) producer keeps every channel of its group
+    masks.pop(stream.producers[0])
+    assert compact(model, complete_channel_masks(model, masks)).fc.in_features == 64
+
+
+def test_training_with_completed_masks_keeps_compaction_exact():
+    """The mask hook keeps dropped channels silent through SGD with momentum and weight decay,
+    in train-mode BatchNorm too, so the trained network compacts exactly."""
+    g = torch.Generator().manual_seed(2)
+    model = build("fastnet")
+    masks = complete_channel_masks(model, channel_masks(model, g))
+    hook = MaskHook(masks)
+    hook.on_start(SimpleNamespace(model=model))
+    params = [p for p in model.parameters() if p.requires_grad]
+    velocity = [torch.zeros_like(p) for p in params]
+    model.train()
+    for _ in range(3):
+        x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        hook.after_backward(None)
+        with torch.no_grad():  # SGD, momentum 0.9, weight decay 5e-4
+            for p, v in zip(params, velocity):
+                p.sub_(v.mul_(0.9).add_(p.grad + 5e-4 * p), alpha=0.1)
+        hook.after_step(None, None)
+    small = compact(model, masks)
+    assert count(small) < count(model)
+    assert max_gap(small, model, torch.randn(2, 3, 16, 16, generator=g)) <= 1e-4
+
+
+def test_layers_keep_their_settings_and_frozen_flags():
+    g = torch.Generator().manual_seed(3)
+    model = build("fastnet")
+    model.whiten.weight.requires_grad_(False)
+    small = compact(model, complete_channel_masks(model, channel_masks(model, g)))
+    bn = small.groups[1].bn2
+    assert (bn.eps, bn.momentum) == (model.groups[1].bn2.eps, model.groups[1].bn2.momentum)
+    assert not bn.weight.requires_grad and bn.bias.requires_grad
+    assert not small.whiten.weight.requires_grad and small.whiten.bias.requires_grad
+    assert small.whiten.bias is not None and small.fc.bias is None
+    resnet = build("cifar_resnet_20")
+    small = compact(resnet, complete_channel_masks(resnet, channel_masks(resnet, g)))
+    assert small.stages[1][0].shortcut[0].stride == (2, 2) and small.stages[1][0].conv1.padding == (1, 1)
+
+
+def test_a_group_keeps_one_channel_when_every_channel_is_dropped():
+    model = build("lenet_300_100")
+    randomise(model, torch.Generator().manual_seed(4))
+    masks = complete_channel_masks(model, {"hidden.fc2.weight": torch.zeros(100, 300, dtype=torch.bool)})
+    small = compact(model, masks)
+    assert small.hidden.fc2.out_features == 1 and small.fc.in_features == 1
+    reference = copy.deepcopy(model)
+    apply_masks(reference, masks)
+    assert max_gap(small, reference, torch.randn(2, 1, 28, 28)) <= 1e-6
+
+
+def test_report_counts_parameters_and_channels():
+    model = build("lenet_300_100")
+    masks = {
+        "hidden.fc1.weight": rows((300, 784), torch.arange(300) < 200),
+        "hidden.fc2.weight": rows((100, 300), torch.arange(100) < 50),
+    }
+    report = compaction_report(model, compact(model, complete_channel_masks(model, masks)))
+    assert report == {
+        "parameters": {
+            "before": 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10,
+            "after": 784 * 200 + 200 + 200 * 50 + 50 + 50 * 10 + 10,
+        },
+        "groups": [
+            {"producers": ["hidden.fc1.weight"], "channels": {"before": 300, "after": 200}},
+            {"producers": ["hidden.fc2.weight"], "channels": {"before": 100, "after": 50}},
+        ],
+    }
+    with pytest.raises(TicketlabError, match="not a compaction"):
+        compaction_report(model, build("cifar_vgg_11"))
+
+
+def test_unstructured_producer_masks_are_refused_with_the_fix():
+    model = build("lenet_300_100")
+    mask = torch.ones(300, 784, dtype=torch.bool)
+    mask[:5, :10] = False  # five channels partly kept
+    with pytest.raises(TicketlabError, match=r"hidden.fc1.weight is not channel-structured: 5 of its 300.*refill"):
+        compact(model, {"hidden.fc1.weight": mask})
+
+
+def test_channels_that_still_output_a_constant_are_not_removed():
+    """Zero conv weights and a non-zero BN shift: the channel outputs beta, so removing it would
+    change the function unless complete_channel_masks zeroed the companions."""
+    model = build("cifar_vgg_11")
+    randomise(model, torch.Generator().manual_seed(5))
+    masks = {"features.conv3.weight": rows((256, 128, 3, 3), torch.arange(256) >= 3)}
+    message = r"3 dropped channels of features.conv3.weight.*features.bn3.*complete_channel_masks"
+    with pytest.raises(TicketlabError, match=message):
+        compact(model, masks)
+    with torch.no_grad():  # silent companions (as after training with completed masks): allowed, same function
+        model.features.bn3.weight[:3] = 0
+        model.features.bn3.bias[:3] = 0
+    assert compact(model, masks).features.conv3.out_channels == 253
+
+
+def test_masks_that_do_not_fit_and_unsupported_models_are_refused():
+    model = build("lenet_300_100")
+    with pytest.raises(TicketlabError, match="does not fit"):
+        compact(model, {"hidden.fc1.weight": torch.ones(300, 10, dtype=torch.bool)})
+    with pytest.raises(TicketlabError, match="does not fit"):
+        compact(model, {"hidden.fc9.weight": torch.ones(300, 784, dtype=torch.bool)})
+    with pytest.raises(TicketlabError, match="no channel plan for Linear"):
+        compact(nn.Linear(3, 4), {})

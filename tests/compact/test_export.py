@@ -1,0 +1,189 @@
+import json
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import fx, nn
+
+from ticketlab.compact import (
+    channel_groups,
+    compact,
+    complete_channel_masks,
+    export_onnx,
+    load_model,
+    save_model,
+)
+from ticketlab.errors import TicketlabError
+from ticketlab.models import build_model
+
+# name -> (build options, input batch shape)
+ARCHITECTURES = {
+    "cifar_resnet_20": ({"in_channels": 3, "image_size": 32}, (2, 3, 16, 16)),
+    "resnet18": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+    "cifar_vgg_11": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+    "fastnet": ({"in_channels": 3, "image_size": 16, "widths": (8, 16, 16)}, (2, 3, 16, 16)),
+    "lenet_300_100": ({"in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
+}
+
+
+def compacted(name):
+    """The model with the last quarter of every group's channels removed."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, **ARCHITECTURES[name][0])
+    params = dict(model.named_parameters())
+    masks = {}
+    for group in channel_groups(model):
+        keep = torch.arange(group.channels) < group.channels - group.channels // 4
+        for producer in group.producers:
+            shape = params[producer].shape
+            masks[producer] = keep.view(-1, *[1] * (len(shape) - 1)).expand(shape).clone()
+    return compact(model, complete_channel_masks(model, masks)).eval()
+
+
+def shapes(model):
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_saved_model_loads_without_its_code_and_computes_the_same(name, tmp_path):
+    model = compacted(name)
+    shape = ARCHITECTURES[name][1]
+    save_model(tmp_path / "model.safetensors", model, shape, metadata={"model": name, "density": 0.5})
+    loaded = load_model(tmp_path / "model.safetensors")
+
+    assert isinstance(loaded, fx.GraphModule) and not loaded.training
+    assert shapes(loaded) == shapes(model)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert float((loaded(x) - model(x)).abs().max()) <= 1e-6
+    assert loaded.meta["ticketlab.metadata"] == {"model": name, "density": 0.5}
+    assert loaded.meta["ticketlab.input_shape"] == list(shape)
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+
+
+def test_a_loaded_model_saves_again_and_keeps_frozen_weights(tmp_path):
+    model = compacted("fastnet")
+    model.whiten.weight.requires_grad_(False)
+    save_model(tmp_path / "a.safetensors", model, (1, 3, 16, 16))
+    again = load_model(tmp_path / "a.safetensors")
+    assert not again.get_parameter("whiten.weight").requires_grad
+    assert not again.get_parameter("groups.0.bn1.weight").requires_grad  # fastnet's frozen BN scale
+    save_model(tmp_path / "b.safetensors", again, (1, 3, 16, 16))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "b.safetensors")(x), model(x))
+
+
+def rewrite(path, edit):
+    """Rewrite the architecture JSON of a saved file through `edit(architecture) -> architecture`."""
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        names = f.keys()
+        tensors = {name: f.get_tensor(name) for name in names}
+    header["ticketlab.architecture"] = json.dumps(edit(json.loads(header["ticketlab.architecture"])))
+    save_file(tensors, str(path), metadata=header)
+
+
+def set_first(architecture, op, field, value):
+    node = next(n for n in architecture["nodes"] if n["op"] == op)
+    node[field] = value
+    return architecture
+
+
+def test_tampered_files_are_refused_not_executed(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(path, compacted("cifar_resnet_20"), (1, 3, 16, 16))
+    original = path.read_bytes()
+    edits = {
+        "the function 'os.system'": lambda a: set_first(a, "call_function", "target", "os.system"),
+        "a 'call_method' node with target '__class__'": lambda a: set_first(
+            set_first(a, "call_function", "target", "__class__"), "call_function", "op", "call_method"
+        ),
+        "the layer type 'Evil'": lambda a: {**a, "modules": {**a["modules"], "fc": {"type": "Evil", "args": {}}}},
+        "a graph node named": lambda a: set_first(a, "placeholder", "name", "x; import os"),
+        "a constant tagged 'pickle'": lambda a: set_first(a, "call_function", "args", [{"pickle": "..."}]),
+    }
+    for what, edit in edits.items():
+        path.write_bytes(original)
+        rewrite(path, edit)
+        with pytest.raises(TicketlabError, match=f"asks for {what}.*never executed"):
+            load_model(path)
+
+
+def test_malformed_and_foreign_files_are_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(path, compacted("lenet_300_100"), (1, 1, 28, 28))
+    rewrite(path, lambda a: set_first(a, "call_module", "args", [{"node": "nowhere"}]))
+    with pytest.raises(TicketlabError, match="malformed model file"):
+        load_model(path)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(TicketlabError, match="holds no model architecture"):
+        load_model(tmp_path / "weights.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello")
+    with pytest.raises(TicketlabError, match="not a safetensors file"):
+        load_model(tmp_path / "text.safetensors")
+    with pytest.raises(TicketlabError, match="no model file"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+class WithTanh(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class WithSoftmax(WithTanh):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.fc(x), dim=1)
+
+
+def test_models_that_cannot_be_stored_are_refused_by_name(tmp_path):
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(TicketlabError, match="cannot trace Branchy with torch.fx"):
+        save_model(path, Branchy(), (1, 4))
+    with pytest.raises(TicketlabError, match="layer act is a Tanh, which save_model cannot store; supported layers: "):
+        save_model(path, WithTanh(), (1, 4))
+    with pytest.raises(TicketlabError, match="WithSoftmax calls softmax.*supported functions"):
+        save_model(path, WithSoftmax(), (1, 4))
+    with pytest.raises(TicketlabError, match="fails on an input of shape"):
+        save_model(path, compacted("lenet_300_100"), (1, 3, 28, 28))
+    with pytest.raises(TicketlabError, match="input_shape must be"):
+        save_model(path, compacted("lenet_300_100"), (1, 0, 28, 28))
+    with pytest.raises(TicketlabError, match="metadata must be JSON-serialisable"):
+        save_model(path, compacted("lenet_300_100"), (1, 1, 28, 28), metadata={"x": object()})
+    assert not path.exists()
+
+
+def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = compacted("fastnet")
+    export_onnx(model, tmp_path / "model.onnx", (2, 3, 16, 16))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 16, 16)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
+
+
+def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(TicketlabError, match=r"pip install 'ticketlab\[onnx\]'"):
+        export_onnx(compacted("lenet_300_100"), tmp_path / "model.onnx", (1, 1, 28, 28))
+    assert not (tmp_path / "model.onnx").exists()

@@ -1,0 +1,74 @@
+import json
+import math
+
+import pytest
+import torch
+
+from ticketlab.config import DataConfig
+from ticketlab.errors import TicketlabError
+from ticketlab.store import RunStore, read_tensors
+from ticketlab.train import train
+
+from helpers import tiny_dataset
+
+
+def _train(tmp_path, **kw):
+    ds = kw.pop("dataset", None) or tiny_dataset(n=200, channels=1, size=8)
+    return train("lenet_300_100", ds, store=tmp_path, epochs=kw.pop("epochs", 4), batch_size=20, lr=0.003,
+                 optimizer="adam", progress=False, **kw)
+
+
+def test_noise_is_reported_and_test_labels_stay_clean(tmp_path):
+    clean = _train(tmp_path)
+    noisy = _train(tmp_path, data=DataConfig(noise="flip:0.4"))
+    assert noisy.run_id != clean.run_id
+    assert noisy.summary["noise_rate"] == pytest.approx(0.4, abs=0.01)
+    assert "noise_rate" not in clean.summary
+
+
+def test_sat_reports_corrections_and_exports_labels(tmp_path):
+    result = _train(tmp_path, data=DataConfig(noise="flip:0.3"), loss="sat", sat_start=2, sat_alpha=0.6, epochs=8)
+    s = result.summary
+    labels = read_tensors(result.folder / "labels.safetensors")
+    wrong = labels["given"] != labels["clean"]
+    assert abs(float(wrong.float().mean()) - s["noise_rate"]) < 1e-6
+    fixed = (labels["corrected"][wrong] == labels["clean"][wrong]).float().mean()
+    assert s["corrected_fraction"] == pytest.approx(float(fixed), abs=1e-6)
+    assert s["corrected_fraction"] > 0.3  # the blobs are easy: SAT fixes many of the flipped labels
+    json.dumps(s)
+
+
+def test_selective_sat_adds_an_abstain_output_and_a_coverage_table(tmp_path):
+    result = _train(tmp_path, loss="sat-selective", sat_start=1, epochs=3)
+    s = result.summary
+    assert result.model.fc.out_features == 5  # 4 classes + abstain
+    rows = s["coverage"]
+    assert [r["target_coverage"] for r in rows][:3] == [1.0, 0.95, 0.9]
+    assert rows[0]["threshold"] is None and all(0 <= r["selective_error"] <= 1 for r in rows)
+    json.loads(json.dumps(s))
+    assert open(s["coverage_plot"], "rb").read(4) == b"\x89PNG"
+    assert 0 <= s["test_accuracy"] <= 1
+
+
+def test_sat_start_must_lie_inside_training(tmp_path):
+    with pytest.raises(TicketlabError, match="sat-start"):
+        _train(tmp_path, loss="sat", sat_start=4, epochs=4)
+    assert RunStore(tmp_path).list() == []
+
+
+def test_records_are_stored_with_the_run(tmp_path):
+    from ticketlab.train.run import train_run
+    from ticketlab.config import ModelConfig, RunConfig
+    from ticketlab.train import recipe_config
+    from ticketlab.train.records import ExampleRecords
+
+    ds = tiny_dataset(n=100, channels=1, size=8)
+    cfg = RunConfig(data=DataConfig(dataset="tiny"), model=ModelConfig("lenet_300_100"),
+                    train=recipe_config("lenet_300_100", epochs=2, batch_size=25))
+    result = train_run(cfg, store=RunStore(tmp_path), dataset=ds, progress=False, records=True)
+    records = ExampleRecords.load(result.folder / "records.safetensors")
+    assert records.seen.all() and records.correct.shape == (2, 100)
+    assert math.isclose(records.correct[-1].float().mean().item(), result.history[-1]["train_accuracy"], abs_tol=1e-6)
+    plain = train_run(cfg, store=RunStore(tmp_path), dataset=ds, progress=False)
+    assert plain.run_id != result.run_id
+    assert torch.equal(plain.model.fc.weight, result.model.fc.weight)  # recording changes nothing

@@ -260,9 +260,15 @@ def cmd_prac(args: argparse.Namespace) -> int:
     from ticketlab.train import train_run
     from ticketlab.train.records import ExampleRecords
 
+    from ticketlab.data import load_dataset
+    from ticketlab.tickets.imp import default_validation
+
     config = run_config(args)
-    result = train_run(config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
-                       device=args.device, progress=not args.quiet, records=True)
+    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
+    if not config.data.validation:  # the split `ticketlab find` holds out, so the set fits its studies
+        config = replace(config, data=replace(config.data, validation=default_validation(len(dataset.train_y))))
+    result = train_run(config, store=RunStore(args.store), dataset=dataset, device=args.device,
+                       progress=not args.quiet, records=True)
     records = ExampleRecords.load(result.folder / "records.safetensors")
     prac = from_records(records.correct, records.seen, {
         "dataset": result.summary["dataset"], "validation": config.data.validation,

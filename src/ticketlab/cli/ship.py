@@ -65,8 +65,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         save_model(out, model, ticket.input_shape, metadata={"ticket": ticket.info})
     report = compaction_report(ticket.model, model)
-    print(f"wrote {out}: {report['parameters_after']:,} parameters "
-          f"(the ticket's dense architecture has {report['parameters_before']:,})")
+    print(f"wrote {out}: {report['parameters']['after']:,} parameters "
+          f"(the ticket's dense architecture has {report['parameters']['before']:,})")
     if args.json:
         print(json.dumps({"out": str(out), **report}, sort_keys=True))
     return 0

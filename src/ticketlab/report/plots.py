@@ -34,6 +34,8 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
     if wins:
         ax.axvline(min(wins), color="C0", lw=0.8, ls=":", label=f"sparsest winning ({min(wins):.1f}%)")
     ax.set_xscale("log")
+    if len(x) == 1:  # one level: give the log axis a range around it
+        ax.set_xlim(x[0] * 2, x[0] / 2)
     ax.invert_xaxis()
     ax.xaxis.set_minor_locator(NullLocator())  # label the measured densities, nothing else
     ax.set_xticks(x)

@@ -1,5 +1,6 @@
 """Training and evaluation under noisy labels (methods.md section 8)."""
 
+from ticketlab.robust.sat import SelectiveSAT, SelfAdaptiveTraining
 from ticketlab.robust.selective import (
     COVERAGES,
     coverage_table,
@@ -11,6 +12,8 @@ from ticketlab.robust.selective import (
 
 __all__ = [
     "COVERAGES",
+    "SelectiveSAT",
+    "SelfAdaptiveTraining",
     "coverage_table",
     "coverage_threshold",
     "risk_coverage_curve",

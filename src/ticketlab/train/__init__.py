@@ -3,10 +3,12 @@
 from ticketlab.train.evaluate import evaluate
 from ticketlab.train.hooks import Hook, MaskHook, Step
 from ticketlab.train.optim import lr_factor, make_optimizer
+from ticketlab.train.records import ExampleRecords, forgetting_events, hard_to_memorise, never_learned
 from ticketlab.train.run import RunResult, recipe_config, train, train_run
 from ticketlab.train.trainer import Trainer, TrainResult
 
 __all__ = [
-    "Hook", "MaskHook", "RunResult", "Step", "Trainer", "TrainResult", "evaluate",
-    "lr_factor", "make_optimizer", "recipe_config", "train", "train_run",
+    "ExampleRecords", "Hook", "MaskHook", "RunResult", "Step", "Trainer", "TrainResult", "evaluate",
+    "forgetting_events", "hard_to_memorise", "lr_factor", "make_optimizer", "never_learned", "recipe_config",
+    "train", "train_run",
 ]

@@ -6,7 +6,9 @@
    work (same model and initial weights, batch, threads, optimiser, per-batch gather and
    normalisation, no augmentation in either), as a steps/s ratio;
 2. masked: the Trainer with 80%-sparse masks (MaskHook) against the dense Trainer, as a
-   step-time ratio.
+   step-time ratio;
+3. records: the Trainer keeping per-example records (ExampleRecords, PrAC's input) against the
+   plain Trainer, as a step-time ratio.
 Variants alternate within each repetition so machine noise hits both alike; figures are medians.
 """
 
@@ -30,7 +32,7 @@ from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.models import build_model
 from ticketlab.sparsity import prunable_parameters
-from ticketlab.train import MaskHook, Trainer
+from ticketlab.train import ExampleRecords, MaskHook, Trainer
 
 
 def trainer_seconds(model, x, y, mean, std, cfg, hooks=()) -> float:
@@ -88,6 +90,8 @@ def main() -> None:
         "hand": lambda: hand_loop_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg),
         "trainer": lambda: trainer_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg),
         "trainer_masked": lambda: trainer_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg, [MaskHook(masks)]),
+        "trainer_records": lambda: trainer_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg,
+                                                   [ExampleRecords(n, 10, 1)]),
     }
     for run in variants.values():  # warm-up: allocator, oneDNN kernel selection
         run()
@@ -105,11 +109,13 @@ def main() -> None:
         "steps_per_second": {k: args.steps / v for k, v in med.items()},
         "throughput_ratio_trainer_over_hand": med["hand"] / med["trainer"],
         "step_time_ratio_masked_over_dense": med["trainer_masked"] / med["trainer"],
+        "step_time_ratio_records_over_dense": med["trainer_records"] / med["trainer"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("steps_per_second", "throughput_ratio_trainer_over_hand",
-                                             "step_time_ratio_masked_over_dense")}, indent=2))
+                                             "step_time_ratio_masked_over_dense",
+                                             "step_time_ratio_records_over_dense")}, indent=2))
 
 
 if __name__ == "__main__":

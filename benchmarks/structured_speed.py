@@ -1,0 +1,82 @@
+"""CPU speed of channel tickets after physical compaction, against the dense network.
+
+  python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
+
+Speed depends on which channels survive, not on how well the weights are trained, so this runs
+the structure step of `ticketlab find --structure channel` (global magnitude IMP step of 20%,
+refill with the residual streams tied, BN entries of removed channels masked) for a number of
+levels on the seeded initial weights, compacts each level's ticket, checks the compacted network
+computes the masked one's function, and times dense, masked (torch.nn.utils.prune) and compacted
+forward passes side by side (ticketlab.speed.measure: interleaved repetitions, medians).
+Accuracy at each density needs trained tickets: see the `ticketlab find --structure channel`
+figures in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ticketlab.compact import compact, complete_channel_masks, tied_layers
+from ticketlab.models import build_model
+from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, refill, select_prunable
+from ticketlab.speed import masked_module, measure
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="cifar_resnet_20,cifar_vgg_16")
+    ap.add_argument("--levels", type=int, default=6)
+    ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--batch-sizes", default="1,64,256")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default="benchmarks/results/structured_speed.json")
+    args = ap.parse_args()
+    batches = tuple(int(b) for b in args.batch_sizes.split(","))
+    rows = []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=10, in_channels=3, image_size=32).eval()
+        names = list(select_prunable(model))
+        weights = {n: torch.ones_like(p, dtype=torch.bool) for n, p in select_prunable(model).items()}
+        tied = tied_layers(model)
+        for level in range(1, args.levels + 1):
+            params = dict(model.named_parameters())
+            weights = prune_fraction(magnitude({n: params[n].detach() for n in names}), weights, args.fraction)
+            weights = refill(weights, tied=tied, keep={names[-1]})
+            masks = complete_channel_masks(model, weights)
+            ticket = build_model(name, num_classes=10, in_channels=3, image_size=32).eval()
+            ticket.load_state_dict(model.state_dict())
+            with torch.no_grad():
+                apply_masks(ticket, masks)
+            small = compact(ticket, masks).eval()
+            x = torch.randn(8, 3, 32, 32)
+            with torch.no_grad():
+                err = float((small(x) - ticket(x)).abs().max())
+            timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), "compacted": small},
+                              (3, 32, 32), batches, repeats=args.repeats)
+            density = density_report(weights)["total"]["density"]
+            row = {"model": name, "level": level, "density": density,
+                   "parameters": sum(p.numel() for p in ticket.parameters()),
+                   "compacted_parameters": sum(p.numel() for p in small.parameters()), "max_abs_diff": err,
+                   "timings": [t.as_dict() for t in timings]}
+            rows.append(row)
+            ratios = {(t.variant, t.batch_size): t.ratio for t in timings}
+            print(f"{name} level {level} density {density:.3f}: params {row['compacted_parameters']:,}/"
+                  f"{row['parameters']:,}, max|diff| {err:.1e}, compacted/dense " +
+                  ", ".join(f"b{b} {ratios[('compacted', b)]:.2f}x" for b in batches) +
+                  f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
+    result = {"date": date.today().isoformat(),
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                         f"torch {torch.__version__}", "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -39,3 +39,13 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+# the architectures compaction supports: name -> (build options, input batch shape); small inputs keep every case fast
+COMPACTABLE = {
+    "cifar_resnet_20": ({"in_channels": 3, "image_size": 32}, (2, 3, 16, 16)),
+    "resnet18": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+    "cifar_vgg_11": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+    "fastnet": ({"in_channels": 3, "image_size": 16, "widths": (8, 16, 16)}, (2, 3, 16, 16)),
+    "lenet_300_100": ({"in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
+}

@@ -16,14 +16,8 @@ from ticketlab.models import build_model
 from ticketlab.sparsity import apply_masks
 from ticketlab.train.hooks import MaskHook
 
-# name -> (build options, input batch shape); small inputs keep every case fast
-ARCHITECTURES = {
-    "cifar_resnet_20": ({"in_channels": 3, "image_size": 32}, (2, 3, 16, 16)),
-    "resnet18": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
-    "cifar_vgg_11": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
-    "fastnet": ({"in_channels": 3, "image_size": 16, "widths": (8, 16, 16)}, (2, 3, 16, 16)),
-    "lenet_300_100": ({"in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
-}
+from helpers import COMPACTABLE as ARCHITECTURES
+
 
 
 def build(name):

@@ -18,14 +18,8 @@ from ticketlab.compact import (
 from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
 
-# name -> (build options, input batch shape)
-ARCHITECTURES = {
-    "cifar_resnet_20": ({"in_channels": 3, "image_size": 32}, (2, 3, 16, 16)),
-    "resnet18": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
-    "cifar_vgg_11": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
-    "fastnet": ({"in_channels": 3, "image_size": 16, "widths": (8, 16, 16)}, (2, 3, 16, 16)),
-    "lenet_300_100": ({"in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
-}
+from helpers import COMPACTABLE as ARCHITECTURES
+
 
 
 def compacted(name):

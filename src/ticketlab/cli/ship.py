@@ -10,7 +10,7 @@ from ticketlab.cli.table import table
 from ticketlab.errors import TicketlabError
 
 
-def _variants(ticket_path: str, device: str) -> tuple[dict, tuple[int, ...], dict]:
+def _variants(ticket_path: str) -> tuple[dict, tuple[int, ...], dict]:
     """dense, masked (torch.nn.utils.prune) and, where the masks allow it, compacted."""
     from ticketlab.compact import compact, compaction_report
     from ticketlab.speed import masked_module
@@ -37,7 +37,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants, shape, notes = _variants(args.model_file, args.device)
+    variants, shape, notes = _variants(args.model_file)
     timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "

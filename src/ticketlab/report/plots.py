@@ -18,6 +18,15 @@ _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3
           "oneshot": dict(color="C1", marker="D"), "finetune": dict(color="C5", marker="x")}
 
 
+def save_png(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write atomically (a reader never sees half a PNG) and free the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
 def plot_study(summary: dict[str, Any], path: Path) -> Path:
     """Test accuracy against weights remaining (log scale, sparser to the right), mean ± std."""
     levels = summary["levels"]
@@ -46,11 +55,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
                  f"{summary.get('seeds', 1)} seed(s), verdict on {summary.get('verdict_on', 'test')}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
@@ -72,8 +77,4 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{summary.get('model', '')} on {summary.get('dataset', '')}: accuracy vs measured speed-up")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

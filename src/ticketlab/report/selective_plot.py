@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import torch
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt
-
-from ticketlab.store.files import atomic_write
+from ticketlab.report.plots import plt, save_png
 
 
 def plot_coverage_risk(
@@ -41,8 +37,4 @@ def plot_coverage_risk(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -73,6 +73,7 @@ def measure(
     warmup: int = 3,
     repeats: int = 10,
     min_seconds: float = 0.05,
+    dtype: torch.dtype = torch.float32,
 ) -> list[Timing]:
     """Median forward latency of each variant (eval mode, no autograd) at each batch size.
 
@@ -92,7 +93,7 @@ def measure(
     timings: list[Timing] = []
     with torch.inference_mode():
         for batch in batch_sizes:
-            x = torch.randn(batch, *input_shape, generator=generator).to(dev)
+            x = torch.randn(batch, *input_shape, generator=generator).to(dev, dtype)
             calls = {}
             for name, model in models.items():
                 for _ in range(warmup):

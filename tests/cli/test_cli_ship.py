@@ -108,3 +108,17 @@ def test_prac_command_saves_a_reusable_set(tmp_path, tiny_npz, capsys):
                         "--dataset", tiny_npz, "--store", tmp_path / "s", "--levels", "1", "--baselines", "",
                         "--data", "prac", "--prac-file", out_file, "--json")
     assert code == 0, out
+
+
+def test_bench_two_four_says_why_not_on_cpu(tmp_path, tiny_npz, capsys):
+    store = tmp_path / "store"
+    assert main(["find", *COMMON, "--dataset", str(tiny_npz), "--store", str(store), "--levels", "1",
+                 "--structure", "nm", "--baselines", ""]) == 0
+    capsys.readouterr()
+    ticket_file = next(store.glob("runs/*/seed_0/level_1/ticket.safetensors"))
+    code, out, _ = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "2", "--repeats", "1",
+                        "--two-four", "--json")
+    assert code == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert "not run sparse" in report["semi_structured"] and "CUDA" in report["semi_structured"].upper()
+    assert {t["variant"] for t in report["timings"]} == {"dense", "masked"}

@@ -28,6 +28,33 @@ def _variants(ticket_path: str) -> tuple[dict, tuple[int, ...], dict]:
     return variants, ticket.input_shape, notes
 
 
+def _two_four(variants: dict, masks: dict, device) -> dict:
+    """2:4 tickets on a GPU that has the kernels: the semi-structured network against the same dense
+    network in fp16 (the kernels' dtype), so the ratio compares like with like. Elsewhere: why not."""
+    import copy
+    import warnings
+
+    import torch
+
+    from ticketlab.sparsity.semistructured import is_two_four, semi_structured_support, to_semi_structured
+
+    linear = {n: m for n, m in masks.items() if m.dim() == 2 and is_two_four(m)}
+    if not linear:
+        return {}
+    ok, reason = semi_structured_support(device)
+    if not ok:
+        return {"semi_structured": f"2:4 Linear layers not run sparse: {reason}"}
+    dense = copy.deepcopy(variants["dense"]).to(device, torch.float16)
+    sparse = copy.deepcopy(dense)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = to_semi_structured(sparse, linear)
+    variants.clear()
+    variants.update({"dense_fp16": dense, "2:4_fp16": sparse})
+    return {"semi_structured": f"converted {len(converted)} Linear layer(s): {', '.join(converted) or 'none'}"
+            + "".join(f"; {w.message}" for w in caught)}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -38,15 +65,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants, shape, notes = _variants(args.model_file)
-    timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats)
+    if args.two_four:
+        from ticketlab.tickets.ticketfile import load_ticket
+
+        notes.update(_two_four(variants, load_ticket(args.model_file).masks, device))
+    half = "dense_fp16" in variants
+    timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats,
+                      dtype=torch.float16 if half else torch.float32)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
           f"{device.type}, {torch.get_num_threads()} threads; ratios are throughput / dense")
     print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters"),
                 [(t.variant, t.batch_size, f"{t.latency_ms:.3f}", f"{t.throughput:.1f}", f"{t.ratio:.2f}x",
                   params[t.variant]) for t in timings]))
-    if "compacted" in notes:
-        print(notes["compacted"])
+    for key in ("compacted", "semi_structured"):
+        if isinstance(notes.get(key), str):
+            print(notes[key])
     if args.json:
         print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
                           "timings": [t.as_dict() for t in timings], "parameters": params, **notes}, sort_keys=True))
@@ -87,6 +121,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed forward passes first")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    p.add_argument("--two-four", action="store_true",
+                   help="2:4 tickets: time the Linear layers as semi-structured sparse tensors (CUDA, compute "
+                        "capability >= 8.0) against dense fp16; elsewhere, say why not")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(func=cmd_bench)
 

@@ -80,3 +80,14 @@ def test_structure_options_are_checked():
         TicketConfig(structure="blocks").validate()
     with pytest.raises(TicketlabError, match="N:M"):
         TicketConfig(structure="nm", nm="4:2", levels=1).validate()
+
+
+def test_channel_study_of_a_user_module_refills_but_says_why_it_cannot_compact(tmp_path):
+    from helpers import TinyNet
+
+    ds = tiny_dataset(n=64, channels=3, size=8)
+    result = _study(tmp_path, TinyNet(), ds, structure="channel", levels=1, baselines=())
+    row = result.summary["levels"][0]
+    assert is_channel_structured(result.masks[0]["conv.weight"])
+    assert row["speedup_cpu"] is None and "TinyNet" in row["speed_note"]
+    assert not (result.folder / "seed_0" / "level_1" / "ticket.safetensors").exists()

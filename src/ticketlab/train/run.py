@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +20,12 @@ from torch import nn
 
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ticketlab.data import DATASETS, ImageDataset, load_dataset
-from ticketlab.data.split import stratified_indices
 from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
+from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
+from ticketlab.robust.outcome import sat_hook, sat_outcome
 from ticketlab.sparsity import density
 from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import Hook, MaskHook
@@ -156,71 +156,6 @@ def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | No
     return _Data(train_set, validation, clean[keep] if clean is not None else None, rate)
 
 
-def _loss_hook(config: RunConfig, data: _Data):
-    """The hook object whose `loss` replaces cross-entropy (self-adaptive training), or None."""
-    from ticketlab.robust.sat import SelectiveSAT, SelfAdaptiveTraining
-
-    t = config.train
-    kind = {"sat": SelfAdaptiveTraining, "sat-selective": SelectiveSAT}.get(t.loss)
-    if kind is None:
-        return None
-    return kind(data.train_set.train_y, data.train_set.num_classes, alpha=t.sat_alpha, start_epoch=t.sat_start)
-
-
-def _robust_results(config: RunConfig, data: _Data, hook, model: nn.Module, folder: Path,
-                    dev: torch.device) -> dict[str, Any]:
-    """What a noisy-label run reports beyond accuracy: labels corrected, or the coverage table."""
-    out: dict[str, Any] = {}
-    if data.noise_rate is not None:
-        out["noise_rate"] = round(data.noise_rate, 6)
-    if hook is None:
-        return out
-    from ticketlab.robust.sat import SelectiveSAT
-
-    if isinstance(hook, SelectiveSAT):
-        from ticketlab.report.selective_plot import plot_coverage_risk
-        from ticketlab.robust.selective import coverage_table, risk_coverage_curve
-
-        ds = data.train_set
-        logits = _logits(model, ds.test_x, ds.mean, ds.std, dev)
-        k = ds.num_classes
-        confidence = SelectiveSAT.confidence(logits)
-        correct = logits[:, :k].argmax(1) == ds.test_y
-        # coverage 100% accepts everything (threshold -inf), which strict JSON cannot hold
-        table = [{**row, "threshold": row["threshold"] if math.isfinite(row["threshold"]) else None}
-                 for row in coverage_table(confidence, correct, seed=config.train.seed)]
-        write_json(folder / "coverage.json", table)
-        out["coverage"] = table
-        out["coverage_plot"] = str(plot_coverage_risk({"SAT (selective)": risk_coverage_curve(confidence, correct)},
-                                                      folder / "coverage_risk.png", table))
-        return out
-    corrected = hook.corrected_labels().cpu()
-    given = data.train_set.train_y
-    tensors = {"given": given, "corrected": corrected}
-    out["relabelled_fraction"] = round(float((corrected != given).float().mean()), 6)
-    if data.clean_train_y is not None:
-        clean = data.clean_train_y
-        tensors["clean"] = clean
-        wrong = given != clean
-        out["corrected_fraction"] = round(float((corrected[wrong] == clean[wrong]).float().mean()), 6) if wrong.any() else 0.0
-        out["corrected_count"] = int((corrected[wrong] == clean[wrong]).sum())
-        out["label_accuracy_after"] = round(float((corrected == clean).float().mean()), 6)
-    write_tensors(folder / "labels.safetensors", tensors)
-    out["labels_file"] = str(folder / "labels.safetensors")
-    return out
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, mean, std, dev: torch.device, batch: int = 1000) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    m = torch.tensor(mean, dtype=torch.float32, device=dev)
-    sd = torch.tensor(std, dtype=torch.float32, device=dev)
-    out = [model(normalize(x[i:i + batch].to(dev), m, sd)).float().cpu() for i in range(0, len(x), batch)]
-    model.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
     last = result.history[-1] if result.history else {}
     summary = {
@@ -306,7 +241,7 @@ def train_run(
         return _reuse(record, model, dev)
     device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev,
                              default_augment(config.data, dataset))
-    loss_hook = _loss_hook(config, data)
+    loss_hook = sat_hook(config.train, data.train_set)
     recorder = None
     if records:
         from ticketlab.train.records import ExampleRecords
@@ -329,7 +264,11 @@ def train_run(
     if recorder is not None:
         recorder.save(record.folder / "records.safetensors")
     summary = _summary(config, model, result)
-    summary.update(_robust_results(config, data, loss_hook, model, record.folder, dev))
+    if data.noise_rate is not None:
+        summary["noise_rate"] = round(data.noise_rate, 6)
+    if loss_hook is not None:
+        summary.update(sat_outcome(loss_hook, model, dataset, data.train_set.train_y, data.clean_train_y,
+                                   record.folder, seed=config.train.seed))
     (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
     store.finish(config.run_id, summary)
     return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)

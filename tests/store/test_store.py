@@ -57,3 +57,16 @@ def test_corrupt_index_is_a_user_error(tmp_path):
     (tmp_path / "index.sqlite").write_bytes(os.urandom(4096))
     with pytest.raises(TicketlabError, match="unreadable"):
         RunStore(tmp_path)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from ticketlab.store import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -14,6 +14,7 @@ reuses every finished run and resumes the interrupted one.
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,9 +30,9 @@ from ticketlab.data.batches import stream_seed
 from ticketlab.data.split import train_validation_split
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
+from ticketlab.sparsity.structure import REFILL_CRITERIA
 from ticketlab.store import RunStore, read_tensors, write_json
 from ticketlab.tickets.baselines import BASELINES, LevelContext
-from ticketlab.sparsity.structure import REFILL_CRITERIA
 from ticketlab.tickets.earlybird import EarlyBird
 from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions, scaled_train
 from ticketlab.tickets.rewind import rewind_iteration
@@ -162,13 +163,20 @@ class _Study:
         self.n_train = n_train
         self.steps = steps
 
+    @functools.cached_property
+    def train_set(self) -> ImageDataset:
+        """The training examples left after the validation split (computed once per study)."""
+        run = self.config.run
+        if not run.data.validation:
+            return self.dataset
+        return train_validation_split(self.dataset, run.data.validation, run.data.split_seed)[0]
+
     def _score_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training examples (never validation or test) for activation-based channel criteria."""
-        run = self.config.run
-        train_set, _ = train_validation_split(self.dataset, run.data.validation, run.data.split_seed)
-        mean = torch.tensor(train_set.mean, dtype=torch.float32)
-        std = torch.tensor(train_set.std, dtype=torch.float32)
-        return normalize(train_set.train_x[:256], mean, std), train_set.train_y[:256].long()
+        ds = self.train_set
+        mean = torch.tensor(ds.mean, dtype=torch.float32)
+        std = torch.tensor(ds.std, dtype=torch.float32)
+        return normalize(ds.train_x[:256], mean, std), ds.train_y[:256].long()
 
     def _structured(self, masks: dict[str, torch.Tensor], trained: nn.Module) -> dict[str, torch.Tensor]:
         if not self.structure.active:
@@ -287,7 +295,7 @@ class _Study:
             result = self.train(run, f"{what} ticket (early-bird)", init_state=rewind_state, masks=masks,
                                 start_iteration=self.k, hooks=hooks)
             return _Search(result, None, result.summary["iterations"] - self.k)
-        x, mean, std = self._train_images()
+        x, mean, std = self.train_set.train_x, self.train_set.mean, self.train_set.std
         pruned = copy.deepcopy(trained).cpu()
         with torch.no_grad():
             apply_masks(pruned, masks)
@@ -300,14 +308,6 @@ class _Study:
         result = self.train(prac_run, f"{what} PrAC search ({fraction:.0%} of the data)", init_state=rewind_state,
                             masks=masks, subset=subset, hooks=hooks)
         return _Search(result, fraction, result.summary["iterations"])
-
-    def _train_images(self) -> tuple[torch.Tensor, tuple[float, ...], tuple[float, ...]]:
-        run = self.config.run
-        if run.data.validation:
-            train_set, _ = train_validation_split(self.dataset, run.data.validation, run.data.split_seed)
-        else:
-            train_set = self.dataset
-        return train_set.train_x, train_set.mean, train_set.std
 
     def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,
                 search: _Search | None = None) -> dict[str, Any]:

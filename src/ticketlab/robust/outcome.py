@@ -12,10 +12,10 @@ from torch import nn
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import ImageDataset
-from ticketlab.data.augment import normalize
 from ticketlab.robust.sat import SelectiveSAT, SelfAdaptiveTraining
 from ticketlab.robust.selective import coverage_table, risk_coverage_curve
 from ticketlab.store.files import write_json, write_tensors
+from ticketlab.train.evaluate import predict
 
 
 def sat_hook(cfg: TrainConfig, train_set: ImageDataset) -> SelfAdaptiveTraining | SelectiveSAT | None:
@@ -26,20 +26,6 @@ def sat_hook(cfg: TrainConfig, train_set: ImageDataset) -> SelfAdaptiveTraining 
     return kind(train_set.train_y, train_set.num_classes, alpha=cfg.sat_alpha, start_epoch=cfg.sat_start)
 
 
-@torch.no_grad()
-def test_logits(model: nn.Module, dataset: ImageDataset, batch_size: int = 1000) -> torch.Tensor:
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    mean = torch.tensor(dataset.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(dataset.std, dtype=torch.float32, device=device)
-    x = dataset.test_x
-    out = [model(normalize(x[i:i + batch_size].to(device), mean, std)).float().cpu()
-           for i in range(0, len(x), batch_size)]
-    model.train(was)
-    return torch.cat(out)
-
-
 def sat_outcome(hook: SelfAdaptiveTraining | SelectiveSAT, model: nn.Module, dataset: ImageDataset,
                 given: torch.Tensor, clean: torch.Tensor | None, folder: Path, seed: int = 0) -> dict[str, Any]:
     """Written to `folder` and returned for the run's summary. `given` are the training labels the run
@@ -47,7 +33,7 @@ def sat_outcome(hook: SelfAdaptiveTraining | SelectiveSAT, model: nn.Module, dat
     if isinstance(hook, SelectiveSAT):
         from ticketlab.report.selective_plot import plot_coverage_risk
 
-        logits = test_logits(model, dataset)
+        logits = predict(model, dataset.test_x, dataset.mean, dataset.std)
         confidence = SelectiveSAT.confidence(logits)
         correct = logits[:, :dataset.num_classes].argmax(1) == dataset.test_y
         # coverage 100% accepts everything (threshold -inf), which strict JSON cannot hold

@@ -22,9 +22,9 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ticketlab.config import TrainConfig
-from ticketlab.data.augment import normalize
 from ticketlab.errors import TicketlabError
 from ticketlab.store.files import write_tensors
+from ticketlab.train.evaluate import predict
 from ticketlab.train.records import forgetting_events, hard_to_memorise, never_learned
 
 KEY = "ticketlab.prac"
@@ -48,17 +48,9 @@ def from_records(correct: torch.Tensor, seen: torch.Tensor, info: dict[str, Any]
     return PracSet(hard.cpu(), {**info, **counts})
 
 
-@torch.no_grad()
-def predictions(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 1000) -> torch.Tensor:
-    """Class predictions on un-augmented uint8 images, in eval mode, on the model's device."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    m = torch.tensor(mean, dtype=torch.float32, device=device)
-    s = torch.tensor(std, dtype=torch.float32, device=device)
-    out = [model(normalize(x[i:i + batch_size].to(device), m, s)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    model.train(was)
-    return torch.cat(out)
+def predictions(model: nn.Module, x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Class predictions on un-augmented training images (what "prediction differs" compares)."""
+    return predict(model, x, mean, std).argmax(1)
 
 
 def prac_indices(hard: torch.Tensor, changed: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,11 +87,12 @@ def load_prac(path: str | Path, n_train: int) -> PracSet:
             meta = f.metadata() or {}
             hard = f.get_tensor("hard") if "hard" in f.keys() else None
     except (SafetensorError, OSError, ValueError) as error:
-        raise TicketlabError(f"{path} is not a readable safetensors file ({error}); give a file from `ticketlab prac`") from None
+        raise TicketlabError(f"{path} is not a readable safetensors file ({error}); "
+                             "give a file from `ticketlab prac`") from None
     if KEY not in meta or hard is None:
         raise TicketlabError(f"{path} is not a PrAC file (no {KEY!r} metadata or 'hard' tensor); "
                              "give a file written by `ticketlab prac`")
     if hard.dtype != torch.bool or hard.numel() != n_train:
-        raise TicketlabError(f"the PrAC set in {path} covers {hard.numel()} examples but this study trains on {n_train}; "
-                             "compute it on the same dataset with the same --validation split")
+        raise TicketlabError(f"the PrAC set in {path} covers {hard.numel()} examples but this study trains on "
+                             f"{n_train}; compute it on the same dataset with the same --validation split")
     return PracSet(hard, json.loads(meta[KEY]))

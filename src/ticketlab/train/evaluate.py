@@ -66,3 +66,19 @@ def evaluate(
         model.train(was_training)
     n = max(1, len(y))
     return {"accuracy": float(correct) / n, "loss": float(loss_sum) / n}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 1000) -> torch.Tensor:
+    """Float logits (on the CPU) of uint8 images, un-augmented, in eval mode on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device)
+    try:
+        out = [model(normalize(x[i:i + batch_size].to(device), m, s)).float().cpu()
+               for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)

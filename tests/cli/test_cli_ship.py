@@ -28,6 +28,14 @@ def _run(capsys, *argv):
 COMMON = ("--model", "lenet_300_100", "--epochs", "2", "--batch-size", "32", "--quiet")
 
 
+def _one_level_ticket(store, tiny_npz, structure, capsys):
+    """The ticket file of a one-level study with this structure and no baselines."""
+    assert main(["find", *COMMON, "--dataset", str(tiny_npz), "--store", str(store), "--levels", "1",
+                 "--structure", structure, "--baselines", ""]) == 0
+    capsys.readouterr()
+    return next(store.glob("runs/*/seed_0/level_1/ticket.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def channel_study(tmp_path_factory, tiny_npz):
     store = tmp_path_factory.mktemp("store")
@@ -75,11 +83,7 @@ def test_bench_rejects_files_that_are_not_tickets(tmp_path, capsys):
 
 
 def test_export_of_unstructured_ticket_explains(tmp_path, tiny_npz, capsys):
-    store = tmp_path / "store"
-    assert main(["find", *COMMON, "--dataset", str(tiny_npz), "--store", str(store), "--levels", "1",
-                 "--structure", "group", "--baselines", ""]) == 0
-    capsys.readouterr()
-    ticket_file = next(store.glob("runs/*/seed_0/level_1/ticket.safetensors"))
+    ticket_file = _one_level_ticket(tmp_path / "store", tiny_npz, "group", capsys)
     code, _, err = _run(capsys, "export", "--model-file", ticket_file, "--out", tmp_path / "m.safetensors")
     assert code == 2 and "channel" in err and not (tmp_path / "m.safetensors").exists()
 
@@ -111,11 +115,7 @@ def test_prac_command_saves_a_reusable_set(tmp_path, tiny_npz, capsys):
 
 
 def test_bench_two_four_says_why_not_on_cpu(tmp_path, tiny_npz, capsys):
-    store = tmp_path / "store"
-    assert main(["find", *COMMON, "--dataset", str(tiny_npz), "--store", str(store), "--levels", "1",
-                 "--structure", "nm", "--baselines", ""]) == 0
-    capsys.readouterr()
-    ticket_file = next(store.glob("runs/*/seed_0/level_1/ticket.safetensors"))
+    ticket_file = _one_level_ticket(tmp_path / "store", tiny_npz, "nm", capsys)
     code, out, _ = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "2", "--repeats", "1",
                         "--two-four", "--json")
     assert code == 0

@@ -61,3 +61,13 @@ def test_early_bird_stops_search_runs(tmp_path):
     row = result.summary["levels"][0]
     assert row["stopped_epoch"] == [6]  # five distances exist after epoch 6, all below 0.99
     assert result.summary["iterations_saved"] == pytest.approx(2 / 8, abs=0.01)
+
+
+def test_a_wrong_prac_file_fails_before_anything_trains(tmp_path):
+    from ticketlab.store import RunStore
+
+    ds = tiny_dataset(n=120, channels=1, size=8)
+    t = TicketConfig(levels=1, baselines=(), data="prac", prac_file=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(TicketlabError, match="no PrAC file"):
+        find_ticket("lenet_300_100", ds, tickets=t, store=tmp_path / "s", epochs=1, progress=False)
+    assert RunStore(tmp_path / "s").list() == []

@@ -98,7 +98,8 @@ class TicketConfig:
         if self.prac_file and self.data != "prac":
             raise TicketlabError("--prac-file gives a PrAC set; add --data prac to search on it")
         if not 0 <= self.early_bird < 1:
-            raise TicketlabError(f"--early-bird is a mask-distance threshold in (0, 1) (published 0.08), got {self.early_bird}")
+            raise TicketlabError(f"--early-bird is a mask-distance threshold in (0, 1) (published 0.08), "
+                                 f"got {self.early_bird}")
         if self.structure == "nm" and self.levels != 1:
             raise TicketlabError(f"an N:M mask has one fixed density ({self.nm} keeps {self.nm.replace(':', ' of ')}), "
                                  f"so --structure nm takes --levels 1, got {self.levels}")
@@ -162,6 +163,8 @@ class _Study:
         self._dense_predictions: tuple[RunResult, torch.Tensor] | None = None
         self.n_train = n_train
         self.steps = steps
+        # a saved PrAC set is checked before anything trains, so a wrong file costs nothing
+        self.saved_hard = load_prac(self.t.prac_file, n_train).hard if self.t.prac_file else None
 
     @functools.cached_property
     def train_set(self) -> ImageDataset:
@@ -244,7 +247,9 @@ class _Study:
             for name in self.t.baselines:
                 arm = BASELINES.get(name)(ctx)
                 # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
-                arm_masks = masks if arm.masks is weights else self.structure.complete(self._structured(arm.masks, trained))
+                arm_masks = masks
+                if arm.masks is not weights:
+                    arm_masks = self.structure.complete(self._structured(arm.masks, trained))
                 arms[name] = self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm_masks,
                                         start_iteration=arm.start)
             speed = None
@@ -274,8 +279,8 @@ class _Study:
 
     def _hard_examples(self, dense: RunResult) -> torch.Tensor:
         """The PrAC set's hard-to-memorise part: from a saved set, or this dense run's records."""
-        if self.t.prac_file:
-            return load_prac(self.t.prac_file, self.n_train).hard
+        if self.saved_hard is not None:
+            return self.saved_hard
         records = ExampleRecords.load(dense.folder / "records.safetensors")
         return from_records(records.correct, records.seen, {}).hard
 

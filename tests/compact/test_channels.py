@@ -21,6 +21,18 @@ def lenet():
     return build_model("lenet_300_100", num_classes=10, in_channels=1, image_size=28)
 
 
+def wrn16_4():
+    return build_model("wide_resnet_16_4", num_classes=10, in_channels=3, image_size=32)
+
+
+def conv2():
+    return build_model("conv_2", num_classes=10, in_channels=3, image_size=16)
+
+
+def bn(name):
+    return (f"{name}.weight", f"{name}.bias"), (f"{name}.running_mean", f"{name}.running_var")
+
+
 def rows(weight_shape, dropped):
     """A channel-structured mask: the listed output channels fully pruned."""
     mask = torch.ones(weight_shape, dtype=torch.bool)
@@ -82,6 +94,76 @@ def test_plain_nets_chain_each_layer_to_the_next_and_never_group_the_classes():
     assert tied_layers(lenet()) == []
 
 
+def test_wide_resnet_groups_own_the_batchnorms_before_their_readers():
+    """Pre-activation: a block's bn1 normalises the stream the block reads, bn2 conv1's output, and the
+    final bn the last stream; the stem alone writes stage 0's input, as the first block projects it."""
+    groups = {g.producers[0]: g for g in channel_groups(wrn16_4())}
+    assert len(groups) == 1 + 3 + 6  # the stem's, one stream per stage, one conv1 -> conv2 group per block
+
+    stem = groups["stem.weight"]
+    assert stem == ChannelGroup(
+        channels=16,
+        producers=("stem.weight",),
+        companions=bn("stages.0.0.bn1")[0],
+        buffers=bn("stages.0.0.bn1")[1],
+        consumers=("stages.0.0.conv1.weight", "stages.0.0.shortcut.0.weight"),
+    )
+    stage0 = groups["stages.0.0.shortcut.0.weight"]
+    assert stage0.producers == ("stages.0.0.shortcut.0.weight", "stages.0.0.conv2.weight", "stages.0.1.conv2.weight")
+    assert stage0.channels == 64
+    assert stage0.companions == bn("stages.0.1.bn1")[0] + bn("stages.1.0.bn1")[0]
+    assert stage0.buffers == bn("stages.0.1.bn1")[1] + bn("stages.1.0.bn1")[1]
+    assert stage0.consumers == ("stages.0.1.conv1.weight", "stages.1.0.conv1.weight", "stages.1.0.shortcut.0.weight")
+    last = groups["stages.2.0.shortcut.0.weight"]
+    assert last.companions == bn("stages.2.1.bn1")[0] + bn("bn")[0] and last.channels == 256
+    assert last.consumers == ("stages.2.1.conv1.weight", "fc.weight")
+
+    inner = groups["stages.1.1.conv1.weight"]
+    assert (inner.companions, inner.buffers) == bn("stages.1.1.bn2") and inner.consumers == ("stages.1.1.conv2.weight",)
+    # every BatchNorm belongs to exactly one group
+    norms = [name for g in groups.values() for name in g.companions if name.endswith(".weight")]
+    assert sorted(norms) == sorted(n + ".weight" for n, m in wrn16_4().named_modules() if isinstance(m, nn.BatchNorm2d))
+    assert tied_layers(wrn16_4()) == [groups[k].producers for k in groups if k.endswith("shortcut.0.weight")]
+
+
+def test_convnet_flattens_its_last_conv_into_fc1_in_blocks():
+    groups = channel_groups(conv2())
+    assert [(g.producers, g.companions, g.consumers, g.flat_consumers, g.channels) for g in groups] == [
+        (("features.conv1.weight",), ("features.conv1.bias",), ("features.conv2.weight",), (), 64),
+        (("features.conv2.weight",), ("features.conv2.bias",), (), (("hidden.fc1.weight", 8 * 8),), 64),
+        (("hidden.fc1.weight",), ("hidden.fc1.bias",), ("hidden.fc2.weight",), (), 256),
+        (("hidden.fc2.weight",), ("hidden.fc2.bias",), ("fc.weight",), (), 256),
+    ]
+    six = channel_groups(build_model("conv_6", num_classes=10, in_channels=3, image_size=32))
+    assert [g.producers[0] for g in six[:6]] == [f"features.conv{k}.weight" for k in range(1, 7)]
+    assert six[5].flat_consumers == (("hidden.fc1.weight", 4 * 4),) and tied_layers(conv2()) == []
+
+    wrong = conv2()
+    wrong.hidden.fc1 = nn.Linear(64 * 8 * 8 + 1, 256)  # not a whole number of 8x8 blocks
+    with pytest.raises(TicketlabError, match=r"hidden.fc1.weight has shape \(256, 4097\).*64 channels in blocks of 64"):
+        channel_groups(wrong)
+
+
+def test_companion_masks_silence_the_preactivation_batchnorms_and_conv_biases():
+    model = wrn16_4()
+    params = dict(model.named_parameters())
+    stream = next(g for g in channel_groups(model) if g.producers[0] == "stages.1.0.shortcut.0.weight")
+    masks = {name: rows(params[name].shape, [0, 3]) for name in stream.producers}
+    completed = complete_channel_masks(model, masks)
+    expected = torch.ones(128, dtype=torch.bool)
+    expected[[0, 3]] = False
+    for name in bn("stages.1.1.bn1")[0] + bn("stages.2.0.bn1")[0]:
+        assert torch.equal(completed[name], expected), name
+    others = [name for name in completed if name not in masks and name not in stream.companions]
+    assert "stages.1.0.bn1.weight" in others and "stages.1.0.bn2.weight" in others  # other groups' BNs stay whole
+    assert all(bool(completed[name].all()) for name in others)
+
+    model = conv2()
+    completed = complete_channel_masks(model, {"features.conv2.weight": rows((64, 64, 3, 3), range(8))})
+    assert completed["features.conv2.bias"].tolist() == [i >= 8 for i in range(64)]
+    assert bool(completed["features.conv1.bias"].all()) and bool(completed["hidden.fc1.bias"].all())
+
+
 def test_companion_masks_drop_only_channels_every_producer_drops():
     model = resnet20()
     params = dict(model.named_parameters())
@@ -120,7 +202,10 @@ class Unplanned(nn.Module):
 
 
 def test_unsupported_architecture_names_the_class_the_choices_and_the_fix():
-    message = r"no channel plan for Unplanned; .*FastNet, LeNet300100, .*ResNet, VGG.*register_channel_plan\(Unplanned"
+    message = (
+        r"no channel plan for Unplanned; .*ConvNet, FastNet, LeNet300100, .*ResNet, VGG, WideResNet.*"
+        r"register_channel_plan\(Unplanned"
+    )
     with pytest.raises(TicketlabError, match=message):
         channel_groups(Unplanned())
 

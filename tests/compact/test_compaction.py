@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import COMPACTABLE
 from ticketlab.compact import (
     channel_groups,
     compact,
@@ -13,16 +14,30 @@ from ticketlab.compact import (
 )
 from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
+from ticketlab.models.wide_resnet import WideResNet
 from ticketlab.sparsity import apply_masks
 from ticketlab.train.hooks import MaskHook
 
-from helpers import COMPACTABLE as ARCHITECTURES
-
+# besides the shared set: pre-activation WRN (its dropout acts only in training) and Conv-2/4/6, whose last
+# conv is flattened into fc1 (Conv-6 at 8x8 pools down to 1x1, so there each channel is one column)
+ARCHITECTURES = {
+    **COMPACTABLE,
+    "wide_resnet_16_4": ({"in_channels": 3, "image_size": 32, "dropout": 0.3}, (2, 3, 16, 16)),
+    "conv_2": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
+    "conv_4": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
+    "conv_6": ({"in_channels": 3, "image_size": 8}, (2, 3, 8, 8)),
+}
 
 
 def build(name):
     torch.manual_seed(0)
     return build_model(name, num_classes=10, **ARCHITECTURES[name][0])
+
+
+def narrow_wrn():
+    """WRN-16-1: 16/32/64 channels, so stage 0 has no projection and the stem shares its stream."""
+    torch.manual_seed(0)
+    return WideResNet(16, 1, num_classes=10, in_channels=3, dropout=0.3)
 
 
 def rows(shape, keep):
@@ -109,11 +124,73 @@ def test_channels_dropped_by_only_some_tied_producers_are_kept():
     assert compact(model, complete_channel_masks(model, masks)).fc.in_features == 64
 
 
-def test_training_with_completed_masks_keeps_compaction_exact():
+def test_wrn_tied_streams_drop_only_channels_every_writer_drops():
+    """The stem and stage 0's conv2s write one stream; every BN that normalises it (each block's bn1, which
+    comes before the convs in a pre-activation net) and every conv reading it shrink to one channel set."""
+    g = torch.Generator().manual_seed(6)
+    model = narrow_wrn()
+    randomise(model, g)
+    params = dict(model.named_parameters())
+    stream = next(group for group in channel_groups(model) if group.producers[0] == "stem.weight")
+    assert stream.producers == ("stem.weight", "stages.0.0.conv2.weight", "stages.0.1.conv2.weight")
+    keep = torch.arange(16) >= 6
+    masks = {name: rows(params[name].shape, keep) for name in stream.producers}
+    masks["stages.0.1.conv2.weight"] = rows(params["stages.0.1.conv2.weight"].shape, torch.arange(16) >= 9)
+    masks = complete_channel_masks(model, masks)
+    small = compact(model, masks)
+
+    block0, block1, next_stage = small.stages[0][0], small.stages[0][1], small.stages[1][0]
+    assert small.stem.out_channels == block0.conv2.out_channels == block1.conv2.out_channels == 10
+    assert block0.bn1.num_features == block1.bn1.num_features == next_stage.bn1.num_features == 10
+    assert block0.conv1.in_channels == block1.conv1.in_channels == next_stage.conv1.in_channels == 10
+    assert next_stage.shortcut[0].in_channels == 10 and next_stage.shortcut[0].out_channels == 32
+    assert block0.bn2.num_features == 16 and small.bn.num_features == 64  # other groups untouched
+    assert count(model) - count(small) == 6 * (27 + 3 * 2 + 2 * 144 + 288 + 2 * 144 + 32)
+    reference = copy.deepcopy(model)
+    apply_masks(reference, masks)
+    assert max_gap(small, reference, torch.randn(2, 3, 16, 16, generator=g)) <= 1e-4
+
+    # the next stage's pre-activation BN reads the stream too: unmasked, it would turn the zeros into its shift
+    unsilenced = {name: mask for name, mask in masks.items() if not name.startswith("stages.1.0.bn1.")}
+    with pytest.raises(TicketlabError, match=r"6 dropped channels of stem.weight.*stages.1.0.bn1.weight"):
+        compact(model, unsilenced)
+
+
+def test_last_conv_channels_remove_their_blocks_of_fc1_columns():
+    """Conv-2 at 16x16: each conv2 channel is 8 * 8 = 64 consecutive fc1 inputs; fc1's hidden units shrink too."""
+    model = build("conv_2")
+    randomise(model, torch.Generator().manual_seed(7))
+    dropped = torch.tensor([0, 5, 6, 63])
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[dropped] = False
+    masks = complete_channel_masks(
+        model,
+        {
+            "features.conv1.weight": rows((64, 3, 3, 3), torch.arange(64) >= 2),
+            "features.conv2.weight": rows((64, 64, 3, 3), keep),
+            "hidden.fc1.weight": rows((256, 4096), torch.arange(256) < 200),
+        },
+    )
+    small = compact(model, masks)
+    assert small.features.conv2.out_channels == 60 and small.hidden.fc1.weight.shape == (200, 60 * 64)
+    kept_columns = torch.arange(4096).view(64, 64)[keep].flatten()
+    assert torch.equal(small.hidden.fc1.weight, model.hidden.fc1.weight[:200][:, kept_columns])
+    assert count(model) - count(small) == (
+        2 * (27 + 1) + 2 * 64 * 9  # conv1 rows and bias, conv2 input columns
+        + 4 * (62 * 9 + 1) + 4 * 64 * 256  # conv2 rows (62 inputs left) and bias, fc1 column blocks
+        + 56 * (60 * 64 + 1) + 56 * 256  # fc1 rows (of the narrowed fc1) and bias, fc2 columns
+    )
+    reference = copy.deepcopy(model)
+    apply_masks(reference, masks)
+    assert max_gap(small, reference, torch.randn(2, 3, 16, 16)) <= 1e-4
+
+
+@pytest.mark.parametrize("make", [lambda: build("fastnet"), narrow_wrn], ids=["fastnet", "wrn_16_1"])
+def test_training_with_completed_masks_keeps_compaction_exact(make):
     """The mask hook keeps dropped channels silent through SGD with momentum and weight decay,
-    in train-mode BatchNorm too, so the trained network compacts exactly."""
+    in train-mode BatchNorm (and dropout) too, so the trained network compacts exactly."""
     g = torch.Generator().manual_seed(2)
-    model = build("fastnet")
+    model = make()
     masks = complete_channel_masks(model, channel_masks(model, g))
     hook = MaskHook(masks)
     hook.on_start(SimpleNamespace(model=model))

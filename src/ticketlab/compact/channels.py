@@ -8,7 +8,12 @@ so their channels are tied (methods.md section 5). A *plan* lists these groups f
 A channel whose weights are all zero is not silent: BatchNorm still outputs its shift
 beta - gamma * mean / std (a Linear its bias). So the per-channel parameters after a producer
 (its *companions*) must be masked too before the channel can be removed without changing the
-function; `complete_channel_masks` adds those masks.
+function; `complete_channel_masks` adds those masks. In a pre-activation net (WideResNet) the
+BatchNorm sits before the convs that read a channel: a zero channel still comes out of it as that
+shift, so a reading BN's entries are companions of the channel's group too.
+
+A conv channel flattened into a Linear is read as a block of H*W input columns, not one column;
+such consumers are listed in `flat_consumers` with their block size.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.models.convnet import ConvNet
 from ticketlab.models.fastnet import FastNet
 from ticketlab.models.lenet import LeNet300100
 from ticketlab.models.resnet import ResNet
 from ticketlab.models.vgg import VGG
+from ticketlab.models.wide_resnet import WideResNet
 from ticketlab.sparsity.masks import Masks, check_masks
 
 
@@ -36,6 +43,8 @@ class ChannelGroup:
     companions: tuple[str, ...]  # 1-D params indexed by these channels: producer biases, BN weight and bias
     buffers: tuple[str, ...]  # BN running_mean / running_var of these channels
     consumers: tuple[str, ...]  # weight param names whose dim 1 indexes these channels
+    # (Linear weight name, n): read through a flatten, channel c is input columns [c * n, (c + 1) * n), n = H * W
+    flat_consumers: tuple[tuple[str, int], ...] = ()
 
 
 Plan = Callable[[nn.Module], list[ChannelGroup]]
@@ -79,15 +88,18 @@ def _check_plan(model: nn.Module, groups: list[ChannelGroup]) -> None:
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     where = f"channel plan of {type(model).__name__}"
     for group in groups:
-        expected = [(name, params, 0) for name in group.producers + group.companions]
-        expected += [(name, buffers, 0) for name in group.buffers] + [(name, params, 1) for name in group.consumers]
-        for name, tensors, dim in expected:
+        expected = [(name, params, 0, 1) for name in group.producers + group.companions]
+        expected += [(name, buffers, 0, 1) for name in group.buffers]
+        expected += [(name, params, 1, 1) for name in group.consumers]
+        expected += [(name, params, 1, block) for name, block in group.flat_consumers]
+        for name, tensors, dim, block in expected:
             if name not in tensors:
                 raise TicketlabError(f"{where} names {name}, which the model does not have; fix the registered plan")
-            if tensors[name].dim() <= dim or tensors[name].shape[dim] != group.channels:
+            if tensors[name].dim() <= dim or tensors[name].shape[dim] != group.channels * block:
+                blocks = f" in blocks of {block} columns" if block != 1 else ""
                 raise TicketlabError(
                     f"{where}: {name} has shape {tuple(tensors[name].shape)}, but its dim {dim} should index the "
-                    f"group's {group.channels} channels; fix the registered plan"
+                    f"group's {group.channels} channels{blocks}; fix the registered plan"
                 )
 
 
@@ -124,25 +136,42 @@ def complete_channel_masks(model: nn.Module, masks: Masks) -> Masks:
     return completed
 
 
-def _layer(model: nn.Module, layer: str, norm: str | None) -> tuple[list[str], list[str]]:
-    """(companions, buffers) of a Conv2d/Linear `layer` optionally followed by the BatchNorm `norm`."""
-    companions = [f"{layer}.bias"] if model.get_submodule(layer).bias is not None else []
-    buffers = []
-    if norm is not None:
-        bn = model.get_submodule(norm)
-        if bn.affine:
-            companions += [f"{norm}.weight", f"{norm}.bias"]
-        if bn.track_running_stats:
-            buffers += [f"{norm}.running_mean", f"{norm}.running_var"]
+def _norm(model: nn.Module, norm: str) -> tuple[list[str], list[str]]:
+    """(companions, buffers) of the BatchNorm `norm`."""
+    bn = model.get_submodule(norm)
+    companions = [f"{norm}.weight", f"{norm}.bias"] if bn.affine else []
+    buffers = [f"{norm}.running_mean", f"{norm}.running_var"] if bn.track_running_stats else []
     return companions, buffers
 
 
-def _group(model: nn.Module, writers: Sequence[tuple[str, str | None]], consumers: Sequence[str]) -> ChannelGroup:
-    """One group from its (layer, norm) writers and the weights that read it."""
+def _layer(model: nn.Module, layer: str, norm: str | None) -> tuple[list[str], list[str]]:
+    """(companions, buffers) of a Conv2d/Linear `layer` optionally followed by the BatchNorm `norm`."""
+    companions = [f"{layer}.bias"] if model.get_submodule(layer).bias is not None else []
+    buffers: list[str] = []
+    if norm is not None:
+        c, b = _norm(model, norm)
+        companions += c
+        buffers += b
+    return companions, buffers
+
+
+def _group(
+    model: nn.Module,
+    writers: Sequence[tuple[str, str | None]],
+    consumers: Sequence[str],
+    norms: Sequence[str] = (),
+    flat_consumers: Sequence[tuple[str, int]] = (),
+) -> ChannelGroup:
+    """One group from its (layer, norm) writers, the weights that read it, the BatchNorms that
+    normalise it before a consumer (pre-activation) and the Linears that read it flattened."""
     companions: list[str] = []
     buffers: list[str] = []
     for layer, norm in writers:
         c, b = _layer(model, layer, norm)
+        companions += c
+        buffers += b
+    for norm in norms:
+        c, b = _norm(model, norm)
         companions += c
         buffers += b
     return ChannelGroup(
@@ -151,6 +180,7 @@ def _group(model: nn.Module, writers: Sequence[tuple[str, str | None]], consumer
         companions=tuple(companions),
         buffers=tuple(buffers),
         consumers=tuple(consumers),
+        flat_consumers=tuple(flat_consumers),
     )
 
 
@@ -209,3 +239,43 @@ def _fastnet_plan(model: FastNet) -> list[ChannelGroup]:
 def _lenet_plan(model: LeNet300100) -> list[ChannelGroup]:
     """The hidden units of fc1 and fc2; their biases are the companions."""
     return _chain(model, [("hidden.fc1", None), ("hidden.fc2", None)])
+
+
+@register_channel_plan(WideResNet)
+def _wide_resnet_plan(model: WideResNet) -> list[ChannelGroup]:
+    """Pre-activation blocks: bn2 normalises conv1's output, so conv1 -> bn2 -> conv2 is a group;
+    bn1 normalises the block's input, so it belongs to the stream the block reads, as the final bn
+    does to the last stream. The stem, projection shortcuts (reading bn1's output) and conv2s
+    write the streams, which identity shortcuts pass on as in ResNet. No writer has a bias or a BN
+    of its own: the reading BNs' entries are what must be zero for a dropped channel to stay zero.
+    """
+    groups = []
+    writers: list[tuple[str, str | None]] = [("stem", None)]
+    readers: list[str] = []
+    norms: list[str] = []
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            p = f"stages.{s}.{b}"
+            norms.append(f"{p}.bn1")
+            if isinstance(block.shortcut, nn.Sequential):
+                reads = readers + [f"{p}.conv1.weight", f"{p}.shortcut.0.weight"]
+                groups.append(_group(model, writers, reads, norms))
+                writers, readers, norms = [(f"{p}.shortcut.0", None)], [], []
+            else:
+                readers.append(f"{p}.conv1.weight")
+            groups.append(_group(model, [(f"{p}.conv1", f"{p}.bn2")], [f"{p}.conv2.weight"]))
+            writers.append((f"{p}.conv2", None))
+    groups.append(_group(model, writers, readers + ["fc.weight"], norms + ["bn"]))
+    return groups
+
+
+@register_channel_plan(ConvNet)
+def _convnet_plan(model: ConvNet) -> list[ChannelGroup]:
+    """conv_k (its bias the companion) read by conv_{k+1}; ReLU and max-pool keep zero channels
+    zero. The last conv is flattened into hidden.fc1, each channel a block of H*W input columns;
+    then the hidden units of fc1 and fc2, as in LeNet."""
+    convs = [f"features.conv{k}" for k in range(1, _convs(model.features) + 1)]
+    groups = [_group(model, [(conv, None)], [f"{reader}.weight"]) for conv, reader in zip(convs, convs[1:])]
+    spatial = model.hidden.fc1.in_features // model.get_submodule(convs[-1]).out_channels
+    groups.append(_group(model, [(convs[-1], None)], [], flat_consumers=[("hidden.fc1.weight", spatial)]))
+    return groups + _chain(model, [("hidden.fc1", None), ("hidden.fc2", None)])

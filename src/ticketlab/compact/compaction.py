@@ -101,6 +101,8 @@ def compact(model: nn.Module, masks: Masks) -> nn.Module:
         kept = _kept(group, masks, params)
         rows.update(dict.fromkeys(group.producers + group.companions + group.buffers, kept))
         columns.update(dict.fromkeys(group.consumers, kept))
+        for name, block in group.flat_consumers:  # channel c is the block of input columns [c * block, ...)
+            columns[name] = (kept.unsqueeze(1) * block + torch.arange(block, device=kept.device)).flatten()
     for name, module in list(out.named_modules()):
         own = [key for key, _ in module.named_parameters(recurse=False)] + [
             key for key, _ in module.named_buffers(recurse=False)

@@ -60,6 +60,10 @@ class TrainConfig:
     milestones: tuple[float, ...] = ()  # epochs at which "step" multiplies the lr by gamma
     gamma: float = 0.1
     warmup_epochs: float = 0.0
+    lr_start: float = 0.0  # warm-up starts from this fraction of the lr
+    lr_end: float = 0.0  # cosine and linear schedules end at this fraction of the lr
+    bias_lr_scale: float = 1.0  # normalisation-layer biases: lr times this, weight decay divided by it
+    lookahead_every: int = 0  # every n steps pull the weights onto their running average (0 is off)
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 disables the weight EMA; evaluation uses the EMA weights when on
     ema_every: int = 5
@@ -70,7 +74,6 @@ class TrainConfig:
     loss: str = "ce"  # ce, sat (self-adaptive training) or sat-selective (with an abstain output)
     sat_alpha: float = 0.9  # SAT's target momentum
     sat_start: int = 60  # SAT's first epoch (0-based); plain cross-entropy before it
-
 
     def validate(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -106,6 +109,13 @@ class TrainConfig:
             raise TicketlabError(
                 f"--warmup must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"
             )
+        for flag, value in (("--lr-start", self.lr_start), ("--lr-end", self.lr_end)):
+            if not 0 <= value <= 1:
+                raise TicketlabError(f"{flag} is a fraction of --lr in [0, 1], got {value}")
+        if not self.bias_lr_scale > 0:
+            raise TicketlabError(f"--bias-lr-scale must be positive, got {self.bias_lr_scale}")
+        if self.lookahead_every < 0:
+            raise TicketlabError(f"--lookahead must be >= 0 steps (0 is off), got {self.lookahead_every}")
         if self.schedule == "step" and not self.milestones:
             raise TicketlabError("--schedule step needs --milestones, e.g. --milestones 80,120")
         bad = [m for m in self.milestones if not 0 < m < self.epochs]

@@ -33,3 +33,25 @@ def test_flip_draws_are_fair():
     d = draw(Augment(flip=True), 20000, 8, 8, torch.Generator().manual_seed(0))
     assert abs(d.flip.float().mean().item() - 0.5) < 0.02
     assert d.dy.eq(0).all()  # no padding, no shift
+
+
+def test_reflect_translate_mirrors_across_the_border_like_reflect_padding():
+    x = torch.randint(0, 255, (4, 3, 6, 6), dtype=torch.uint8)
+    dy, dx = torch.tensor([-2, -1, 1, 2]), torch.tensor([2, 0, -2, 1])
+    out = translate(x, dy, dx, 2, reflect=True)
+    padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect")
+    for b in range(4):
+        r, c = 2 + dy[b], 2 + dx[b]
+        assert torch.equal(out[b].float(), padded[b, :, r:r + 6, c:c + 6])
+
+
+def test_alternating_flips_invert_the_first_epochs_draw_on_odd_epochs():
+    x = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    data = DeviceData(x, torch.arange(64) % 4, (0.5,) * 3, (0.25,) * 3, "cpu",
+                      Augment(crop_padding=2, flip=True, alternate_flip=True))
+    flips = [data.epoch(7, e).draws.flip for e in range(4)]
+    assert 0 < flips[0].sum() < 64
+    assert torch.equal(flips[1], ~flips[0]) and torch.equal(flips[2], flips[0]) and torch.equal(flips[3], ~flips[0])
+    assert not torch.equal(data.epoch(8, 0).draws.flip, flips[0])  # a different seed, different first draw
+    plain = DeviceData(x, torch.arange(64) % 4, (0.5,) * 3, (0.25,) * 3, "cpu", Augment(crop_padding=2, flip=True))
+    assert not torch.equal(plain.epoch(7, 1).draws.flip, ~plain.epoch(7, 0).draws.flip)  # independent draws

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.models import MODELS, build_model, list_models, model_recipe, register_model
+from ticketlab.models import MODELS, build_model, list_models, model_augment, model_recipe, register_model
 from ticketlab.models.registry import RECIPE_KEYS
 
 # Too big to run twice per test session on two CPU cores: one forward at batch 1 only.
@@ -254,3 +254,28 @@ def test_register_rejects_bad_recipe_and_signature(monkeypatch: pytest.MonkeyPat
     with pytest.raises(TicketlabError, match="image_size"):
         register_model("bad_signature")(lambda num_classes, in_channels: nn.Linear(1, num_classes))
     assert "bad_recipe" not in list_models() and "bad_signature" not in list_models()
+
+
+def test_fastnet_convs_start_as_partial_identities() -> None:
+    model = build_model("fastnet", widths=(32, 64), num_classes=5)
+    x = torch.randn(2, 32, 6, 6)
+    for conv in (model.groups[0].conv1, model.groups[0].conv2, model.groups[1].conv1):
+        k = conv.in_channels
+        # the first k output channels copy the input channels
+        assert torch.equal(torch.nn.functional.conv2d(x[:, :k], conv.weight[:k], padding=1), x[:, :k])
+    assert model.groups[1].conv1.weight[32:].abs().sum() > 0  # filters beyond the inputs keep a random init
+
+
+def test_fastnet_recipe_is_airbench94s() -> None:
+    recipe = model_recipe("fastnet")
+    assert recipe["lr_start"] == 0.2 and recipe["lr_end"] == 0.07 and recipe["warmup_epochs"] == 2.3
+    assert recipe["bias_lr_scale"] == 64.0 and recipe["lookahead_every"] == 5 and recipe["batch_size"] == 1024
+    assert model_augment("fastnet") == {"crop_padding": 2, "reflect": True, "flip": True, "alternate_flip": True}
+    assert model_augment("cifar_resnet_20") == {}
+    hooks = build_model("fastnet").training_hooks()
+    assert [h.epochs for h in hooks] == [3]
+
+
+def test_unknown_augment_key_in_registration_is_an_error() -> None:
+    with pytest.raises(TicketlabError, match="augment for model 'bad_aug' has unknown key"):
+        register_model("bad_aug", augment={"rotate": 10})

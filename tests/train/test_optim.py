@@ -1,10 +1,16 @@
 import math
 
 import pytest
+import torch
 
 from ticketlab.config import TrainConfig
+from ticketlab.data.augment import Augment
+from ticketlab.data.batches import DeviceData
 from ticketlab.errors import TicketlabError
-from ticketlab.train.optim import lr_factor
+from ticketlab.train import Hook, Trainer
+from ticketlab.train.optim import lr_factor, make_optimizer
+
+from helpers import TinyNet, tiny_dataset
 
 
 def test_step_schedule_drops_at_milestones():
@@ -36,3 +42,57 @@ def test_cosine_and_linear_with_warmup():
 def test_impossible_settings_are_user_errors(kwargs, match):
     with pytest.raises(TicketlabError, match=match):
         TrainConfig(epochs=kwargs.pop("epochs", 10), **kwargs).validate()
+
+
+def test_warmup_starts_and_decay_ends_at_the_given_fractions():
+    # airbench's triangle: 0.2 -> 1 over the warm-up, then linear to 0.07
+    cfg = TrainConfig(epochs=10, schedule="linear", warmup_epochs=2, lr_start=0.2, lr_end=0.07)
+    assert lr_factor(cfg, 0, 10) == pytest.approx(0.2 + 0.8 / 20)
+    assert lr_factor(cfg, 19, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 20, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60, 10) == pytest.approx(0.07 + 0.93 * 0.5)
+    assert lr_factor(cfg, 100, 10) == pytest.approx(0.07)
+    cos = TrainConfig(epochs=10, schedule="cosine", lr_end=0.1)
+    assert lr_factor(cos, 50, 10) == pytest.approx(0.55) and lr_factor(cos, 100, 10) == pytest.approx(0.1)
+
+
+def test_bias_lr_scale_puts_norm_biases_in_their_own_group():
+    net = TinyNet()
+    opt = make_optimizer(net, TrainConfig(bias_lr_scale=64.0, weight_decay=1e-3))
+    plain, scaled = opt.param_groups
+    assert [id(p) for p in scaled["params"]] == [id(net.bn.bias)]
+    assert {id(net.bn.weight), id(net.conv.bias)} <= {id(p) for p in plain["params"]}  # only norm-layer biases
+    assert scaled["lr_scale"] == 64.0 and plain["lr_scale"] == 1.0
+    # the decay per step (lr x weight_decay) is the same for both groups
+    assert scaled["weight_decay"] * scaled["lr_scale"] == pytest.approx(plain["weight_decay"])
+    assert len(make_optimizer(net, TrainConfig()).param_groups) == 1
+
+
+def test_trainer_steps_norm_biases_with_the_scaled_lr():
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment())
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, momentum=0.0, weight_decay=0.0, schedule="constant",
+                      bias_lr_scale=10.0)
+    torch.manual_seed(0)
+    net = TinyNet()
+    before = net.bn.bias.detach().clone()
+    grads = {}
+
+    class Grab(Hook):
+        def after_backward(self, trainer):
+            if not grads:
+                grads["bias"] = net.bn.bias.grad.clone()
+                trainer.interrupt()
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(net, data, cfg, hooks=[Grab()], progress=False).fit()
+    assert torch.allclose(net.bn.bias.detach(), before - 0.1 * grads["bias"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(lr_start=1.5), "--lr-start"), (dict(lr_end=-0.1), "--lr-end"), (dict(bias_lr_scale=0.0), "bias-lr"),
+    (dict(lookahead_every=-1), "lookahead"),
+])
+def test_fast_recipe_settings_are_checked(kwargs, match):
+    with pytest.raises(TicketlabError, match=match):
+        TrainConfig(**kwargs).validate()

@@ -2,7 +2,9 @@ import torch
 
 import ticketlab
 from ticketlab.config import DataConfig
+from ticketlab.data.augment import Augment
 from ticketlab.sparsity import density
+from ticketlab.train.run import default_augment
 
 from conftest import need
 from helpers import TinyNet, tiny_dataset
@@ -61,3 +63,13 @@ def test_fastnet_whitening_is_fitted_on_training_data(tmp_path):
     assert not whiten.weight.requires_grad
     fresh = ticketlab.build_model("fastnet", num_classes=4, in_channels=3, image_size=16)
     assert not torch.allclose(whiten.weight, next(fresh.parameters()))
+
+
+def test_a_models_recipe_can_ask_for_its_own_augmentation():
+    colour, grey = tiny_dataset(size=32), tiny_dataset(channels=1, size=28)
+    assert default_augment(DataConfig(), colour, "cifar_resnet_20") == Augment(crop_padding=4, flip=True)
+    assert default_augment(DataConfig(), colour, "fastnet") == Augment(
+        crop_padding=2, flip=True, reflect=True, alternate_flip=True)
+    assert default_augment(DataConfig(crop_padding=1, flip=False), colour, "fastnet") == Augment(
+        crop_padding=1, flip=False, reflect=True, alternate_flip=True)  # settings given win
+    assert default_augment(DataConfig(), grey, "fastnet") == Augment()  # digits are not mirror-symmetric

@@ -212,3 +212,48 @@ def test_start_beyond_training_is_a_user_error():
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment())
     with pytest.raises(TicketlabError, match="rewind point"):
         Trainer(TinyNet(), data, TrainConfig(epochs=1, batch_size=16), start_iteration=6)
+
+
+class _NetFreezingItsConvBias(TinyNet):
+    """A model that brings its own hook, as fastnet does for its whitening bias."""
+
+    def training_hooks(self):
+        from ticketlab.train.hooks import FreezeAfter
+
+        return [FreezeAfter([self.conv.bias], 2)]
+
+
+def _freezing_net():
+    torch.manual_seed(3)
+    return _NetFreezingItsConvBias()
+
+
+class _WatchBias(Hook):
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, trainer, epoch):
+        self.seen.append(trainer.model.conv.bias.detach().clone())
+
+
+def test_a_models_own_hook_freezes_a_parameter_after_its_epochs():
+    watch = _WatchBias()
+    _trainer(cfg=TrainConfig(epochs=4, batch_size=16, lr=0.05, weight_decay=5e-3), hooks=[watch],
+             model=_freezing_net()).fit()
+    first, second, third, fourth = watch.seen
+    assert not torch.equal(first, second)  # trains in epochs 1 and 2 ...
+    assert torch.equal(second, third) and torch.equal(third, fourth)  # ... then stays put, decay included
+
+
+@pytest.mark.parametrize("stop_at", [8, 14])  # resumed before and after the freeze
+def test_a_frozen_parameter_resumes_exactly(tmp_path, stop_at):
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, weight_decay=5e-3)
+    reference = _freezing_net()
+    _trainer(tmp_path / "ref", cfg=cfg, model=reference).fit()
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "run", cfg=cfg, hooks=[_Interrupt(stop_at)], model=_freezing_net()).fit()
+    model = _freezing_net()
+    model.conv.bias.requires_grad_(False)  # as an earlier training leaves it: trainable again from the start
+    _trainer(tmp_path / "run", cfg=cfg, model=model).fit()
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k

@@ -78,6 +78,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--milestones", type=_floats, help="epochs where the step schedule multiplies lr by --gamma")
     g.add_argument("--gamma", type=float)
     g.add_argument("--warmup", type=float, dest="warmup_epochs", help="linear lr warm-up, in epochs")
+    g.add_argument("--lr-start", type=float, help="warm-up starts at this fraction of --lr")
+    g.add_argument("--lr-end", type=float, help="cosine/linear decay ends at this fraction of --lr")
+    g.add_argument("--bias-lr-scale", type=float, help="lr multiplier of BatchNorm biases (weight decay per step kept)")
+    g.add_argument("--lookahead", type=int, dest="lookahead_every",
+                   help="pull the weights onto their running average every N steps (0: off)")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--ema", type=float, dest="ema_decay", help="weight EMA decay (0: off)")
     g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation")
@@ -106,7 +111,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 _TRAIN_FIELDS = (
     "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
-    "milestones", "gamma", "warmup_epochs", "label_smoothing", "ema_decay", "tta", "precision", "compile", "seed",
+    "milestones", "gamma", "warmup_epochs", "lr_start", "lr_end", "bias_lr_scale", "lookahead_every",
+    "label_smoothing", "ema_decay", "tta", "precision", "compile", "seed",
     "loss", "sat_alpha", "sat_start",
 )
 

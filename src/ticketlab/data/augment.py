@@ -18,6 +18,8 @@ class Augment:
     crop_padding: int = 0  # random translation by up to this many pixels, zero fill (standard CIFAR crop)
     flip: bool = False  # horizontal flip with probability 1/2
     cutout: int = 0  # side of a square zeroed (in normalised space, i.e. set to the mean) per image
+    reflect: bool = False  # translation fills with the mirror image instead of zeros (airbench)
+    alternate_flip: bool = False  # odd epochs flip every image the other way from its first draw (airbench)
 
     @property
     def active(self) -> bool:
@@ -38,25 +40,42 @@ class Draws:
         return Draws(self.dy[index], self.dx[index], self.flip[index], self.cy[index], self.cx[index])
 
 
-def draw(aug: Augment, n: int, height: int, width: int, generator: torch.Generator) -> Draws:
+def draw(aug: Augment, n: int, height: int, width: int, generator: torch.Generator, epoch: int = 0,
+         first: torch.Generator | None = None) -> Draws:
+    """`generator` draws this epoch's choices; with `alternate_flip`, `first` draws the flips of
+    epoch 0 that odd epochs invert, so every image is seen both ways every two epochs."""
     p = aug.crop_padding
     dy = torch.randint(-p, p + 1, (n,), generator=generator)
     dx = torch.randint(-p, p + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5 if aug.flip else torch.zeros(n, dtype=torch.bool)
+    if aug.flip and aug.alternate_flip:
+        if first is None:
+            raise ValueError("alternate_flip needs the generator of the first epoch's flips")
+        flip = (torch.rand(n, generator=first) < 0.5) ^ bool(epoch % 2)
     cy = torch.randint(0, height, (n,), generator=generator)
     cx = torch.randint(0, width, (n,), generator=generator)
     return Draws(dy, dx, flip, cy, cx)
 
 
-def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
-    """out[b, :, i, j] = x[b, :, i + dy[b], j + dx[b]], zero outside: a random crop of the padded image."""
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int, reflect: bool = False) -> torch.Tensor:
+    """out[b, :, i, j] = x[b, :, i + dy[b], j + dx[b]]: a random crop of the image padded by
+    `padding`, with zeros or (`reflect`) its mirror image across the border."""
     b, _, h, w = x.shape
-    xp = F.pad(x, (padding, padding, padding, padding))
-    rows = (dy + padding).unsqueeze(1) + torch.arange(h, device=x.device)
-    cols = (dx + padding).unsqueeze(1) + torch.arange(w, device=x.device)
+    rows = dy.unsqueeze(1) + torch.arange(h, device=x.device)
+    cols = dx.unsqueeze(1) + torch.arange(w, device=x.device)
+    if reflect:
+        source, rows, cols = x, _mirror(rows, h), _mirror(cols, w)
+    else:
+        source, rows, cols = F.pad(x, (padding, padding, padding, padding)), rows + padding, cols + padding
     batch = torch.arange(b, device=x.device)[:, None, None]
     # advanced indices split by a slice put the indexed dims first: [B, H, W, C]
-    return xp[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return source[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _mirror(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflect out-of-range indices back inside (edge pixel not repeated, like F.pad 'reflect')."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
 def cutout_mask(shape: torch.Size, cy: torch.Tensor, cx: torch.Tensor, size: int, device) -> torch.Tensor:
@@ -78,7 +97,7 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 def apply(aug: Augment, x: torch.Tensor, d: Draws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Augment a uint8 batch with its draws and return the normalised float batch."""
     if aug.crop_padding > 0:
-        x = translate(x, d.dy.to(x.device), d.dx.to(x.device), aug.crop_padding)
+        x = translate(x, d.dy.to(x.device), d.dx.to(x.device), aug.crop_padding, aug.reflect)
     if aug.flip:
         x = torch.where(d.flip.to(x.device)[:, None, None, None], x.flip(3), x)
     out = normalize(x, mean, std)

@@ -50,7 +50,8 @@ class DeviceData:
         g = torch.Generator().manual_seed(stream_seed("data", seed, epoch))
         order = torch.randperm(len(self), generator=g)
         _, _, h, w = self.x.shape
-        draws = draw(self.augment, len(self), h, w, g)
+        first = torch.Generator().manual_seed(stream_seed("first-flips", seed))
+        draws = draw(self.augment, len(self), h, w, g, epoch, first)
         return Epoch(order.to(self.device), draws)
 
     def batch(self, ep: Epoch, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

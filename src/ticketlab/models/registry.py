@@ -7,7 +7,7 @@ with the hyperparameters of the paper that introduced it unless the user overrid
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -35,6 +35,10 @@ RECIPE_KEYS = frozenset(
         "milestones",
         "gamma",
         "warmup_epochs",
+        "lr_start",
+        "lr_end",
+        "bias_lr_scale",
+        "lookahead_every",
         "label_smoothing",
         "ema_decay",
         "ema_every",
@@ -43,26 +47,34 @@ RECIPE_KEYS = frozenset(
 )
 
 
+# Augmentation a model's recipe may ask for on colour images, in place of the standard CIFAR crop
+# (pad 4, zero fill) and random flip: the fields of ticketlab.data.augment.Augment.
+AUGMENT_KEYS = frozenset({"crop_padding", "reflect", "flip", "alternate_flip"})
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: how to build it and how it is usually trained."""
 
     builder: Builder
     recipe: Mapping[str, Any]
+    augment: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
-def register_model(name: str, recipe: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
+def register_model(
+    name: str, recipe: dict[str, Any] | None = None, augment: dict[str, Any] | None = None
+) -> Callable[[Builder], Builder]:
     """Decorator adding `builder(num_classes, in_channels, image_size, **options)` under `name`."""
-    recipe = dict(recipe or {})
-    unknown = sorted(set(recipe) - RECIPE_KEYS)
-    if unknown:
-        raise TicketlabError(
-            f"recipe for model {name!r} has unknown key(s) {', '.join(unknown)}; "
-            f"use only: {', '.join(sorted(RECIPE_KEYS))}"
-        )
+    recipe, augment = dict(recipe or {}), dict(augment or {})
+    for what, given, keys in (("recipe", recipe, RECIPE_KEYS), ("augment", augment, AUGMENT_KEYS)):
+        unknown = sorted(set(given) - keys)
+        if unknown:
+            raise TicketlabError(
+                f"{what} for model {name!r} has unknown key(s) {', '.join(unknown)}; use only: {', '.join(sorted(keys))}"
+            )
 
     def decorate(builder: Builder) -> Builder:
         if name in MODELS:
@@ -73,7 +85,7 @@ def register_model(name: str, recipe: dict[str, Any] | None = None) -> Callable[
                 f"model builder for {name!r} must accept num_classes, in_channels and image_size; "
                 f"add the missing parameter(s): {', '.join(missing)}"
             )
-        MODELS.register(name)(ModelEntry(builder, MappingProxyType(recipe)))
+        MODELS.register(name)(ModelEntry(builder, MappingProxyType(recipe), MappingProxyType(augment)))
         return builder
 
     return decorate
@@ -117,3 +129,8 @@ def list_models() -> list[str]:
 def model_recipe(name: str) -> dict[str, Any]:
     """A fresh copy of the model's suggested training hyperparameters (may be empty)."""
     return dict(MODELS.get(name).recipe)
+
+
+def model_augment(name: str) -> dict[str, Any]:
+    """The augmentation the model's recipe asks for on colour images (empty: the standard one)."""
+    return dict(MODELS.get(name).augment)

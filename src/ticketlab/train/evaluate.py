@@ -15,7 +15,7 @@ def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     """(weight, uint8 view) pairs whose weighted logits are averaged.
 
     flip_shift follows the fast CIFAR recipe: half the weight on the image and its mirror,
-    half on the two one-pixel diagonal shifts of each.
+    half on the two one-pixel diagonal shifts of each (reflect-padded, as airbench does).
     """
     if tta == "none":
         return [(1.0, x)]
@@ -26,7 +26,8 @@ def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     n = len(x)
     for d in (-1, 1):
         shift = torch.full((n,), d, device=x.device)
-        views += [(0.125, translate(x, shift, shift, 1)), (0.125, translate(flipped, shift, shift, 1))]
+        views += [(0.125, translate(x, shift, shift, 1, reflect=True)),
+                  (0.125, translate(flipped, shift, shift, 1, reflect=True))]
     return views
 
 

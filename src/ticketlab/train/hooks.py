@@ -84,3 +84,26 @@ class MaskHook(Hook):
 
     def after_step(self, trainer: "Trainer", step: Step) -> None:
         self.apply()
+
+
+class FreezeAfter(Hook):
+    """Trains `params` for the first `epochs` epochs only, then keeps them fixed.
+
+    Freezing sets requires_grad, so autograd can skip work and the optimiser neither decays nor
+    moves them (no gradient). Made at the start of training, it unfreezes them first, so the
+    optimiser built next includes them even when the model was trained (and frozen) before.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], epochs: int) -> None:
+        self.params, self.epochs = params, epochs
+        self._set(0)
+
+    def _set(self, epoch: int) -> None:
+        for p in self.params:
+            p.requires_grad_(epoch < self.epochs)
+
+    def on_start(self, trainer: "Trainer") -> None:
+        self._set(trainer.iteration // trainer.steps_per_epoch)
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int) -> None:
+        self._set(epoch + 1)

@@ -24,7 +24,7 @@ from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError
-from ticketlab.models import build_model
+from ticketlab.models import MODELS, build_model, model_augment
 from ticketlab.robust.outcome import sat_hook, sat_outcome
 from ticketlab.sparsity import density
 from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
@@ -64,12 +64,17 @@ def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def default_augment(data: DataConfig, dataset: ImageDataset) -> Augment:
-    """Crop (pad 4) + flip for 32x32 colour images as in the standard CIFAR recipes; none for digits."""
+def default_augment(data: DataConfig, dataset: ImageDataset, model: str | None = None) -> Augment:
+    """Crop (pad 4) + flip for 32x32 colour images as in the standard CIFAR recipes, or what the
+    model's recipe asks for on colour images (fastnet: airbench's); none for digits. Settings
+    given in `data` win."""
     colour = dataset.in_channels == 3
-    padding = data.crop_padding if data.crop_padding >= 0 else (4 if colour and dataset.image_size == 32 else 0)
-    flip = data.flip if data.flip is not None else colour
-    return Augment(crop_padding=padding, flip=flip, cutout=data.cutout)
+    usual = Augment(crop_padding=4 if colour and dataset.image_size == 32 else 0, flip=colour)
+    if colour and model in MODELS:
+        usual = replace(usual, **model_augment(model))
+    padding = data.crop_padding if data.crop_padding >= 0 else usual.crop_padding
+    flip = data.flip if data.flip is not None else usual.flip
+    return replace(usual, crop_padding=padding, flip=flip, cutout=data.cutout)
 
 
 def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init", extra_outputs: int = 0) -> nn.Module:
@@ -240,7 +245,7 @@ def train_run(
     if record.finished:
         return _reuse(record, model, dev)
     device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev,
-                             default_augment(config.data, dataset))
+                             default_augment(config.data, dataset, config.model.name))
     loss_hook = sat_hook(config.train, data.train_set)
     recorder = None
     if records:

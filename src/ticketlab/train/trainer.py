@@ -9,7 +9,6 @@ augmentations are a function of (seed, epoch) (data/batches.py), and a checkpoin
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import signal
 import sys
@@ -28,6 +27,7 @@ from ticketlab.config import TrainConfig
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.errors import TicketlabError
 from ticketlab.store.files import load_state, save_state, write_tensors
+from ticketlab.train.averaging import Lookahead, WeightEMA
 from ticketlab.train.evaluate import evaluate
 from ticketlab.train.hooks import Hook, Step
 from ticketlab.train.optim import lr_factor, make_optimizer
@@ -43,24 +43,6 @@ class TrainResult:
     validation: dict[str, float] | None
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: str | None = None  # why a hook ended training before the last epoch
-
-
-class WeightEMA:
-    """An exponential moving average of the weights, updated every `every` steps.
-
-    BatchNorm statistics are copied rather than averaged: they already are running averages.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, every: int) -> None:
-        self.decay, self.every = decay, every
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(list(self.model.parameters()), live, 1.0 - self.decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
 
 
 class _InterruptFlag:
@@ -118,7 +100,11 @@ class Trainer:
         self.device = data.device
         self.model = model.to(self.device)
         self.validation, self.test = validation, test
-        self.hooks = list(hooks)
+        # A lookahead comes first, so mask hooks re-apply masks to the weights it writes; a model
+        # may bring its own hooks (fastnet freezes its whitening bias after a few epochs).
+        lookahead = [Lookahead(cfg.lookahead_every)] if cfg.lookahead_every > 0 else []
+        own = getattr(model, "training_hooks", None)
+        self.hooks = lookahead + (list(own()) if callable(own) else []) + list(hooks)
         self.loss_fn = loss_fn or self._cross_entropy
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.save_at = set(save_at)
@@ -147,7 +133,7 @@ class Trainer:
         self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if cuda and dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.ema = WeightEMA(self.model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay > 0 else None
 
         self.iteration = 0
@@ -172,8 +158,9 @@ class Trainer:
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on one batch; returns detached (logits, loss). No host sync."""
+        lr = self.cfg.lr * lr_factor(self.cfg, self.iteration, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.iteration, self.steps_per_epoch)
+            group["lr"] = lr * group["lr_scale"]
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with self._autocast():

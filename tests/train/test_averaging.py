@@ -1,0 +1,108 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ticketlab.config import TrainConfig
+from ticketlab.data.augment import Augment
+from ticketlab.data.batches import DeviceData
+from ticketlab.train import Hook, MaskHook, Trainer
+from ticketlab.train.averaging import Lookahead
+from ticketlab.train.hooks import Step
+
+from helpers import TinyNet, tiny_dataset
+
+
+def _fake_trainer(model, epochs=10, steps_per_epoch=10):
+    return SimpleNamespace(model=model, cfg=SimpleNamespace(epochs=epochs), steps_per_epoch=steps_per_epoch,
+                           total_steps=epochs * steps_per_epoch)
+
+
+def _step(iteration, steps_per_epoch=10):
+    return Step(iteration, iteration // steps_per_epoch, None, None, None, None, None)
+
+
+def _set(model, value):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+
+
+def test_lookahead_averages_and_writes_back_on_its_schedule():
+    net = TinyNet()
+    trainer = _fake_trainer(net)  # starts at epoch round(0.3 * 10) = 3, i.e. from step 30
+    lookahead = Lookahead(every=5)
+    _set(net, 1.0)
+    lookahead.after_step(trainer, _step(24))  # a sync step, but before the start
+    assert lookahead.average is None
+    lookahead.after_step(trainer, _step(34))  # first sync: the average starts at the live weights
+    assert torch.equal(lookahead.average["conv.weight"], net.conv.weight.detach())
+    assert "bn.running_mean" in lookahead.average and "bn.num_batches_tracked" not in lookahead.average
+    _set(net, 3.0)
+    lookahead.after_step(trainer, _step(36))  # not a sync step: nothing moves
+    assert torch.all(net.conv.weight == 3.0)
+    lookahead.after_step(trainer, _step(39))  # 40 steps done: average moves by 1 - rho, live follows it
+    rho = 0.95**5 * (40 / 100) ** 3
+    expected = 1.0 + (1 - rho) * (3.0 - 1.0)
+    assert torch.allclose(net.conv.weight, torch.full_like(net.conv.weight, expected))
+    assert torch.allclose(lookahead.average["conv.weight"], net.conv.weight)
+
+
+def test_lookahead_sets_the_average_at_every_epoch_end():
+    net = TinyNet()
+    trainer = _fake_trainer(net)
+    lookahead = Lookahead(every=3)
+    _set(net, 1.0)
+    lookahead.after_step(trainer, _step(32))  # 33 steps done: first sync
+    _set(net, 5.0)
+    lookahead.after_step(trainer, _step(38))  # 39: a sync
+    synced = net.conv.weight.detach().clone()
+    _set(net, 7.0)
+    lookahead.after_step(trainer, _step(39))  # 40: no sync, but the epoch ends
+    assert torch.equal(net.conv.weight.detach(), synced)
+
+
+def _trainer(tmp_path, cfg, hooks=(), model=None):
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True))
+    torch.manual_seed(0)
+    return Trainer(model or TinyNet(), data, cfg, test=(ds.test_x, ds.test_y), hooks=hooks,
+                   checkpoint_dir=tmp_path, progress=False)
+
+
+class _Interrupt(Hook):
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self, trainer, step):
+        if trainer.iteration == self.at:
+            trainer.interrupt()
+
+
+FAST = TrainConfig(epochs=4, batch_size=16, lr=0.05, schedule="linear", warmup_epochs=1, lr_start=0.2,
+                   lr_end=0.07, bias_lr_scale=16.0, lookahead_every=4)
+
+
+@pytest.mark.parametrize("stop_at", [7, 13, 20])  # before the lookahead starts, after, and mid-epoch
+def test_resume_with_lookahead_equals_uninterrupted_bitwise(tmp_path, stop_at):
+    reference = _trainer(tmp_path / "ref", FAST)
+    ref_result = reference.fit()
+    first = _trainer(tmp_path / "run", FAST, hooks=[_Interrupt(stop_at)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    torch.manual_seed(999)
+    resumed = _trainer(tmp_path / "run", FAST, model=TinyNet())
+    result = resumed.fit()
+    for k, v in reference.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert result.test == ref_result.test
+    assert reference.hooks[0].average is not None  # the lookahead did run
+
+
+def test_pruned_weights_stay_zero_under_lookahead():
+    model = TinyNet()
+    g = torch.Generator().manual_seed(1)
+    masks = {"conv.weight": (torch.rand(model.conv.weight.shape, generator=g) < 0.3).float()}
+    _trainer(None, FAST, hooks=[MaskHook(masks)], model=model).fit()
+    assert torch.all(model.conv.weight[masks["conv.weight"] == 0] == 0)
+    assert torch.count_nonzero(model.conv.weight) > 0

@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import COMPACTABLE
 from ticketlab.compact import (
     channel_groups,
     compact,
@@ -17,6 +16,8 @@ from ticketlab.models import build_model
 from ticketlab.models.wide_resnet import WideResNet
 from ticketlab.sparsity import apply_masks
 from ticketlab.train.hooks import MaskHook
+
+from helpers import COMPACTABLE
 
 # besides the shared set: pre-activation WRN (its dropout acts only in training) and Conv-2/4/6, whose last
 # conv is flattened into fc1 (Conv-6 at 8x8 pools down to 1x1, so there each channel is one column)

@@ -21,7 +21,6 @@ from ticketlab.models import build_model
 from helpers import COMPACTABLE as ARCHITECTURES
 
 
-
 def compacted(name):
     """The model with the last quarter of every group's channels removed."""
     torch.manual_seed(0)

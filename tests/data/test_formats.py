@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from tests.data.conftest import cifar_batch, idx_bytes, write_cifar10, write_mnist
+
 from ticketlab.data import load_dataset
 from ticketlab.data.cifar import parse_cifar10, parse_cifar100
 from ticketlab.data.mnist import FASHION_CLASSES, read_idx

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tests.data.conftest import write_cifar10, write_mnist
+
 from ticketlab.data import load_dataset, search_roots
 from ticketlab.data.catalog import Resource, load_spec
 from ticketlab.data.cifar import CIFAR10

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.conftest import need
+
 from ticketlab.data import load_dataset
 from ticketlab.data.cifar import read_pickle
 from ticketlab.errors import TicketlabError

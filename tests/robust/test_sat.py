@@ -3,7 +3,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinyNet, tiny_dataset
 
 from ticketlab.config import TrainConfig
 from ticketlab.data.augment import Augment
@@ -11,6 +10,8 @@ from ticketlab.data.batches import DeviceData
 from ticketlab.errors import TicketlabError
 from ticketlab.robust.sat import SelectiveSAT, SelfAdaptiveTraining
 from ticketlab.train import Hook, Trainer
+
+from helpers import TinyNet, tiny_dataset
 
 LABELS = torch.tensor([0, 2, 1, 2, 0])
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from helpers import TinyNet
 from torch import nn
 
 from ticketlab.errors import TicketlabError
@@ -12,6 +11,8 @@ from ticketlab.sparsity.semistructured import (
     semi_structured_support,
     to_semi_structured,
 )
+
+from helpers import TinyNet
 
 T, F = True, False
 

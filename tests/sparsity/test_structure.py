@@ -3,7 +3,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinyNet
 from torch import nn
 
 from ticketlab.errors import TicketlabError
@@ -16,6 +15,8 @@ from ticketlab.sparsity import (
     refill,
     refill_layer,
 )
+
+from helpers import TinyNet
 
 T, F_ = True, False
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from helpers import TinyNet, tiny_dataset
 from torch import nn
 
 from ticketlab.config import TrainConfig
@@ -10,6 +9,8 @@ from ticketlab.errors import TicketlabError
 from ticketlab.store.files import load_state, save_state
 from ticketlab.tickets.earlybird import EarlyBird, mask_distance
 from ticketlab.train import MaskHook, Trainer
+
+from helpers import TinyNet, tiny_dataset
 
 
 def test_mask_distance_counts_differences_over_the_first_masks_kept_entries():

@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinyNet, tiny_dataset
 
 from ticketlab.config import TrainConfig
 from ticketlab.data.augment import Augment
@@ -14,6 +13,8 @@ from ticketlab.train.records import (
     hard_to_memorise,
     never_learned,
 )
+
+from helpers import TinyNet, tiny_dataset
 
 # columns are examples, rows epochs
 CORRECT = torch.tensor([

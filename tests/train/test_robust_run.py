@@ -57,10 +57,10 @@ def test_sat_start_must_lie_inside_training(tmp_path):
 
 
 def test_records_are_stored_with_the_run(tmp_path):
-    from ticketlab.train.run import train_run
     from ticketlab.config import ModelConfig, RunConfig
     from ticketlab.train import recipe_config
     from ticketlab.train.records import ExampleRecords
+    from ticketlab.train.run import train_run
 
     ds = tiny_dataset(n=100, channels=1, size=8)
     cfg = RunConfig(data=DataConfig(dataset="tiny"), model=ModelConfig("lenet_300_100"),

@@ -128,10 +128,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ticketlab.sparsity import load_masks
     from ticketlab.store import RunStore
     from ticketlab.train import train_run
-
-    from ticketlab.sparsity import load_masks
 
     config = run_config(args)
     result = train_run(
@@ -261,13 +260,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_prac(args: argparse.Namespace) -> int:
     """Train the dense network with per-example records and save its hard-to-memorise set."""
+    from ticketlab.data import load_dataset
     from ticketlab.store import RunStore
+    from ticketlab.tickets.imp import default_validation
     from ticketlab.tickets.prac import from_records, save_prac
     from ticketlab.train import train_run
     from ticketlab.train.records import ExampleRecords
-
-    from ticketlab.data import load_dataset
-    from ticketlab.tickets.imp import default_validation
 
     config = run_config(args)
     dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)

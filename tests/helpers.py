@@ -8,7 +8,9 @@ from torch import nn
 from ticketlab.data import ImageDataset
 
 
-def tiny_dataset(n: int = 96, n_test: int = 40, channels: int = 3, size: int = 8, classes: int = 4, seed: int = 0) -> ImageDataset:
+def tiny_dataset(
+    n: int = 96, n_test: int = 40, channels: int = 3, size: int = 8, classes: int = 4, seed: int = 0
+) -> ImageDataset:
     """Class-dependent colour blobs: learnable in a few steps, so accuracy tests can fail."""
     g = torch.Generator().manual_seed(seed)
 

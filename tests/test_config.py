@@ -36,5 +36,8 @@ def test_equal_settings_equal_ids_and_each_field_matters():
 
 
 def test_round_trip():
-    cfg = RunConfig(model=ModelConfig("fastnet", (("widths", (64, 128, 128)),)), train=TrainConfig(milestones=(3.0,), schedule="step"))
+    cfg = RunConfig(
+        model=ModelConfig("fastnet", (("widths", (64, 128, 128)),)),
+        train=TrainConfig(milestones=(3.0,), schedule="step"),
+    )
     assert from_dict(RunConfig, to_dict(cfg)) == cfg

@@ -92,7 +92,10 @@ def test_divergence_exits_2_and_leaves_no_run(tmp_path, tiny_npz, capsys):
 def test_models_and_datasets_listing(capsys):
     code, out, _ = _run(capsys, "models", "--json")
     recipes = json.loads(out)
-    assert recipes["cifar_resnet_20"]["milestones"] == [80, 120] or recipes["cifar_resnet_20"]["milestones"] == [80.0, 120.0]
+    assert (
+        recipes["cifar_resnet_20"]["milestones"] == [80, 120]
+        or recipes["cifar_resnet_20"]["milestones"] == [80.0, 120.0]
+    )
     code, out, _ = _run(capsys, "datasets")
     assert "cifar10" in out.split() and "mnist_subset" in out.split()
 
@@ -103,12 +106,16 @@ def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_
     common = ["--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "30", "--batch-size", "16",
               "--lr", "0.001", "--json", "--quiet"]
     cli = [sys.executable, "-m", "ticketlab.cli.main", "train"]
-    reference = subprocess.run(cli + common + ["--store", str(tmp_path / "ref")], capture_output=True, text=True, env=env)
+    reference = subprocess.run(
+        cli + common + ["--store", str(tmp_path / "ref")], capture_output=True, text=True, env=env
+    )
     assert reference.returncode == 0, reference.stderr
     expected = json.loads(reference.stdout.strip().splitlines()[-1])
 
     store = tmp_path / "run"
-    proc = subprocess.Popen(cli + common + ["--store", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cli + common + ["--store", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     checkpoint = store / "runs" / expected["run_id"] / "checkpoint.safetensors"
     deadline = time.time() + 60
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:

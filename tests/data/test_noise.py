@@ -34,7 +34,9 @@ def test_parse_each_kind():
     assert parse_noise(" flip:0.2 ") == NoiseSpec("flip", rate=0.2)
     assert parse_noise("asymmetric:1") == NoiseSpec("asymmetric", rate=1.0)
     assert parse_noise("file:/data/c10n.npz:worse_label") == NoiseSpec("file", path="/data/c10n.npz", key="worse_label")
-    assert parse_noise(r"file:C:\data\c10n.npz:random_label1") == NoiseSpec("file", path=r"C:\data\c10n.npz", key="random_label1")
+    assert parse_noise(r"file:C:\data\c10n.npz:random_label1") == NoiseSpec(
+        "file", path=r"C:\data\c10n.npz", key="random_label1"
+    )
 
 
 def test_uniform_redraws_from_all_classes():
@@ -222,7 +224,9 @@ def test_file_wrong_length_names_count_and_order(tmp_path):
         labels_from_file(path, "worse_label", 5, 10)
 
 
-@pytest.mark.parametrize("bad", [np.array([0, 10]), np.array([-1, 2]), np.array([0.0, 1.0]), np.zeros((2, 1), dtype=np.int64)])
+@pytest.mark.parametrize(
+    "bad", [np.array([0, 10]), np.array([-1, 2]), np.array([0.0, 1.0]), np.zeros((2, 1), dtype=np.int64)]
+)
 def test_file_labels_out_of_range_or_wrong_type(tmp_path, bad):
     path = tmp_path / "c10n.npz"
     np.savez(path, worse_label=bad)

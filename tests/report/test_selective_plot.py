@@ -14,7 +14,9 @@ def test_writes_a_png_with_curves_and_table(tmp_path):
     g = torch.Generator().manual_seed(0)
     conf, correct = torch.rand(60, generator=g), torch.rand(60, generator=g) < 0.8
     curves = {"sat": risk_coverage_curve(conf, correct), "softmax": risk_coverage_curve(-conf, correct)}
-    path = plot_coverage_risk(curves, tmp_path / "figs" / "coverage.png", table=coverage_table(conf, correct), title="t")
+    path = plot_coverage_risk(
+        curves, tmp_path / "figs" / "coverage.png", table=coverage_table(conf, correct), title="t"
+    )
     assert path == tmp_path / "figs" / "coverage.png"
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in path.parent.iterdir()] == ["coverage.png"]  # no temporary file left behind

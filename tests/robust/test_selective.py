@@ -45,7 +45,10 @@ def test_ties_at_the_threshold_are_all_accepted():
 def test_full_coverage_accepts_everything():
     assert coverage_threshold(CONF, 1.0) == -math.inf
     conf = torch.tensor([-math.inf, -1e30, 0.0])
-    assert selective_error(conf, torch.tensor([False, True, True]), coverage_threshold(conf, 1.0)) == (1.0, pytest.approx(1 / 3))
+    assert selective_error(conf, torch.tensor([False, True, True]), coverage_threshold(conf, 1.0)) == (
+        1.0,
+        pytest.approx(1 / 3),
+    )
 
 
 def test_nothing_accepted_is_zero_not_nan():

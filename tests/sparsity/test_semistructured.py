@@ -92,7 +92,12 @@ def test_only_exact_two_four_linears_the_kernels_accept_are_converted(monkeypatc
     given = {}
     monkeypatch.setattr(semistructured, "to_sparse_semi_structured", lambda w: given.setdefault("w", w))
     model = nn.ModuleDict(
-        {"conv": nn.Conv2d(8, 32, 1), "hidden": nn.Linear(128, 64), "other": nn.Linear(128, 64), "out": nn.Linear(64, 10)}
+        {
+            "conv": nn.Conv2d(8, 32, 1),
+            "hidden": nn.Linear(128, 64),
+            "other": nn.Linear(128, 64),
+            "out": nn.Linear(64, 10),
+        }
     ).half()
     g = torch.Generator().manual_seed(0)
     masks = nm_masks({f"{n}.weight": torch.rand(model[n].weight.shape, generator=g) for n in ("conv", "hidden", "out")})
@@ -100,7 +105,11 @@ def test_only_exact_two_four_linears_the_kernels_accept_are_converted(monkeypatc
     with pytest.warns(UserWarning) as record:
         assert to_semi_structured(model, masks) == ["hidden.weight"]
     message = str(record[0].message)
-    for reason in ("conv.weight: not an nn.Linear", "other.weight: mask is not exactly 2:4", "out.weight: weight shape"):
+    for reason in (
+        "conv.weight: not an nn.Linear",
+        "other.weight: mask is not exactly 2:4",
+        "out.weight: weight shape",
+    ):
         assert reason in message
     assert torch.equal(given["w"], (model.hidden.weight * masks["hidden.weight"]).detach())  # pruned weights are 0
     assert not model.hidden.weight.requires_grad and model.other.weight.requires_grad

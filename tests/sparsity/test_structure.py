@@ -254,7 +254,10 @@ def test_activation_and_taylor_scores_match_a_direct_computation_and_leave_the_m
 def test_taylor_uses_the_given_loss():
     model, masks = tiny_model_and_masks(seed=1)
     x, y = tiny_batch(seed=1)
-    first_logit = lambda logits, targets: logits[:, 0].sum()
+
+    def first_logit(logits, targets):
+        return logits[:, 0].sum()
+
     a, z = direct_outputs(model, masks, x)
     (ga,) = torch.autograd.grad(first_logit(z, y), [a])
     taylor = channel_scores("taylor", model, masks, (x, y), loss_fn=first_logit)

@@ -33,7 +33,11 @@ def test_store_location_order(tmp_path, monkeypatch):
 
 
 def test_state_round_trip_and_atomicity(tmp_path):
-    state = {"step": 7, "opt": {"state": {0: {"buf": torch.arange(3.0)}}, "groups": [{"lr": 0.1}]}, "rng": torch.get_rng_state()}
+    state = {
+        "step": 7,
+        "opt": {"state": {0: {"buf": torch.arange(3.0)}}, "groups": [{"lr": 0.1}]},
+        "rng": torch.get_rng_state(),
+    }
     path = tmp_path / "s.safetensors"
     save_state(path, state)
     back = load_state(path)

@@ -14,7 +14,8 @@ from helpers import tiny_dataset
 
 
 def _study(tmp_path, model, ds, **ticket_options):
-    tickets = TicketConfig(levels=ticket_options.pop("levels", 2), baselines=ticket_options.pop("baselines", ("random",)),
+    tickets = TicketConfig(levels=ticket_options.pop("levels", 2),
+                           baselines=ticket_options.pop("baselines", ("random",)),
                            rewind="1it", **ticket_options)
     return find_ticket(model, ds, tickets=tickets, store=tmp_path, epochs=2, batch_size=32, lr=0.003,
                        optimizer="adam", progress=False)

@@ -47,7 +47,9 @@ def test_sparsest_winning_is_the_lowest_winning_density():
 def _seed(dense, tickets, reinits, densities=(0.8, 0.64)):
     rows = [{"level": 0, "density": 1.0, "test": {"ticket": dense}, "validation": {"ticket": dense}}]
     for lvl, (t, r, d) in enumerate(zip(tickets, reinits, densities), 1):
-        rows.append({"level": lvl, "density": d, "test": {"ticket": t, "reinit": r}, "validation": {"ticket": t, "reinit": r}})
+        rows.append(
+            {"level": lvl, "density": d, "test": {"ticket": t, "reinit": r}, "validation": {"ticket": t, "reinit": r}}
+        )
     return rows
 
 

@@ -51,7 +51,8 @@ def _model_arg(text: str) -> tuple[str, Any]:
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="mnist_subset", help="registered name (see `ticketlab datasets`) or a .npz file")
+    g.add_argument("--dataset", default="mnist_subset",
+                   help="registered name (see `ticketlab datasets`) or a .npz file")
     g.add_argument("--data-dir", help="folder holding datasets (else $TICKETLAB_DATA, else the user cache)")
     g.add_argument("--no-download", action="store_true", help="never download; fail if the files are absent")
     g.add_argument("--validation", type=int, default=0, help="training examples held out for validation (stratified)")
@@ -139,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     s = result.summary
     if result.reused:
-        print(f"run {result.run_id} already finished with these settings; reusing it (`ticketlab runs rm {result.run_id}` to retrain)")
+        print(f"run {result.run_id} already finished with these settings; "
+              f"reusing it (`ticketlab runs rm {result.run_id}` to retrain)")
     shown = {k: s.get(k) for k in ("run_id", "model", "dataset", "epochs", "iterations", "train_seconds",
                                     "train_accuracy", "val_accuracy", "test_accuracy", "parameters", "density",
                                     "noise_rate", "relabelled_fraction", "corrected_fraction", "label_accuracy_after",
@@ -225,7 +227,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.run:
         record = RunStore(args.store).resolve(args.run)
         if not record.finished:
-            raise TicketlabError(f"run {record.run_id} has not finished; finish it (re-run its command) before pruning it")
+            raise TicketlabError(
+                f"run {record.run_id} has not finished; finish it (re-run its command) before pruning it"
+            )
         model_cfg = record.config["model"]
         config = replace(config, model=ModelConfig(model_cfg["name"], tuple(tuple(kv) for kv in model_cfg["kwargs"])))
         weights = record.folder / "final.safetensors"
@@ -241,7 +245,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             model.load_state_dict(read_tensors(weights))
         except RuntimeError as e:
             first = str(e).strip().splitlines()[1:2] or [str(e)]
-            raise TicketlabError(f"the weights in {weights} do not fit {config.model.name}: {first[0].strip()}") from None
+            raise TicketlabError(
+                f"the weights in {weights} do not fit {config.model.name}: {first[0].strip()}"
+            ) from None
         source = str(weights)
     masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
                         exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed)
@@ -250,7 +256,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"pruned {config.model.name} ({source}) with {args.criterion}, budget {args.budget}")
     print(table(("layer", "kept", "total", "density"),
                 [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
-                + [("total", report["total"]["kept"], report["total"]["total"], f"{100 * report['total']['density']:.2f}%")]))
+                + [("total", report["total"]["kept"], report["total"]["total"],
+                    f"{100 * report['total']['density']:.2f}%")]))
     print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --masks {args.out} ...)")
     if args.json:
         print(json.dumps({"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
@@ -281,7 +288,8 @@ def cmd_prac(args: argparse.Namespace) -> int:
     i = prac.info
     print(key_values({"run_id": result.run_id, "test_accuracy": result.summary["test_accuracy"],
                       "examples": i["examples"], "forgotten at least once": i["forgotten"],
-                      "never learned": i["never_learned"], "PrAC fraction": f"{prac.fraction:.2%}", "saved to": args.out}))
+                      "never learned": i["never_learned"], "PrAC fraction": f"{prac.fraction:.2%}",
+                      "saved to": args.out}))
     print(f"use it: ticketlab find --data prac --prac-file {args.out} ... (any model, same dataset and --validation)")
     if args.json:
         print(json.dumps({**i, "prac_fraction": prac.fraction, "out": str(args.out)}, sort_keys=True))
@@ -300,7 +308,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             for r in runs
         ]
         if args.json:
-            print(json.dumps([{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary} for r in runs]))
+            print(json.dumps([{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary}
+                              for r in runs]))
         elif rows:
             print(table(("run", "kind", "status", "model", "dataset", "test_acc"), rows))
         else:
@@ -326,7 +335,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({n: model_recipe(n) for n in names}, sort_keys=True))
     else:
-        print(table(("model", "recipe"), [(n, ", ".join(f"{k}={v}" for k, v in model_recipe(n).items())) for n in names]))
+        print(table(("model", "recipe"),
+                    [(n, ", ".join(f"{k}={v}" for k, v in model_recipe(n).items())) for n in names]))
     return 0
 
 

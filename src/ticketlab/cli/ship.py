@@ -129,7 +129,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="save a ticket as a compacted model (safetensors + JSON graph, or .onnx)")
     p.add_argument("--model-file", required=True, help="a ticket file (level_<L>/ticket.safetensors of a study)")
-    p.add_argument("--out", required=True, help="output .safetensors (loads with ticketlab.compact.load_model) or .onnx")
+    p.add_argument("--out", required=True,
+                   help="output .safetensors (loads with ticketlab.compact.load_model) or .onnx")
     p.add_argument("--no-compact", action="store_true", help="export the dense-shaped masked network as it is")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)

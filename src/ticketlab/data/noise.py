@@ -41,7 +41,9 @@ class NoiseSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in NOISE_KINDS:
-            raise TicketlabError(f"unknown label noise kind {self.kind!r}; the kinds are {', '.join(NOISE_KINDS)}: {_SYNTAX}")
+            raise TicketlabError(
+                f"unknown label noise kind {self.kind!r}; the kinds are {', '.join(NOISE_KINDS)}: {_SYNTAX}"
+            )
         _check_rate(self.rate)
         if self.kind == "file" and not (self.path and self.key):
             raise TicketlabError(f"file noise needs a path and the name of a label array; {_SYNTAX}")
@@ -51,9 +53,13 @@ def parse_noise(text: str) -> NoiseSpec:
     """"uniform:0.4", "flip:0.2", "asymmetric:0.4" or "file:/path/c10n.npz:worse_label" as a NoiseSpec."""
     kind, sep, rest = text.strip().partition(":")
     if kind not in NOISE_KINDS:
-        raise TicketlabError(f"unknown label noise kind {kind!r} in {text!r}; the kinds are {', '.join(NOISE_KINDS)}: {_SYNTAX}")
+        raise TicketlabError(
+            f"unknown label noise kind {kind!r} in {text!r}; the kinds are {', '.join(NOISE_KINDS)}: {_SYNTAX}"
+        )
     if not sep or not rest:
-        raise TicketlabError(f"label noise {text!r} lacks its {'path and key' if kind == 'file' else 'rate'}; {_SYNTAX}")
+        raise TicketlabError(
+            f"label noise {text!r} lacks its {'path and key' if kind == 'file' else 'rate'}; {_SYNTAX}"
+        )
     if kind == "file":
         path, sep, key = rest.rpartition(":")  # the key is last, so a path may hold colons (C:\...)
         if not sep or not path or not key:
@@ -74,7 +80,9 @@ def _check_rate(rate: float) -> None:
 def _as_labels(labels: torch.Tensor) -> torch.Tensor:
     """A CPU int64 copy of 1-D integer labels (the generators draw on the CPU)."""
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TicketlabError(f"labels must be a 1-D integer tensor of class ids, got {labels.dtype} of shape {tuple(labels.shape)}")
+        raise TicketlabError(
+            f"labels must be a 1-D integer tensor of class ids, got {labels.dtype} of shape {tuple(labels.shape)}"
+        )
     return labels.detach().to("cpu", torch.int64).clone()
 
 
@@ -162,7 +170,9 @@ def labels_from_file(path: str | Path, key: str, n: int, num_classes: int) -> to
         # ValueError also covers object arrays, which would need unpickling
         raise TicketlabError(f"cannot read {path} as a .npz of plain arrays ({exc}); save it with numpy.savez") from exc
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise TicketlabError(f"{path}: {key} must be a 1-D array of integer labels, got {array.dtype} of shape {array.shape}")
+        raise TicketlabError(
+            f"{path}: {key} must be a 1-D array of integer labels, got {array.dtype} of shape {array.shape}"
+        )
     if len(array) != n:
         raise TicketlabError(
             f"{path}: {key} has {len(array)} labels but the training set has {n}; the file must hold one label per "
@@ -197,5 +207,7 @@ def add_label_noise(labels: torch.Tensor, num_classes: int, spec: NoiseSpec, see
 def noise_rate(clean: torch.Tensor, noisy: torch.Tensor) -> float:
     """Fraction of labels that differ (0.0 for no labels)."""
     if clean.shape != noisy.shape:
-        raise TicketlabError(f"clean labels have shape {tuple(clean.shape)}, noisy ones {tuple(noisy.shape)}; compare the same examples")
+        raise TicketlabError(
+            f"clean labels have shape {tuple(clean.shape)}, noisy ones {tuple(noisy.shape)}; compare the same examples"
+        )
     return (clean != noisy).float().mean().item() if clean.numel() else 0.0

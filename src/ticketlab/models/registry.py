@@ -73,7 +73,8 @@ def register_model(
         unknown = sorted(set(given) - keys)
         if unknown:
             raise TicketlabError(
-                f"{what} for model {name!r} has unknown key(s) {', '.join(unknown)}; use only: {', '.join(sorted(keys))}"
+                f"{what} for model {name!r} has unknown key(s) {', '.join(unknown)}; "
+                f"use only: {', '.join(sorted(keys))}"
             )
 
     def decorate(builder: Builder) -> Builder:

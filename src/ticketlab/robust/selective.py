@@ -43,7 +43,9 @@ def coverage_threshold(confidence: torch.Tensor, coverage: float) -> float:
     """
     _check_confidence(confidence)
     if not 0.0 < coverage <= 1.0:
-        raise TicketlabError(f"target coverage must be in (0, 1], got {coverage}; it is the fraction of examples answered")
+        raise TicketlabError(
+            f"target coverage must be in (0, 1], got {coverage}; it is the fraction of examples answered"
+        )
     if coverage == 1.0:
         return -math.inf
     if len(confidence) == 0:

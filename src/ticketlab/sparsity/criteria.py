@@ -123,7 +123,11 @@ def _linearized(model: nn.Module) -> nn.Module:
 
 
 def _synflow_round(
-    net: nn.Module, names: list[str], abs_weights: Mapping[str, torch.Tensor], masks: Masks | None, input_shape: tuple[int, ...]
+    net: nn.Module,
+    names: list[str],
+    abs_weights: Mapping[str, torch.Tensor],
+    masks: Masks | None,
+    input_shape: tuple[int, ...],
 ) -> Scores:
     params = _weights(net, names)
     with torch.no_grad():
@@ -240,7 +244,9 @@ def prune_at_init(
     names = list(names)
     if name == "synflow":
         if budget != "global":
-            raise TicketlabError(f"synflow prunes with its own iterative global schedule; use budget='global', not {budget!r}")
+            raise TicketlabError(
+                f"synflow prunes with its own iterative global schedule; use budget='global', not {budget!r}"
+            )
         shape = _need(input_shape, "the shape of one input, input_shape=(C, H, W)", "synflow")
         return synflow(model, names, shape, density=density, iterations=iterations)
     scores = compute_scores(name, model, names, batch=batch, generator=generator, input_shape=input_shape)

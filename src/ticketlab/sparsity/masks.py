@@ -36,7 +36,9 @@ def _checked(scores: Scores, current: Masks | None) -> None:
         )
     for name, s in scores.items():
         if current[name].shape != s.shape:
-            raise TicketlabError(f"current mask of {name} has shape {tuple(current[name].shape)}, its scores {tuple(s.shape)}")
+            raise TicketlabError(
+                f"current mask of {name} has shape {tuple(current[name].shape)}, its scores {tuple(s.shape)}"
+            )
 
 
 def _available(scores: Scores, current: Masks | None, name: str) -> torch.Tensor:
@@ -122,7 +124,9 @@ def prune_fraction(
     (the LeNet-300-100 rule prunes the output layer at half the rate; 0 leaves a layer as it is).
     """
     if not 0.0 < fraction < 1.0:
-        raise TicketlabError(f"pruning fraction must be in (0, 1), got {fraction}; it is the share of remaining weights removed")
+        raise TicketlabError(
+            f"pruning fraction must be in (0, 1), got {fraction}; it is the share of remaining weights removed"
+        )
     _checked(scores, current)
     if scope == "global":
         if layer_fractions:
@@ -136,7 +140,9 @@ def prune_fraction(
     layer_fractions = dict(layer_fractions or {})
     unknown = sorted(set(layer_fractions) - set(scores))
     if unknown:
-        raise TicketlabError(f"layer_fractions name layers that are not pruned: {', '.join(unknown)}; use names of the scored layers")
+        raise TicketlabError(
+            f"layer_fractions name layers that are not pruned: {', '.join(unknown)}; use names of the scored layers"
+        )
     masks = {}
     for name, s in scores.items():
         f = layer_fractions.get(name, fraction)

@@ -67,7 +67,9 @@ def _compile(pattern: str, option: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise TicketlabError(f"{option} pattern {pattern!r} is not a valid regular expression ({e}); fix the pattern") from None
+        raise TicketlabError(
+            f"{option} pattern {pattern!r} is not a valid regular expression ({e}); fix the pattern"
+        ) from None
 
 
 def _preview(names: list[str], limit: int = 5) -> str:

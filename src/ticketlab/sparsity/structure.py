@@ -69,7 +69,9 @@ def _checked_scores(score: torch.Tensor, c_out: int, layer: str, device: torch.d
             "give one score per output channel"
         )
     if torch.isnan(score).any():
-        raise TicketlabError(f"channel scores of {layer} contain NaN; the refill criterion diverged on this model or batch")
+        raise TicketlabError(
+            f"channel scores of {layer} contain NaN; the refill criterion diverged on this model or batch"
+        )
     return score.detach().to(device=device, dtype=torch.float64)
 
 
@@ -125,7 +127,8 @@ def _groups(masks: Masks, tied: Sequence[Sequence[str]], keep: Collection[str]) 
     for group in tied:
         if isinstance(group, str):
             raise TicketlabError(
-                f"tied must be a list of groups of layer names, e.g. [['a.weight', 'b.weight']]; got the bare name {group!r}"
+                "tied must be a list of groups of layer names, e.g. [['a.weight', 'b.weight']]; "
+                f"got the bare name {group!r}"
             )
         members = [name for name in dict.fromkeys(group) if name in masks and name not in keep]
         for name in members:

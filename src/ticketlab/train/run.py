@@ -113,7 +113,9 @@ def dataset_identity(dataset: ImageDataset) -> str:
     return _DATASET_DIGESTS[dataset]
 
 
-def _load_data(config: RunConfig, dataset: ImageDataset | None, data_dir, download: bool) -> tuple[RunConfig, ImageDataset]:
+def _load_data(
+    config: RunConfig, dataset: ImageDataset | None, data_dir, download: bool
+) -> tuple[RunConfig, ImageDataset]:
     if dataset is None:
         dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download)
         if config.data.dataset in DATASETS:

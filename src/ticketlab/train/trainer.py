@@ -156,7 +156,9 @@ class Trainer:
     def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on one batch; returns detached (logits, loss). No host sync."""
         lr = self.cfg.lr * lr_factor(self.cfg, self.iteration, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
@@ -251,7 +253,9 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> TrainResult:
-        resumed = load_state(self.checkpoint_dir / "checkpoint.safetensors", self.device) if self.checkpoint_dir else None
+        resumed = (
+            load_state(self.checkpoint_dir / "checkpoint.safetensors", self.device) if self.checkpoint_dir else None
+        )
         if resumed is not None:
             self.load_state_dict(resumed)
         else:
@@ -293,7 +297,12 @@ class Trainer:
                     last_postfix = now
                     loss_avg, acc = self._running()
                     self._check_finite(loss_avg, epoch)
-                    bar.set_postfix(loss=f"{loss_avg:.4f}", acc=f"{acc:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{loss_avg:.4f}",
+                        acc=f"{acc:.3f}",
+                        lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                        refresh=False,
+                    )
                 if epoch_end:
                     self.train_seconds += time.perf_counter() - start
                     self._end_epoch(epoch)

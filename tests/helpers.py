@@ -50,4 +50,10 @@ COMPACTABLE = {
     "cifar_vgg_11": ({"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
     "fastnet": ({"in_channels": 3, "image_size": 16, "widths": (8, 16, 16)}, (2, 3, 16, 16)),
     "lenet_300_100": ({"in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
+    # pre-activation WRN (its dropout acts only in training) and Conv-2/4/6, whose last conv is flattened
+    # into fc1 (Conv-6 at 8x8 pools down to 1x1, so there each channel is one column)
+    "wide_resnet_16_4": ({"in_channels": 3, "image_size": 32, "dropout": 0.3}, (2, 3, 16, 16)),
+    "conv_2": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
+    "conv_4": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
+    "conv_6": ({"in_channels": 3, "image_size": 8}, (2, 3, 8, 8)),
 }

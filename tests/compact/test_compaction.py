@@ -17,17 +17,7 @@ from ticketlab.models.wide_resnet import WideResNet
 from ticketlab.sparsity import apply_masks
 from ticketlab.train.hooks import MaskHook
 
-from helpers import COMPACTABLE
-
-# besides the shared set: pre-activation WRN (its dropout acts only in training) and Conv-2/4/6, whose last
-# conv is flattened into fc1 (Conv-6 at 8x8 pools down to 1x1, so there each channel is one column)
-ARCHITECTURES = {
-    **COMPACTABLE,
-    "wide_resnet_16_4": ({"in_channels": 3, "image_size": 32, "dropout": 0.3}, (2, 3, 16, 16)),
-    "conv_2": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
-    "conv_4": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
-    "conv_6": ({"in_channels": 3, "image_size": 8}, (2, 3, 8, 8)),
-}
+from helpers import COMPACTABLE as ARCHITECTURES
 
 
 def build(name):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ticketlab.data import ImageDataset
+from ticketlab.train.hooks import Hook
 
 
 def tiny_dataset(
@@ -28,6 +29,17 @@ def tiny_dataset(
     x, y = make(n)
     xt, yt = make(n_test)
     return ImageDataset.create("tiny", x, y, xt, yt, tuple(str(i) for i in range(classes)))
+
+
+class InterruptAt(Hook):
+    """Stops training after `at` steps through the same path as Ctrl-C (resume tests)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def after_step(self, trainer, step) -> None:
+        if trainer.iteration == self.at:
+            trainer.interrupt()
 
 
 class TinyNet(nn.Module):

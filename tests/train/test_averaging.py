@@ -6,11 +6,11 @@ import torch
 from ticketlab.config import TrainConfig
 from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
-from ticketlab.train import Hook, MaskHook, Trainer
+from ticketlab.train import MaskHook, Trainer
 from ticketlab.train.averaging import Lookahead
 from ticketlab.train.hooks import Step
 
-from helpers import TinyNet, tiny_dataset
+from helpers import InterruptAt, TinyNet, tiny_dataset
 
 
 def _fake_trainer(model, epochs=10, steps_per_epoch=10):
@@ -70,15 +70,6 @@ def _trainer(tmp_path, cfg, hooks=(), model=None):
                    checkpoint_dir=tmp_path, progress=False)
 
 
-class _Interrupt(Hook):
-    def __init__(self, at):
-        self.at = at
-
-    def after_step(self, trainer, step):
-        if trainer.iteration == self.at:
-            trainer.interrupt()
-
-
 FAST = TrainConfig(epochs=4, batch_size=16, lr=0.05, schedule="linear", warmup_epochs=1, lr_start=0.2,
                    lr_end=0.07, bias_lr_scale=16.0, lookahead_every=4)
 
@@ -87,7 +78,7 @@ FAST = TrainConfig(epochs=4, batch_size=16, lr=0.05, schedule="linear", warmup_e
 def test_resume_with_lookahead_equals_uninterrupted_bitwise(tmp_path, stop_at):
     reference = _trainer(tmp_path / "ref", FAST)
     ref_result = reference.fit()
-    first = _trainer(tmp_path / "run", FAST, hooks=[_Interrupt(stop_at)])
+    first = _trainer(tmp_path / "run", FAST, hooks=[InterruptAt(stop_at)])
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     torch.manual_seed(999)

@@ -14,7 +14,7 @@ from ticketlab.train.records import (
     never_learned,
 )
 
-from helpers import TinyNet, tiny_dataset
+from helpers import InterruptAt, TinyNet, tiny_dataset
 
 # columns are examples, rows epochs
 CORRECT = torch.tensor([
@@ -107,21 +107,12 @@ def test_epoch_accuracy_agrees_with_the_trainer():
         assert records.correct[epoch].float().mean().item() == pytest.approx(row["train_accuracy"])
 
 
-class _Interrupt(Hook):
-    def __init__(self, at):
-        self.at = at
-
-    def after_step(self, trainer, step):
-        if trainer.iteration == self.at:
-            trainer.interrupt()
-
-
 @pytest.mark.parametrize("stop_at", [6, 9])
 def test_resumed_run_records_what_an_uninterrupted_one_does(tmp_path, stop_at):
     reference = ExampleRecords(96, 4, epochs=3)
     _trainer(tmp_path / "ref", hooks=[reference]).fit()
     with pytest.raises(KeyboardInterrupt):
-        _trainer(tmp_path / "run", hooks=[ExampleRecords(96, 4, epochs=3), _Interrupt(stop_at)]).fit()
+        _trainer(tmp_path / "run", hooks=[ExampleRecords(96, 4, epochs=3), InterruptAt(stop_at)]).fit()
     resumed = ExampleRecords(96, 4, epochs=3)
     _trainer(tmp_path / "run", hooks=[resumed]).fit()
     for name, value in reference.state_dict().items():

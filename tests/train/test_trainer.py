@@ -9,7 +9,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.store import read_tensors
 from ticketlab.train import Hook, MaskHook, Trainer
 
-from helpers import TinyNet, tiny_dataset
+from helpers import InterruptAt, TinyNet, tiny_dataset
 
 
 def _trainer(tmp_path=None, *, cfg=None, hooks=(), seed=0, save_at=(), model=None):
@@ -76,17 +76,6 @@ def test_mask_that_does_not_fit_is_a_user_error():
         _trainer(hooks=[MaskHook({"nope.weight": torch.ones(3, 3)})], model=TinyNet()).fit()  # unknown name
 
 
-class _Interrupt(Hook):
-    """Stops training after `at` steps through the same path as Ctrl-C."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def after_step(self, trainer, step):
-        if trainer.iteration == self.at:
-            trainer.interrupt()
-
-
 class _Counter(Hook):
     def __init__(self):
         self.steps = 0
@@ -109,7 +98,7 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, stop_at):
     reference.hooks.append(counter_ref)
     ref_result = reference.fit()
 
-    first = _trainer(tmp_path / "run", cfg=ema_cfg, hooks=[_Counter(), _Interrupt(stop_at)])
+    first = _trainer(tmp_path / "run", cfg=ema_cfg, hooks=[_Counter(), InterruptAt(stop_at)])
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     torch.manual_seed(12345)  # a resumed process starts with unrelated global RNG state
@@ -251,7 +240,7 @@ def test_a_frozen_parameter_resumes_exactly(tmp_path, stop_at):
     reference = _freezing_net()
     _trainer(tmp_path / "ref", cfg=cfg, model=reference).fit()
     with pytest.raises(KeyboardInterrupt):
-        _trainer(tmp_path / "run", cfg=cfg, hooks=[_Interrupt(stop_at)], model=_freezing_net()).fit()
+        _trainer(tmp_path / "run", cfg=cfg, hooks=[InterruptAt(stop_at)], model=_freezing_net()).fit()
     model = _freezing_net()
     model.conv.bias.requires_grad_(False)  # as an earlier training leaves it: trainable again from the start
     _trainer(tmp_path / "run", cfg=cfg, model=model).fit()

@@ -45,11 +45,16 @@ def evaluate(
     channels_last: bool = False,
     output_classes: int | None = None,
 ) -> dict[str, float]:
-    """Top-1 accuracy (a fraction) and mean cross-entropy of uint8 images `x` on `model`'s device."""
+    """Top-1 accuracy (a fraction) and mean cross-entropy of uint8 images `x` on `model`'s device.
+
+    For stacked networks (logits [K, B, C]) these are the means over the K networks, and
+    `accuracies` / `losses` list each network's.
+    """
     was_training = model.training
     model.eval()
     device = mean.device
-    correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    correct, loss_sum = 0, 0
+    stacked = False
     try:
         for i in range(0, len(y), batch_size):
             xb = x[i : i + batch_size].to(device, non_blocking=True)
@@ -60,13 +65,21 @@ def evaluate(
                 if channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 with autocast or contextlib.nullcontext():
-                    logits = logits + weight * model(inputs).float()[:, :output_classes]
-            correct += (logits.argmax(1) == yb).sum()
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+                    logits = logits + weight * model(inputs).float()[..., :output_classes]
+            stacked = logits.dim() == 3
+            per_model = logits if stacked else logits[None]  # [K, B, C]
+            correct = correct + (per_model.argmax(-1) == yb).sum(-1)
+            loss_sum = loss_sum + F.cross_entropy(
+                per_model.permute(0, 2, 1), yb.expand(len(per_model), -1), reduction="none").sum(-1)
     finally:
         model.train(was_training)
     n = max(1, len(y))
-    return {"accuracy": float(correct) / n, "loss": float(loss_sum) / n}
+    accuracies = (torch.as_tensor(correct, dtype=torch.float64) / n).reshape(-1).tolist()
+    losses = (torch.as_tensor(loss_sum, dtype=torch.float64) / n).reshape(-1).tolist()
+    out = {"accuracy": sum(accuracies) / len(accuracies), "loss": sum(losses) / len(losses)}
+    if stacked:
+        out.update(accuracies=accuracies, losses=losses)
+    return out
 
 
 @torch.no_grad()

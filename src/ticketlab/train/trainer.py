@@ -126,7 +126,7 @@ class Trainer:
             )
         cuda = self.device.type == "cuda"
         # channels-last and reduced precision pay off on tensor-core GPUs; the CPU path stays fp32
-        self.channels_last = cuda
+        self.channels_last = cuda and getattr(model, "channels_last", True)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -154,6 +154,10 @@ class Trainer:
 
     # ---- the step -------------------------------------------------------------------------
     def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == 3:  # K stacked networks: the sum of their mean losses, each its own gradient
+            k = logits.shape[0]
+            return k * F.cross_entropy(logits.permute(0, 2, 1), targets.expand(k, -1),
+                                       label_smoothing=self.cfg.label_smoothing)
         return F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
 
     def step(
@@ -282,8 +286,9 @@ class Trainer:
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
-                self._sums[0] += loss * len(targets)
-                self._sums[1] += (logits.argmax(1) == targets).sum()
+                models = logits.shape[0] if logits.dim() == 3 else 1  # stacked: report the mean network
+                self._sums[0] += loss * len(targets) / models
+                self._sums[1] += (logits.argmax(-1) == targets).sum() / models
                 self._sums[2] += len(targets)
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:

@@ -1,0 +1,100 @@
+"""Several networks of one architecture trained as one module, in one batched step.
+
+A ticket study trains many small networks (seeds, baselines, levels) that leave a large GPU
+idle one at a time. `StackedModels` stacks K networks' weights along a new first dimension and
+runs their forward passes as one `torch.func.vmap` call, so the one Trainer trains all K in each
+step: the loss is the sum of the K losses (each network gets exactly its own gradient), and SGD,
+momentum, weight decay, masks and the lookahead all act element-wise, hence per network. All K
+see the same batches; give them the same training seed (a study's baselines do).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ticketlab.errors import TicketlabError
+
+
+def _signature(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    return [(n, tuple(t.shape), t.dtype) for n, t in (*model.named_parameters(), *model.named_buffers())]
+
+
+def _replace(module: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
+    path, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    if parameter:
+        old = owner._parameters[leaf]
+        owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        owner._buffers[leaf] = value
+
+
+class StackedModels(nn.Module):
+    """K networks as one: parameter `name` of shape S becomes shape [K, *S]; forward gives [K, B, ...].
+
+    `body` is a copy of the first network holding the stacked tensors under their usual names
+    (so `body.conv.weight` here); `stack_masks` turns per-network masks into masks of this module.
+    """
+
+    # Stacked conv weights are 5-D, which the channels-last format does not cover: the trainer
+    # keeps this module in the default layout on CUDA.
+    channels_last = False
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not models:
+            raise TicketlabError("StackedModels needs at least one network")
+        first = _signature(models[0])
+        for k, model in enumerate(models[1:], start=1):
+            if _signature(model) != first:
+                raise TicketlabError(
+                    f"network {k} differs from network 0 in its parameters or buffers; only networks of one "
+                    f"architecture (same names, shapes and dtypes) can be stacked"
+                )
+        self.count = len(models)
+        self.body = copy.deepcopy(models[0])
+        for name, _ in models[0].named_parameters():
+            _replace(self.body, name, torch.stack([m.get_parameter(name).detach() for m in models]), True)
+        for name, _ in models[0].named_buffers():
+            _replace(self.body, name, torch.stack([m.get_buffer(name) for m in models]), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = dict(self.body.named_parameters())
+        buffers = dict(self.body.named_buffers())
+
+        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.body, (p, b), (inputs,))
+
+        # "different": dropout draws its own mask for each network
+        return vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+
+    def training_hooks(self) -> list:
+        """The networks' own hooks act on the stacked tensors (they are element-wise)."""
+        own = getattr(self.body, "training_hooks", None)
+        return list(own()) if callable(own) else []
+
+    def unstack(self) -> list[nn.Module]:
+        """The K networks as separate modules (copies)."""
+        state = self.body.state_dict()
+        out = []
+        for k in range(self.count):
+            model = copy.deepcopy(self.body)
+            for name, p in self.body.named_parameters():
+                _replace(model, name, p.detach()[k].clone(), True)
+            for name, _ in self.body.named_buffers():
+                _replace(model, name, state[name][k].clone(), False)
+            out.append(model)
+        return out
+
+
+def stack_masks(masks: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-network masks (same names) as masks of a `StackedModels` (its parameters live in `body`)."""
+    names = set(masks[0]) if masks else set()
+    if not masks or any(set(m) != names for m in masks):
+        raise TicketlabError("stack_masks needs one mask dict per network, all masking the same parameters")
+    return {f"body.{name}": torch.stack([m[name] for m in masks]) for name in masks[0]}

@@ -1,0 +1,82 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.config import TrainConfig
+from ticketlab.data.augment import Augment
+from ticketlab.data.batches import DeviceData
+from ticketlab.errors import TicketlabError
+from ticketlab.train import MaskHook, StackedModels, Trainer, stack_masks
+
+from helpers import TinyNet, tiny_dataset
+
+
+def _nets(count=3):
+    torch.manual_seed(0)
+    return [TinyNet() for _ in range(count)]
+
+
+def _masks(net, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.rand(p.shape, generator=g) < 0.4).float()
+            for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1}
+
+
+def _train(model, hooks):
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True))
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, weight_decay=5e-4, schedule="linear", warmup_epochs=1,
+                      bias_lr_scale=4.0, lookahead_every=3)
+    return Trainer(model, data, cfg, test=(ds.test_x, ds.test_y), hooks=hooks, progress=False).fit()
+
+
+def test_stacked_forward_is_each_networks_forward():
+    nets = _nets()
+    x = torch.randn(5, 3, 8, 8)
+    stacked = StackedModels(nets).eval()
+    expected = torch.stack([n.eval()(x) for n in nets])
+    assert torch.allclose(stacked(x), expected, atol=1e-6)
+
+
+def test_training_together_equals_training_each_alone():
+    nets = _nets()
+    masks = [_masks(n, seed) for seed, n in enumerate(nets)]
+    stacked = StackedModels(nets)
+    together = _train(stacked, [MaskHook(stack_masks(masks))])
+    alone = [_train(net, [MaskHook(m)]) for net, m in zip(nets, masks)]
+    for k, (net, trained) in enumerate(zip(nets, stacked.unstack())):
+        for name, value in net.state_dict().items():
+            assert torch.allclose(trained.state_dict()[name].float(), value.float(), atol=1e-5), (k, name)
+        for name, mask in masks[k].items():  # pruned weights stay exactly zero in every network
+            assert torch.all(trained.get_parameter(name)[mask == 0] == 0)
+    assert together.test["accuracies"] == pytest.approx([r.test["accuracy"] for r in alone], abs=1e-9)
+    assert together.test["accuracy"] == pytest.approx(sum(r.test["accuracy"] for r in alone) / 3)
+    assert together.history[-1]["train_loss"] == pytest.approx(
+        sum(r.history[-1]["train_loss"] for r in alone) / 3, rel=1e-4)
+
+
+def test_only_one_architecture_stacks():
+    with pytest.raises(TicketlabError, match="one architecture"):
+        StackedModels([TinyNet(), TinyNet(classes=5)])
+    with pytest.raises(TicketlabError, match="at least one"):
+        StackedModels([])
+    with pytest.raises(TicketlabError, match="same parameters"):
+        stack_masks([{"conv.weight": torch.ones(8, 3, 3, 3)}, {}])
+
+
+def test_stacked_keeps_frozen_parameters_frozen():
+    net = TinyNet()
+    net.bn.weight.requires_grad_(False)
+    stacked = StackedModels([net, TinyNet()])
+    assert not stacked.body.bn.weight.requires_grad and stacked.body.bn.weight.shape == (2, 8)
+    assert isinstance(stacked.unstack()[1].bn.weight, nn.Parameter)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stacked_networks_train_on_cuda():
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", Augment(crop_padding=1, flip=True))
+    stacked = StackedModels(_nets())
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, precision="bf16")
+    result = Trainer(stacked, data, cfg, test=(ds.test_x, ds.test_y), progress=False).fit()
+    assert len(result.test["accuracies"]) == 3 and min(result.test["accuracies"]) > 0.5

@@ -64,14 +64,13 @@ class Lookahead(Hook):
                 self.average = {k: v.detach().clone() for k, v in live.items()}
             else:
                 rho = self.BASE**self.every * (done / trainer.total_steps) ** self.POWER
-                self._pull(live, 1.0 - rho)
+                torch._foreach_lerp_(list(self.average.values()), [live[k] for k in self.average], 1.0 - rho)
+                self._write_back(live)
         if self.average is not None and done % trainer.steps_per_epoch == 0:
-            self._pull(self._live(trainer), 0.0)
+            self._write_back(self._live(trainer))
 
-    def _pull(self, live: dict[str, torch.Tensor], weight: float) -> None:
-        averages = list(self.average.values())
-        torch._foreach_lerp_(averages, [live[k] for k in self.average], weight)
-        torch._foreach_copy_([live[k] for k in self.average], averages)
+    def _write_back(self, live: dict[str, torch.Tensor]) -> None:
+        torch._foreach_copy_([live[k] for k in self.average], list(self.average.values()))
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average} if self.average is not None else {}

@@ -51,6 +51,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
+    drop_last: bool = False  # full batches only (airbench); off, every example is seen every epoch
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9

@@ -61,6 +61,7 @@ def test_train_json_contract_and_reuse(tmp_path, tiny_npz, capsys):
     (["--epochs", "many"], "invalid int value"),
     (["--model-arg", "widths"], "KEY=VALUE"),
     (["--model", "lenet_300_100", "--model-arg", "depth=3"], "depth"),
+    (["--drop-last", "--batch-size", "100000"], "no full batch"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_npz, capsys, argv, message):
     store = tmp_path / "store"

@@ -27,6 +27,7 @@ def test_epoch_order_and_draws_depend_only_on_seed_and_epoch():
     xb, yb, ib = data.batch(b, 1, 16)
     assert torch.equal(xa, xb) and torch.equal(ia, a.order[16:32]) and torch.equal(ya, y[ia])
     assert data.steps_per_epoch(16) == 4 and len(data.batch(a, 3, 16)[1]) == 2  # last batch kept
+    assert data.steps_per_epoch(16, drop_last=True) == 3
 
 
 def test_flip_draws_are_fair():

@@ -201,12 +201,13 @@ def test_fastnet_whitening(channels: int) -> None:
 
     out = torch.nn.functional.conv2d(x, weight[:dims])  # [N, dims, H-1, W-1]
     flat = out.permute(1, 0, 2, 3).reshape(dims, -1).double()
-    covariance = torch.cov(flat)
-    assert torch.allclose(covariance, torch.eye(dims, dtype=torch.float64), atol=2e-2)
-    # Channel 0 is the top principal component: of all unit filters it has the largest variance.
+    second_moment = flat @ flat.T / flat.shape[1]  # not centred, as in airbench
+    assert torch.allclose(second_moment, torch.eye(dims, dtype=torch.float64), atol=2e-2)
+    assert not torch.allclose(torch.cov(flat), torch.eye(dims, dtype=torch.float64), atol=2e-2)  # the data has a mean
+    # Channel 0 is the top principal direction: of all unit filters it has the largest second moment.
     raw = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, dims).double()
-    variances = torch.linalg.eigvalsh(torch.cov(raw.T))
-    assert 1 / weight[0].double().pow(2).sum() == pytest.approx(variances[-1].item() + 5e-4, rel=1e-3)
+    moments = torch.linalg.eigvalsh(raw.T @ raw / len(raw))
+    assert 1 / weight[0].double().pow(2).sum() == pytest.approx(moments[-1].item() + 5e-4, rel=1e-3)
 
     # The frozen whitening stays put under training.
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -270,6 +271,7 @@ def test_fastnet_recipe_is_airbench94s() -> None:
     recipe = model_recipe("fastnet")
     assert recipe["lr_start"] == 0.2 and recipe["lr_end"] == 0.07 and recipe["warmup_epochs"] == 2.3
     assert recipe["bias_lr_scale"] == 64.0 and recipe["lookahead_every"] == 5 and recipe["batch_size"] == 1024
+    assert recipe["drop_last"]
     assert model_augment("fastnet") == {"crop_padding": 2, "reflect": True, "flip": True, "alternate_flip": True}
     assert model_augment("cifar_resnet_20") == {}
     hooks = build_model("fastnet").training_hooks()

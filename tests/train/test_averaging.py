@@ -13,9 +13,8 @@ from ticketlab.train.hooks import Step
 from helpers import InterruptAt, TinyNet, tiny_dataset
 
 
-def _fake_trainer(model, epochs=10, steps_per_epoch=10):
-    return SimpleNamespace(model=model, cfg=SimpleNamespace(epochs=epochs), steps_per_epoch=steps_per_epoch,
-                           total_steps=epochs * steps_per_epoch)
+def _fake_trainer(model, total_steps=100):
+    return SimpleNamespace(model=model, total_steps=total_steps)
 
 
 def _step(iteration, steps_per_epoch=10):
@@ -30,12 +29,12 @@ def _set(model, value):
 
 def test_lookahead_averages_and_writes_back_on_its_schedule():
     net = TinyNet()
-    trainer = _fake_trainer(net)  # starts at epoch round(0.3 * 10) = 3, i.e. from step 30
+    trainer = _fake_trainer(net)
     lookahead = Lookahead(every=5)
     _set(net, 1.0)
-    lookahead.after_step(trainer, _step(24))  # a sync step, but before the start
+    lookahead.after_step(trainer, _step(3))  # not a sync step
     assert lookahead.average is None
-    lookahead.after_step(trainer, _step(34))  # first sync: the average starts at the live weights
+    lookahead.after_step(trainer, _step(4))  # first sync: the average starts at the live weights
     assert torch.equal(lookahead.average["conv.weight"], net.conv.weight.detach())
     assert "bn.running_mean" in lookahead.average and "bn.num_batches_tracked" not in lookahead.average
     _set(net, 3.0)
@@ -48,17 +47,19 @@ def test_lookahead_averages_and_writes_back_on_its_schedule():
     assert torch.allclose(lookahead.average["conv.weight"], net.conv.weight)
 
 
-def test_lookahead_sets_the_average_at_every_epoch_end():
+def test_lookahead_sets_the_average_after_the_last_step_only():
     net = TinyNet()
-    trainer = _fake_trainer(net)
+    trainer = _fake_trainer(net, total_steps=40)
     lookahead = Lookahead(every=3)
     _set(net, 1.0)
-    lookahead.after_step(trainer, _step(32))  # 33 steps done: first sync
+    lookahead.after_step(trainer, _step(2))  # 3 steps done: first sync
     _set(net, 5.0)
-    lookahead.after_step(trainer, _step(38))  # 39: a sync
+    lookahead.after_step(trainer, _step(29))  # 30: a sync, at an epoch's end
     synced = net.conv.weight.detach().clone()
     _set(net, 7.0)
-    lookahead.after_step(trainer, _step(39))  # 40: no sync, but the epoch ends
+    lookahead.after_step(trainer, _step(30))  # 31: no sync, and an epoch end does not write back
+    assert torch.all(net.conv.weight == 7.0)
+    lookahead.after_step(trainer, _step(39))  # 40: no sync, but training ends: the live weights take the average
     assert torch.equal(net.conv.weight.detach(), synced)
 
 
@@ -74,7 +75,7 @@ FAST = TrainConfig(epochs=4, batch_size=16, lr=0.05, schedule="linear", warmup_e
                    lr_end=0.07, bias_lr_scale=16.0, lookahead_every=4)
 
 
-@pytest.mark.parametrize("stop_at", [7, 13, 20])  # before the lookahead starts, after, and mid-epoch
+@pytest.mark.parametrize("stop_at", [3, 13, 20])  # before the first sync, after it, and mid-epoch
 def test_resume_with_lookahead_equals_uninterrupted_bitwise(tmp_path, stop_at):
     reference = _trainer(tmp_path / "ref", FAST)
     ref_result = reference.fit()

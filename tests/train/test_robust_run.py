@@ -72,3 +72,21 @@ def test_records_are_stored_with_the_run(tmp_path):
     plain = train_run(cfg, store=RunStore(tmp_path), dataset=ds, progress=False)
     assert plain.run_id != result.run_id
     assert torch.equal(plain.model.fc.weight, result.model.fc.weight)  # recording changes nothing
+
+
+def test_records_with_drop_last_and_an_impossible_batch_are_user_errors_that_leave_nothing(tmp_path):
+    from ticketlab.config import ModelConfig, RunConfig
+    from ticketlab.train import recipe_config
+    from ticketlab.train.run import train_run
+
+    ds = tiny_dataset(n=100, channels=1, size=8)
+    model = ModelConfig("lenet_300_100")
+    dropping = RunConfig(data=DataConfig(dataset="tiny"), model=model,
+                         train=recipe_config("lenet_300_100", epochs=2, batch_size=25, drop_last=True))
+    with pytest.raises(TicketlabError, match="every example in every epoch.*--no-drop-last"):
+        train_run(dropping, store=RunStore(tmp_path), dataset=ds, progress=False, records=True)
+    too_big = RunConfig(data=DataConfig(dataset="tiny"), model=model,
+                        train=recipe_config("lenet_300_100", epochs=2, batch_size=500, drop_last=True))
+    with pytest.raises(TicketlabError, match="no full batch"):
+        train_run(too_big, store=RunStore(tmp_path), dataset=ds, progress=False)
+    assert RunStore(tmp_path).list() == []

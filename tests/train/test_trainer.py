@@ -164,6 +164,26 @@ def test_tta_evaluates(tta):
     assert t.fit().test["accuracy"] >= 0.8
 
 
+def test_drop_last_trains_on_full_batches_only():
+    seen = []
+
+    class Record(Hook):
+        def after_step(self, trainer, step):
+            seen.append(step.index.clone())
+
+    t = _trainer(cfg=TrainConfig(epochs=2, batch_size=20, lr=0.05, drop_last=True), hooks=[Record()])
+    result = t.fit()
+    assert t.steps_per_epoch == 4 and result.iterations == 8  # 96 examples: 4 batches of 20, 16 left out
+    assert all(len(index) == 20 for index in seen)
+    first, second = torch.cat(seen[:4]), torch.cat(seen[4:])
+    assert len(set(first.tolist())) == 80 and set(first.tolist()) != set(second.tolist())  # a new 16 left out
+
+
+def test_drop_last_without_a_full_batch_is_a_user_error():
+    with pytest.raises(TicketlabError, match="no full batch.*--no-drop-last"):
+        _trainer(cfg=TrainConfig(epochs=1, batch_size=200, lr=0.05, drop_last=True))
+
+
 def test_label_smoothing_changes_loss_only():
     plain = _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=0.05))
     smooth = _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=0.05, label_smoothing=0.2))

@@ -70,6 +70,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="architecture option, e.g. widths=[64,128,128]; repeatable")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
+    g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on full batches only (the last, smaller batch of each epoch is skipped)")
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--momentum", type=float)
@@ -111,7 +113,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 _TRAIN_FIELDS = (
-    "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
+    "epochs", "batch_size", "drop_last", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
     "milestones", "gamma", "warmup_epochs", "lr_start", "lr_end", "bias_lr_scale", "lookahead_every",
     "label_smoothing", "ema_decay", "tta", "precision", "compile", "seed",
     "loss", "sat_alpha", "sat_start",

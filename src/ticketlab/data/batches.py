@@ -14,6 +14,12 @@ import torch
 from ticketlab.data.augment import Augment, Draws, apply, draw, normalize
 
 
+def steps_per_epoch(examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches per epoch. By default the last, smaller batch is kept, so every example is seen every
+    epoch (per-example records need it); `drop_last` uses full batches only, as airbench does."""
+    return examples // batch_size if drop_last else -(-examples // batch_size)
+
+
 def stream_seed(*parts: object) -> int:
     """A 63-bit seed from named parts, so separate random streams never collide."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
@@ -42,9 +48,8 @@ class DeviceData:
     def __len__(self) -> int:
         return len(self.y)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        # the last, smaller batch is kept: every example is seen every epoch (per-example records need it)
-        return -(-len(self) // batch_size)
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        return steps_per_epoch(len(self), batch_size, drop_last)
 
     def epoch(self, seed: int, epoch: int) -> Epoch:
         g = torch.Generator().manual_seed(stream_seed("data", seed, epoch))

@@ -100,7 +100,8 @@ class FastNet(nn.Module):
         """Set the whitening filters from a normalised batch of training images [N, C, H, W]
         (a few thousand suffice) and freeze them.
 
-        With Sigma = V diag(lambda) V^T the covariance of all 2x2 patches, filter k is
+        With Sigma = V diag(lambda) V^T the second-moment matrix of all 2x2 patches (not centred, as
+        in airbench: the images are normalised already), filter k is
         V_k / sqrt(lambda_k + eps) (largest lambda first), so the first C*4 output channels are
         decorrelated with unit variance; the other C*4 are their negatives, letting the GELU
         keep both signs of each whitened component.
@@ -119,19 +120,15 @@ class FastNet(nn.Module):
                 f"got images of shape {tuple(x.shape)}; pass a few thousand training images"
             )
         # Accumulate in float64 over chunks: a few thousand images give millions of patches.
-        total = torch.zeros(dims, dtype=torch.float64)
         outer = torch.zeros(dims, dims, dtype=torch.float64)
         count = 0
         for chunk in x.detach().split(256):
             # [n, C, H-1, W-1, 2, 2] -> [n*(H-1)*(W-1), C*2*2], flattened like the conv weight.
             patches = chunk.unfold(2, PATCH, 1).unfold(3, PATCH, 1).permute(0, 2, 3, 1, 4, 5)
             patches = patches.reshape(-1, dims).to("cpu", torch.float64)
-            total += patches.sum(0)
             outer += patches.T @ patches
             count += patches.shape[0]
-        mean = total / count
-        covariance = outer / count - torch.outer(mean, mean)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending order
+        eigenvalues, eigenvectors = torch.linalg.eigh(outer / count)  # ascending order
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
         filters = (eigenvectors / torch.sqrt(eigenvalues.clamp(min=0) + WHITEN_EPS)).T
         filters = filters.reshape(dims, channels, PATCH, PATCH)
@@ -144,8 +141,8 @@ class FastNet(nn.Module):
 # Nesterov momentum 0.85) converted to plain torch SGD on a mean loss: lr = 11.5 / (1 + 1 / (1 -
 # 0.85)) = 1.5, weight_decay = 0.0153 / 11.5 = 1.33e-3. Its triangular schedule: warm-up from 0.2
 # of the lr to all of it over 23% of training, then linear decay to 0.07. BatchNorm biases train
-# with a 64x lr at the same decay per step; lookahead every 5 steps. airbench trains 9.9 epochs
-# of 48 full batches; ticketlab trains whole epochs and keeps the last, smaller batch (49 steps).
+# with a 64x lr at the same decay per step; lookahead every 5 steps. Full batches only, as in
+# airbench: 10 epochs of 48 steps here (480), against airbench's ceil(9.9 * 48) = 476.
 FASTNET_RECIPE = {
     "optimizer": "sgd",
     "lr": 1.5,
@@ -153,6 +150,7 @@ FASTNET_RECIPE = {
     "nesterov": True,
     "weight_decay": 1.33e-3,
     "batch_size": 1024,
+    "drop_last": True,
     "epochs": 10,
     "schedule": "linear",
     "warmup_epochs": 2.3,

@@ -26,6 +26,7 @@ RECIPE_KEYS = frozenset(
     {
         "epochs",
         "batch_size",
+        "drop_last",
         "optimizer",
         "lr",
         "momentum",

@@ -26,7 +26,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
-from ticketlab.data.batches import stream_seed
+from ticketlab.data.batches import steps_per_epoch, stream_seed
 from ticketlab.data.split import train_validation_split
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
@@ -153,7 +153,7 @@ class _Study:
         probe = self._model(config.run)
         self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last))
         n_train = len(dataset.train_y) - config.run.data.validation
-        steps = -(-n_train // config.run.train.batch_size)
+        steps = steps_per_epoch(n_train, config.run.train.batch_size, config.run.train.drop_last)
         self.k = rewind_iteration(self.t.rewind, steps, steps * config.run.train.epochs)
         self.seconds = 0.0
         self.structure = Structure(self.t.structure, probe, self.names, refill_rate=self.t.refill_rate,

@@ -33,18 +33,17 @@ class WeightEMA:
 
 
 class Lookahead(Hook):
-    """The lookahead/EMA scheme of the fast CIFAR recipe (hlb-cifar10, airbench94).
+    """The lookahead/EMA scheme of the fast CIFAR recipe, as airbench 0.1.8's `train` runs it.
 
-    From `START` of training, every `every` steps the average moves towards the live weights by
-    1 - rho and the live weights are set to it; at each epoch's end they are set to it again.
-    rho = BASE**every * (t / T)**POWER grows over training: move fast early, average hard at
-    the end. Every float entry of the state dict takes part, BatchNorm statistics included.
-    Put it before mask hooks, so they re-apply masks to what it writes.
+    Every `every` steps the average moves towards the live weights by 1 - rho and the live
+    weights are set to it; after the last step they are set to it once more. rho = BASE**every *
+    (t / T)**POWER grows over training: follow the live weights early, average hard at the end.
+    Every float entry of the state dict takes part, BatchNorm statistics included. Put it before
+    mask hooks, so they re-apply masks to what it writes.
     """
 
     BASE = 0.95
     POWER = 3.0
-    START = 0.3  # fraction of the epochs before it starts (airbench: epoch 3 of 9.9)
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -55,18 +54,16 @@ class Lookahead(Hook):
 
     @torch.no_grad()
     def after_step(self, trainer: "Trainer", step: Step) -> None:
-        if step.epoch < round(self.START * trainer.cfg.epochs):
-            return
         done = step.iteration + 1
         if done % self.every == 0:
             live = self._live(trainer)
-            if self.average is None:
+            if self.average is None:  # the first sync starts the average (airbench's rho there is below 1e-6)
                 self.average = {k: v.detach().clone() for k, v in live.items()}
             else:
                 rho = self.BASE**self.every * (done / trainer.total_steps) ** self.POWER
                 torch._foreach_lerp_(list(self.average.values()), [live[k] for k in self.average], 1.0 - rho)
                 self._write_back(live)
-        if self.average is not None and done % trainer.steps_per_epoch == 0:
+        if done == trainer.total_steps and self.average is not None:
             self._write_back(self._live(trainer))
 
     def _write_back(self, live: dict[str, torch.Tensor]) -> None:

@@ -14,8 +14,8 @@ from ticketlab.data.augment import normalize, translate
 def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     """(weight, uint8 view) pairs whose weighted logits are averaged.
 
-    flip_shift follows the fast CIFAR recipe: half the weight on the image and its mirror,
-    half on the two one-pixel diagonal shifts of each (reflect-padded, as airbench does).
+    flip_shift follows airbench: half the weight on the image and its mirror, half on the two
+    one-pixel diagonal shifts of the image (reflect-padded) and the mirrors of those.
     """
     if tta == "none":
         return [(1.0, x)]
@@ -26,8 +26,8 @@ def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     n = len(x)
     for d in (-1, 1):
         shift = torch.full((n,), d, device=x.device)
-        views += [(0.125, translate(x, shift, shift, 1, reflect=True)),
-                  (0.125, translate(flipped, shift, shift, 1, reflect=True))]
+        shifted = translate(x, shift, shift, 1, reflect=True)
+        views += [(0.125, shifted), (0.125, shifted.flip(3))]
     return views
 
 

@@ -226,6 +226,8 @@ def train_run(
         subset = torch.as_tensor(subset, dtype=torch.long).flatten()
         config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))
     if records:
+        if config.train.drop_last:
+            raise TicketlabError("per-example records need every example in every epoch; pass --no-drop-last")
         config = replace(config, kind="records" if config.kind == "train" else config.kind)
     data = _prepare(config, dataset, subset)
     train_set, validation = data.train_set, data.validation
@@ -255,16 +257,17 @@ def train_run(
 
         recorder = ExampleRecords(len(train_set.train_y), train_set.num_classes + extra_outputs, config.train.epochs)
     all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
-    trainer = Trainer(
-        model, device_data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),
-        hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, checkpoint_dir=record.folder,
-        save_at=save_at, start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
-        progress=progress, description=description or f"{config.model.name} on {dataset.name}",
-    )
-    try:
+    try:  # an impossible setting found by the trainer, or divergence: leave nothing half-written
+        trainer = Trainer(
+            model, device_data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),
+            hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, checkpoint_dir=record.folder,
+            save_at=save_at, start_iteration=start_iteration,
+            output_classes=dataset.num_classes if extra_outputs else None, progress=progress,
+            description=description or f"{config.model.name} on {dataset.name}",
+        )
         result = trainer.fit()
     except TicketlabError:
-        store.remove(config.run_id)  # diverged or invalid: leave nothing half-written
+        store.remove(config.run_id)
         raise
     write_tensors(record.folder / "final.safetensors", model.state_dict())
     write_json(record.folder / "history.json", result.history)

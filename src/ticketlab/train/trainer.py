@@ -111,7 +111,12 @@ class Trainer:
         self.progress, self.description = progress, description
         self.output_classes = output_classes  # evaluate on the first K outputs only (an abstain output follows)
 
-        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
+        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size, cfg.drop_last)
+        if self.steps_per_epoch == 0:
+            raise TicketlabError(
+                f"--drop-last with batch size {cfg.batch_size} leaves no full batch of the {len(data)} training "
+                f"examples; lower --batch-size or pass --no-drop-last"
+            )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if not 0 <= start_iteration < self.total_steps:
             raise TicketlabError(

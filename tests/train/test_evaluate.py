@@ -1,0 +1,29 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.data.augment import normalize
+from ticketlab.train.evaluate import evaluate
+
+
+def test_flip_shift_tta_is_airbenchs_mirror_translate():
+    """airbench: 0.5 * mirror(x) + 0.5 * mean over the (-1,-1) and (+1,+1) reflect-padded shifts of mirror(.)"""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(6) % 4
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))  # not mirror- or shift-invariant
+
+    def mirror(inputs):
+        return 0.5 * model(inputs) + 0.5 * model(inputs.flip(-1))
+
+    inputs = normalize(x, mean, std)
+    padded = F.pad(inputs, (1,) * 4, "reflect")
+    shifted = [mirror(padded[:, :, 0:8, 0:8]), mirror(padded[:, :, 2:10, 2:10])]
+    with torch.no_grad():
+        logits = 0.5 * mirror(inputs) + 0.5 * torch.stack(shifted).mean(0)
+    expected = F.cross_entropy(logits, y).item()
+    got = evaluate(model, x, y, mean, std, tta="flip_shift")
+    assert abs(got["loss"] - expected) < 1e-5
+    assert abs(evaluate(model, x, y, mean, std)["loss"] - expected) > 1e-3  # TTA changes the logits

@@ -142,6 +142,10 @@ class RunConfig:
     snapshots: tuple[int, ...] = ()  # iterations whose weights are kept (rewinding needs them)
     hooks: str = ""  # canonical description of hooks that change the numbers (early-bird stopping)
     kind: str = "train"
+    # Trained in one batched step with other networks (train/stacked.py): the same numbers as
+    # training alone up to float rounding, so not claimed to be the same run.
+    stacked: bool = False
+    members: tuple[str, ...] = ()  # a stacked group run: the ids of the runs it trains together
 
     @property
     def run_id(self) -> str:

@@ -147,8 +147,11 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
         assert set(row["ticket"]) >= {"mean", "std"}
     assert "sparsest_winning_density" in s and (tmp_path / "p.png").exists()
     assert "verdict" in out and "reinit" in out
+    code, out, _ = _run(capsys, *base, "--levels", "1", "--baselines", "random", "--stack", "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["stacked"] is True
     for argv, message in ((["--fraction", "1.5"], "--fraction"), (["--rewind", "50ep"], "beyond training"),
-                          (["--baselines", "reinit,nope"], "unknown baseline 'nope'")):
+                          (["--baselines", "reinit,nope"], "unknown baseline 'nope'"),
+                          (["--stack", "--loss", "sat", "--sat-start", "1"], "--stack trains")):
         code, _, err = _run(capsys, *base, *argv)
         assert code == 2 and message in err and err.count("\n") == 1
 

@@ -53,6 +53,8 @@ def test_training_together_equals_training_each_alone():
     assert together.test["accuracy"] == pytest.approx(sum(r.test["accuracy"] for r in alone) / 3)
     assert together.history[-1]["train_loss"] == pytest.approx(
         sum(r.history[-1]["train_loss"] for r in alone) / 3, rel=1e-4)
+    for each, key in (("train_losses", "train_loss"), ("train_accuracies", "train_accuracy")):
+        assert together.history[-1][each] == pytest.approx([r.history[-1][key] for r in alone], rel=1e-4)
 
 
 def test_only_one_architecture_stacks():

@@ -170,7 +170,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
         baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
         refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm, data=args.data,
-        prac_file=args.prac_file, early_bird=args.early_bird,
+        prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
     )
     train_cfg = run_config(args)
     options = {f: getattr(train_cfg.train, f) for f in _TRAIN_FIELDS}
@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")
     g.add_argument("--plot", help="also write the accuracy plot (PNG) here")
+    g.add_argument("--stack", action="store_true",
+                   help="train each level's ticket and baselines together in one batched step (for GPUs and "
+                        "small models; numbers equal one-by-one training up to float rounding)")
     g = p.add_argument_group("structured tickets (methods.md section 5)")
     g.add_argument("--structure", choices=STRUCTURES, default="none",
                    help="channel: refill whole channels (compactable, faster); group: regroup dense blocks; nm: N:M")

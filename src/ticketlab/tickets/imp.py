@@ -32,7 +32,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
 from ticketlab.sparsity.structure import REFILL_CRITERIA
 from ticketlab.store import RunStore, read_tensors, write_json
-from ticketlab.tickets.baselines import BASELINES, LevelContext
+from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.earlybird import EarlyBird
 from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions, scaled_train
 from ticketlab.tickets.rewind import rewind_iteration
@@ -41,6 +41,7 @@ from ticketlab.tickets.ticketfile import save_ticket
 from ticketlab.tickets.verdict import sparsest_winning, stat, verdict
 from ticketlab.train.records import ExampleRecords
 from ticketlab.train.run import RunResult, dataset_identity, initial_model, recipe_config, resolve_device, train_run
+from ticketlab.train.stacked_run import Member, train_stacked
 
 SCOPES = ("global", "layerwise")
 # a sparse ticket that beats its dense parent by more than a point is a sign of a weak dense
@@ -66,6 +67,7 @@ class TicketConfig:
     data: str = "full"  # full, or prac: search each level on its PrAC set (methods.md section 6)
     prac_file: str = ""  # a saved PrAC set to use instead of this dense run's (transfer across models)
     early_bird: float = 0.0  # > 0: stop a search run once its next mask moves less than this (You et al. 0.08)
+    stack: bool = False  # train each level's arms together in one batched step (train/stacked_run.py)
 
     def validate(self) -> None:
         if self.levels < 1:
@@ -201,6 +203,22 @@ class _Study:
         self.seconds += result.summary["train_seconds"]
         return result
 
+    def train_arms(self, run: RunConfig, what: str, arms: dict[str, Arm]) -> dict[str, RunResult]:
+        """A level's arms, one by one or (`stack`) those starting at one iteration in one batched step."""
+        if not self.t.stack:
+            return {name: self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm.masks,
+                                     start_iteration=arm.start) for name, arm in arms.items()}
+        out: dict[str, RunResult] = {}
+        for start in dict.fromkeys(arm.start for arm in arms.values()):
+            names = [name for name, arm in arms.items() if arm.start == start]
+            results = train_stacked(run, [Member(arms[n].init_state, arms[n].masks) for n in names], store=self.store,
+                                    model=self.user_model, dataset=self.dataset, start_iteration=start,
+                                    device=self.device, progress=self.progress, description=f"{what} {'+'.join(names)}")
+            for name, result in zip(names, results):
+                self.seconds += result.summary["train_seconds"]
+                out[name] = result
+        return {name: out[name] for name in arms}
+
     def seed_run(self, s: int, results: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
         run = replace(self.config.run, train=replace(self.config.run.train, seed=self.config.run.train.seed + s))
         tag = f"seed {s + 1}/{self.t.seeds}"
@@ -238,11 +256,7 @@ class _Study:
             density = report["total"]["density"]
             what = f"{tag} level {level}/{self.t.levels} ({density:.1%} left)"
             search = self._search(run, what, rewind_state, masks, weights, trained, dense, hard)
-            if search is not None and not self.prac:
-                ticket = search.result
-            else:
-                ticket = self.train(run, f"{what} ticket", init_state=rewind_state, masks=masks, start_iteration=self.k)
-            arms = {"ticket": ticket}
+            to_train = {} if search is not None and not self.prac else {"ticket": Arm(rewind_state, masks, self.k)}
             ctx = LevelContext(s, level, self.t.scope, weights, rewind_state, self.k, dense_final, previous, fresh_init)
             for name in self.t.baselines:
                 arm = BASELINES.get(name)(ctx)
@@ -250,8 +264,10 @@ class _Study:
                 arm_masks = masks
                 if arm.masks is not weights:
                     arm_masks = self.structure.complete(self._structured(arm.masks, trained))
-                arms[name] = self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm_masks,
-                                        start_iteration=arm.start)
+                to_train[name] = Arm(arm.init_state, arm_masks, arm.start)
+            trained_arms = self.train_arms(run, what, to_train)
+            arms = {"ticket": search.result} if "ticket" not in to_train else {}
+            arms.update(trained_arms)
             speed = None
             if self.structure.active and s == 0:
                 speed = self._ship(folder, arms["ticket"].model, masks, density)
@@ -426,6 +442,9 @@ def find_ticket(
     run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=ModelConfig(name=name),
                     train=train_cfg, device=torch.device(device).type)
     run.train.validate()
+    if tickets.stack and run.train.loss != "ce":
+        raise TicketlabError(f"--stack trains a level's arms together with the cross-entropy loss only; "
+                             f"drop --stack to use --loss {run.train.loss}")
     config = StudyConfig(run=run, tickets=tickets)
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
 
@@ -440,7 +459,7 @@ def find_ticket(
     summary = summarise(per_seed, tickets.baselines, "validation")
     summary.update(study_id=config.run_id, model=name, dataset=ds.name, seeds=tickets.seeds,
                    fraction=tickets.fraction, scope=tickets.scope, rewind_iteration=study.k,
-                   structure=tickets.structure, train_seconds=round(study.seconds, 3))
+                   structure=tickets.structure, stacked=tickets.stack, train_seconds=round(study.seconds, 3))
     from ticketlab.report.plots import plot_study, plot_tradeoff
 
     png = plot_study(summary, record.folder / "accuracy.png")

@@ -6,10 +6,11 @@ from ticketlab.train.optim import lr_factor, make_optimizer
 from ticketlab.train.records import ExampleRecords, forgetting_events, hard_to_memorise, never_learned
 from ticketlab.train.run import RunResult, recipe_config, train, train_run
 from ticketlab.train.stacked import StackedModels, stack_masks
+from ticketlab.train.stacked_run import Member, train_stacked
 from ticketlab.train.trainer import Trainer, TrainResult
 
 __all__ = [
-    "ExampleRecords", "Hook", "MaskHook", "RunResult", "StackedModels", "Step", "Trainer", "TrainResult", "evaluate",
-    "forgetting_events", "hard_to_memorise", "lr_factor", "make_optimizer", "never_learned", "recipe_config",
-    "stack_masks", "train", "train_run",
+    "ExampleRecords", "Hook", "MaskHook", "Member", "RunResult", "StackedModels", "Step", "Trainer", "TrainResult",
+    "evaluate", "forgetting_events", "hard_to_memorise", "lr_factor", "make_optimizer", "never_learned",
+    "recipe_config", "stack_masks", "train", "train_run", "train_stacked",
 ]

@@ -189,6 +189,24 @@ def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
     return summary
 
 
+def _identify(
+    config: RunConfig, dataset: ImageDataset, model: nn.Module | None, init_state: dict[str, torch.Tensor] | None,
+    masks: dict[str, torch.Tensor] | None, start_iteration: int, save_at: Iterable[int], extra_outputs: int = 0,
+) -> tuple[RunConfig, nn.Module]:
+    """The run's full identity, and its model at its starting weights."""
+    if model is None:
+        model = initial_model(config, dataset, extra_outputs=extra_outputs)
+    else:
+        config = replace(config, model=ModelConfig(name=type(model).__name__))
+        init_state = init_state if init_state is not None else model.state_dict()
+    if init_state is not None:
+        model.load_state_dict(init_state)
+        config = replace(config, init=tensor_digest(init_state[k] for k in sorted(init_state)))
+    if masks:
+        config = replace(config, masks=tensor_digest(masks[k] for k in sorted(masks)))
+    return replace(config, start=start_iteration, snapshots=tuple(sorted(set(save_at)))), model
+
+
 def train_run(
     config: RunConfig,
     *,
@@ -232,18 +250,8 @@ def train_run(
     data = _prepare(config, dataset, subset)
     train_set, validation = data.train_set, data.validation
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
-    if model is None:
-        model = initial_model(config, dataset, extra_outputs=extra_outputs)
-    else:
-        config = replace(config, model=ModelConfig(name=type(model).__name__))
-        init_state = init_state if init_state is not None else model.state_dict()
-    if init_state is not None:
-        model.load_state_dict(init_state)
-        config = replace(config, init=tensor_digest(init_state[k] for k in sorted(init_state)))
-    if masks:
-        config = replace(config, masks=tensor_digest(masks[k] for k in sorted(masks)))
-    save_at = tuple(sorted(set(save_at)))
-    config = replace(config, start=start_iteration, snapshots=save_at)
+    config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
+    save_at = config.snapshots
 
     record = store.begin(config)
     if record.finished:

@@ -31,6 +31,12 @@ from ticketlab.train.averaging import Lookahead, WeightEMA
 from ticketlab.train.evaluate import evaluate
 from ticketlab.train.hooks import Hook, Step
 from ticketlab.train.optim import lr_factor, make_optimizer
+from ticketlab.train.stacked import StackedModels
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,7 +47,7 @@ class TrainResult:
     train_seconds: float
     test: dict[str, float] | None
     validation: dict[str, float] | None
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: str | None = None  # why a hook ended training before the last epoch
 
 
@@ -143,8 +149,10 @@ class Trainer:
 
         self.iteration = 0
         self.train_seconds = 0.0
-        self.history: list[dict[str, float]] = []
-        self._sums = torch.zeros(3, device=self.device)  # loss sum, correct, examples of this epoch
+        self.history: list[dict[str, Any]] = []
+        self.networks = model.count if isinstance(model, StackedModels) else 1
+        # per network: loss sum, correct, examples of this epoch
+        self._sums = torch.zeros(self.networks, 3, device=self.device)
         self._interrupt = _InterruptFlag()
         self.stop_reason: str | None = None
 
@@ -159,16 +167,19 @@ class Trainer:
 
     # ---- the step -------------------------------------------------------------------------
     def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        if logits.dim() == 3:  # K stacked networks: the sum of their mean losses, each its own gradient
+        if logits.dim() == 3:  # K stacked networks: each one's mean loss; the step sums them
             k = logits.shape[0]
-            return k * F.cross_entropy(logits.permute(0, 2, 1), targets.expand(k, -1),
-                                       label_smoothing=self.cfg.label_smoothing)
+            return F.cross_entropy(logits.permute(0, 2, 1), targets.expand(k, -1), reduction="none",
+                                   label_smoothing=self.cfg.label_smoothing).mean(1)
         return F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
 
     def step(
         self, inputs: torch.Tensor, targets: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on one batch; returns detached (logits, loss). No host sync."""
+        """One optimiser step on one batch; returns detached (logits, loss). No host sync.
+
+        A loss with one entry per stacked network is summed, so each network gets its own gradient.
+        """
         lr = self.cfg.lr * lr_factor(self.cfg, self.iteration, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -177,12 +188,13 @@ class Trainer:
         with self._autocast():
             logits = self.forward(inputs)
         loss = self.loss_fn(logits.float(), targets, index)
+        total = loss.sum() if loss.dim() else loss
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
         else:
-            loss.backward()
+            total.backward()
         for hook in self.hooks:
             hook.after_backward(self)
         if self.scaler is not None:
@@ -218,7 +230,7 @@ class Trainer:
         self.train_seconds = state["train_seconds"]
         self.history = state["history"]
         self.stop_reason = state.get("stop_reason") or None
-        self._sums = state["sums"].to(self.device)
+        self._sums = state["sums"].to(self.device).reshape(-1, 3)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
@@ -291,10 +303,9 @@ class Trainer:
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
-                models = logits.shape[0] if logits.dim() == 3 else 1  # stacked: report the mean network
-                self._sums[0] += loss * len(targets) / models
-                self._sums[1] += (logits.argmax(-1) == targets).sum() / models
-                self._sums[2] += len(targets)
+                correct = (logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1)
+                self._sums += torch.stack([loss.reshape(-1) * len(targets), correct,
+                                           torch.full_like(correct, len(targets))], 1)
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:
                     hook.after_step(self, step)
@@ -305,7 +316,8 @@ class Trainer:
                 now = time.perf_counter()
                 if epoch_end or now - last_postfix > 1.0:  # reading the sums syncs the device: rarely
                     last_postfix = now
-                    loss_avg, acc = self._running()
+                    losses, accuracies = self._running()
+                    loss_avg, acc = _mean(losses), _mean(accuracies)
                     self._check_finite(loss_avg, epoch)
                     bar.set_postfix(
                         loss=f"{loss_avg:.4f}",
@@ -325,9 +337,10 @@ class Trainer:
         test = self.evaluate(self.test) if self.test is not None else None
         return TrainResult(self.iteration, self.train_seconds, test, validation, self.history, self.stop_reason)
 
-    def _running(self) -> tuple[float, float]:
-        loss_sum, correct, n = self._sums.tolist()
-        return loss_sum / max(n, 1), correct / max(n, 1)
+    def _running(self) -> tuple[list[float], list[float]]:
+        """This epoch's mean training loss and accuracy so far, per network."""
+        sums = self._sums.tolist()
+        return [loss / max(n, 1) for loss, _, n in sums], [correct / max(n, 1) for _, correct, n in sums]
 
     def _check_finite(self, loss: float, epoch: int) -> None:
         if not math.isfinite(loss):
@@ -337,14 +350,19 @@ class Trainer:
             )
 
     def _end_epoch(self, epoch: int) -> None:
-        loss, acc = self._running()
+        losses, accuracies = self._running()
         record = {
-            "epoch": epoch + 1, "iteration": self.iteration, "train_loss": loss, "train_accuracy": acc,
-            "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": self.train_seconds,
+            "epoch": epoch + 1, "iteration": self.iteration, "train_loss": _mean(losses),
+            "train_accuracy": _mean(accuracies), "lr": self.optimizer.param_groups[0]["lr"],
+            "train_seconds": self.train_seconds,
         }
+        if self.networks > 1:  # stacked: each network's own figures beside the means
+            record.update(train_losses=losses, train_accuracies=accuracies)
         if self.validation is not None:
             val = self.evaluate(self.validation)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            if self.networks > 1:
+                record.update(val_losses=val["losses"], val_accuracies=val["accuracies"])
         self.history.append(record)
         self._sums.zero_()
         for hook in self.hooks:

@@ -1,0 +1,182 @@
+"""Stored runs trained together: several networks of one architecture in one batched step.
+
+A ticket study trains, at every level, arms that differ only in their starting weights and
+masks (the ticket and its baselines), with the same schedule and data order. `train_stacked`
+trains them as one `StackedModels` and then stores each network as a run of its own, so a
+study reads its arms exactly as if they had been trained one by one. The group itself is a run
+of kind "stack" while it trains (resumable like any run) and is removed once its members are
+stored. It builds on run.py's internals, so both kinds of run share one identity and layout.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ticketlab.config import RunConfig
+from ticketlab.data import ImageDataset
+from ticketlab.data.batches import DeviceData
+from ticketlab.errors import TicketlabError
+from ticketlab.store import RunStore, read_json, read_tensors, write_json, write_tensors
+from ticketlab.train.hooks import MaskHook
+from ticketlab.train.run import (
+    RunResult,
+    _identify,
+    _load_data,
+    _prepare,
+    _reuse,
+    _summary,
+    default_augment,
+    resolve_device,
+    train_run,
+)
+from ticketlab.train.stacked import StackedModels, stack_masks
+from ticketlab.train.trainer import Trainer, TrainResult
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of a stacked group: its starting weights (None: the config's seeded
+    initialisation) and its masks (None: dense)."""
+
+    init_state: Tensors | None = None
+    masks: Tensors | None = None
+
+
+def train_stacked(
+    config: RunConfig,
+    members: Sequence[Member],
+    *,
+    store: RunStore,
+    model: nn.Module | None = None,
+    dataset: ImageDataset | None = None,
+    start_iteration: int = 0,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    description: str | None = None,
+) -> list[RunResult]:
+    """Train (or reuse, or resume) one run per member, all in one batched step.
+
+    Each member's run is `config` with its own starting weights and masks, marked `stacked`:
+    its numbers equal training it alone up to float rounding. Finished members are reused and
+    only the others are trained; a lone remaining member trains by itself.
+    """
+    config.train.validate()
+    if config.train.loss != "ce":
+        raise TicketlabError(f"stacked training supports --loss ce only, got {config.train.loss!r}; "
+                             "train these runs one by one")
+    if not members:
+        raise TicketlabError("train_stacked needs at least one member")
+    dev = resolve_device(str(device) if device is not None else config.device)
+    config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download)
+    identified = [_identify(config, dataset, copy.deepcopy(model) if model is not None else None,
+                            m.init_state, m.masks, start_iteration, ()) for m in members]
+    results: list[RunResult | None] = []
+    for member_config, net in identified:
+        record = store.get(member_config.run_id)
+        results.append(_reuse(record, net, dev) if record is not None and record.finished else None)
+    pending: dict[str, int] = {}  # run id -> first member with it (identical members train once)
+    for k, (member_config, _) in enumerate(identified):
+        if results[k] is None:
+            pending.setdefault(member_config.run_id, k)
+    done: dict[str, RunResult] = {}
+    if len(pending) == 1:  # nothing to stack with: train it the plain way
+        run_id, k = next(iter(pending.items()))
+        done[run_id] = train_run(
+            replace(config, stacked=False), store=store, model=copy.deepcopy(model) if model is not None else None,
+            init_state=members[k].init_state, dataset=dataset, masks=members[k].masks,
+            start_iteration=start_iteration, device=dev, progress=progress, description=description)
+    elif pending:
+        order = list(pending.values())
+        group = replace(identified[order[0]][0], kind="stack", members=tuple(pending), init="", masks="")
+        trained = _train_group(group, [identified[k][1] for k in order], [members[k].masks for k in order],
+                               store=store, dataset=dataset, device=dev, progress=progress, description=description)
+        for (run_id, k), result in zip(pending.items(), trained):
+            done[run_id] = _store_member(identified[k][0], result, store)
+        store.remove(group.run_id)  # every member is stored as a run of its own now
+    for k, (member_config, _) in enumerate(identified):
+        if results[k] is None:
+            result = done[member_config.run_id]
+            first = pending[member_config.run_id] == k
+            results[k] = result if first else replace(result, model=copy.deepcopy(result.model))
+    return results  # type: ignore[return-value]
+
+
+def _train_group(
+    group: RunConfig, nets: list[nn.Module], masks: list[Tensors | None], *, store: RunStore, dataset: ImageDataset,
+    device: torch.device, progress: bool, description: str | None,
+) -> list[tuple[nn.Module, TrainResult]]:
+    """Train (or resume, or reload) the group run; each network with its own results."""
+    stacked = StackedModels(nets)
+    record = store.begin(group)
+    if not record.finished:
+        data = _prepare(group, dataset, None)
+        train_set = data.train_set
+        device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, device,
+                                 default_augment(group.data, dataset, group.model.name))
+        hooks = [MaskHook(stack_masks(_complete(masks, nets[0])))] if any(masks) else []
+        try:
+            trainer = Trainer(
+                stacked, device_data, group.train, validation=data.validation, test=(dataset.test_x, dataset.test_y),
+                hooks=hooks, checkpoint_dir=record.folder, start_iteration=group.start, progress=progress,
+                description=description or f"{len(nets)} x {group.model.name} on {dataset.name}",
+            )
+            result = trainer.fit()
+        except TicketlabError:
+            store.remove(group.run_id)
+            raise
+        write_tensors(record.folder / "final.safetensors", stacked.state_dict())
+        write_json(record.folder / "history.json", result.history)
+        summary: dict[str, Any] = {"members": list(group.members), "iterations": result.iterations,
+                                   "train_seconds": round(result.train_seconds, 3),
+                                   "test_accuracies": result.test["accuracies"], "test_losses": result.test["losses"]}
+        if result.validation is not None:
+            summary.update(val_accuracies=result.validation["accuracies"], val_losses=result.validation["losses"])
+        (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)
+        record = store.finish(group.run_id, summary)
+    stacked.load_state_dict(read_tensors(record.folder / "final.safetensors"))
+    history, summary = read_json(record.folder / "history.json"), record.summary or {}
+    return [(net, _member_result(summary, history, k, len(nets))) for k, net in enumerate(stacked.unstack())]
+
+
+def _complete(masks: list[Tensors | None], net: nn.Module) -> list[Tensors]:
+    """Every member masks the same parameters: a member without a mask for one keeps all of it."""
+    names = sorted({n for m in masks if m for n in m})
+    return [{n: (m or {}).get(n, torch.ones_like(net.get_parameter(n))) for n in names} for m in masks]
+
+
+def _member_result(summary: dict[str, Any], history: list[dict[str, Any]], k: int, count: int) -> TrainResult:
+    """Network k's own figures out of the group's (its share of the time: the group's / count)."""
+    own = []
+    for record in history:
+        entry = {key: value for key, value in record.items() if not isinstance(value, list)}
+        entry["train_seconds"] = record["train_seconds"] / count
+        for each, key in (("train_losses", "train_loss"), ("train_accuracies", "train_accuracy"),
+                          ("val_losses", "val_loss"), ("val_accuracies", "val_accuracy")):
+            if each in record:
+                entry[key] = record[each][k]
+        own.append(entry)
+    test = {"accuracy": summary["test_accuracies"][k], "loss": summary["test_losses"][k]}
+    validation = None
+    if "val_accuracies" in summary:
+        validation = {"accuracy": summary["val_accuracies"][k], "loss": summary["val_losses"][k]}
+    return TrainResult(summary["iterations"], summary["train_seconds"] / count, test, validation, own, None)
+
+
+def _store_member(config: RunConfig, trained: tuple[nn.Module, TrainResult], store: RunStore) -> RunResult:
+    net, result = trained
+    record = store.begin(config)
+    write_tensors(record.folder / "final.safetensors", net.state_dict())
+    write_json(record.folder / "history.json", result.history)
+    summary = _summary(config, net, result)
+    store.finish(config.run_id, summary)
+    return RunResult(config.run_id, net, summary, result.history, record.folder, reused=False)

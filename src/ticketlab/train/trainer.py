@@ -303,9 +303,9 @@ class Trainer:
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
-                correct = (logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1)
-                self._sums += torch.stack([loss.reshape(-1) * len(targets), correct,
-                                           torch.full_like(correct, len(targets))], 1)
+                self._sums[:, 0] += loss.reshape(-1) * len(targets)
+                self._sums[:, 1] += (logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1)
+                self._sums[:, 2] += len(targets)
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:
                     hook.after_step(self, step)

@@ -29,7 +29,7 @@ from ticketlab.robust.outcome import sat_hook, sat_outcome
 from ticketlab.sparsity import density
 from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import Hook, MaskHook
-from ticketlab.train.trainer import Trainer
+from ticketlab.train.trainer import Trainer, TrainResult
 
 
 @dataclass
@@ -265,20 +265,12 @@ def train_run(
 
         recorder = ExampleRecords(len(train_set.train_y), train_set.num_classes + extra_outputs, config.train.epochs)
     all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
-    try:  # an impossible setting found by the trainer, or divergence: leave nothing half-written
-        trainer = Trainer(
-            model, device_data, config.train, validation=validation, test=(dataset.test_x, dataset.test_y),
-            hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, checkpoint_dir=record.folder,
-            save_at=save_at, start_iteration=start_iteration,
-            output_classes=dataset.num_classes if extra_outputs else None, progress=progress,
-            description=description or f"{config.model.name} on {dataset.name}",
-        )
-        result = trainer.fit()
-    except TicketlabError:
-        store.remove(config.run_id)
-        raise
-    write_tensors(record.folder / "final.safetensors", model.state_dict())
-    write_json(record.folder / "history.json", result.history)
+    result = _fit(
+        store, config, record, model, device_data, validation=validation, test=(dataset.test_x, dataset.test_y),
+        hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, save_at=save_at,
+        start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
+        progress=progress, description=description or f"{config.model.name} on {dataset.name}",
+    )
     if recorder is not None:
         recorder.save(record.folder / "records.safetensors")
     summary = _summary(config, model, result)
@@ -290,6 +282,20 @@ def train_run(
     (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
     store.finish(config.run_id, summary)
     return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)
+
+
+def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module, data: DeviceData,
+         **options: Any) -> TrainResult:
+    """Train a begun run to its end and write its weights and history. A user error (an impossible
+    setting the trainer finds, divergence) removes the run: nothing is left half-written."""
+    try:
+        result = Trainer(model, data, config.train, checkpoint_dir=record.folder, **options).fit()
+    except TicketlabError:
+        store.remove(config.run_id)
+        raise
+    write_tensors(record.folder / "final.safetensors", model.state_dict())
+    write_json(record.folder / "history.json", result.history)
+    return result
 
 
 def _reuse(record: RunRecord, model: nn.Module, dev: torch.device) -> RunResult:

@@ -26,6 +26,7 @@ from ticketlab.store import RunStore, read_json, read_tensors, write_json, write
 from ticketlab.train.hooks import MaskHook
 from ticketlab.train.run import (
     RunResult,
+    _fit,
     _identify,
     _load_data,
     _prepare,
@@ -36,7 +37,7 @@ from ticketlab.train.run import (
     train_run,
 )
 from ticketlab.train.stacked import StackedModels, stack_masks
-from ticketlab.train.trainer import Trainer, TrainResult
+from ticketlab.train.trainer import TrainResult
 
 Tensors = dict[str, torch.Tensor]
 
@@ -124,18 +125,10 @@ def _train_group(
         device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, device,
                                  default_augment(group.data, dataset, group.model.name))
         hooks = [MaskHook(stack_masks(_complete(masks, nets[0])))] if any(masks) else []
-        try:
-            trainer = Trainer(
-                stacked, device_data, group.train, validation=data.validation, test=(dataset.test_x, dataset.test_y),
-                hooks=hooks, checkpoint_dir=record.folder, start_iteration=group.start, progress=progress,
-                description=description or f"{len(nets)} x {group.model.name} on {dataset.name}",
-            )
-            result = trainer.fit()
-        except TicketlabError:
-            store.remove(group.run_id)
-            raise
-        write_tensors(record.folder / "final.safetensors", stacked.state_dict())
-        write_json(record.folder / "history.json", result.history)
+        result = _fit(store, group, record, stacked, device_data, validation=data.validation,
+                      test=(dataset.test_x, dataset.test_y), hooks=hooks, start_iteration=group.start,
+                      progress=progress,
+                      description=description or f"{len(nets)} x {group.model.name} on {dataset.name}")
         summary: dict[str, Any] = {"members": list(group.members), "iterations": result.iterations,
                                    "train_seconds": round(result.train_seconds, 3),
                                    "test_accuracies": result.test["accuracies"], "test_losses": result.test["losses"]}

@@ -352,10 +352,13 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
     recipe = {k: v for k, v in (model_recipe(model_name) if model_name else {}).items() if k in known}
     given = {k: v for k, v in overrides.items() if v is not None}
     values = {**recipe, **given}
-    # a shorter run keeps the recipe's shape: its lr milestones move with the epoch count
-    if "milestones" in recipe and "milestones" not in given and "epochs" in given and "epochs" in recipe:
+    # a shorter run keeps the recipe's shape: its lr milestones and warm-up move with the epoch count
+    if "epochs" in given and "epochs" in recipe:
         scale = given["epochs"] / recipe["epochs"]
-        values["milestones"] = tuple(round(m * scale, 4) for m in recipe["milestones"])
+        if "milestones" in recipe and "milestones" not in given:
+            values["milestones"] = tuple(round(m * scale, 4) for m in recipe["milestones"])
+        if "warmup_epochs" in recipe and "warmup_epochs" not in given:
+            values["warmup_epochs"] = round(recipe["warmup_epochs"] * scale, 4)
     if "milestones" in values:
         values["milestones"] = tuple(float(m) for m in values["milestones"])
     return TrainConfig(**values)

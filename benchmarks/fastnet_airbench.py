@@ -1,0 +1,128 @@
+"""fastnet's recipe against airbench94 (`airbench` 0.1.8's `train94`) on CIFAR-10, same GPU, in turns.
+
+  python benchmarks/fastnet_airbench.py --data-dir DIR [--runs 5] [--device cuda] [--precision bf16]
+      [--compile] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
+
+Each side first trains once untimed (cuDNN autotuning, kernel caches; airbench's own `warmup94`
+does the same), then the two alternate run by run with seeds 0..R-1. The timed part of a run is
+what each recipe needs before it can be evaluated: building the network, the data-dependent
+whitening, and training (airbench: `train94(verbose=False)`, which also builds its test loader;
+ticketlab: `initial_model` + `Trainer.fit` without a test set). Accuracy is then measured outside
+the timing with each side's flip + shift test-time augmentation. airbench reads CIFAR-10 from the
+`train.pt`/`test.pt` cache this script writes from ticketlab's loader (the same official images),
+so it downloads nothing. Prints one JSON line: per-side accuracies, times, and the ratio
+ticketlab / airbench of the median times (goal <= 1.0 at >= 94.0% mean accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ticketlab.cli.main import _model_arg
+from ticketlab.config import DataConfig, ModelConfig, RunConfig
+from ticketlab.data import load_dataset
+from ticketlab.data.batches import DeviceData
+from ticketlab.train import Trainer, recipe_config
+from ticketlab.train.run import default_augment, initial_model
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def ticketlab_run(ds, data: DeviceData, config: RunConfig, device: str) -> tuple[float, float]:
+    _sync(device)
+    start = time.perf_counter()
+    model = initial_model(config, ds)
+    trainer = Trainer(model, data, config.train, progress=False)
+    trainer.fit()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return trainer.evaluate((ds.test_x, ds.test_y))["accuracy"], seconds
+
+
+def write_airbench_cache(ds, folder: Path) -> None:
+    """airbench's CifarLoader reads {train,test}.pt holding NHWC uint8 images, labels and class names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y)):
+        torch.save({"images": x.permute(0, 2, 3, 1).contiguous(), "labels": y.clone(), "classes": list(ds.classes)},
+                   folder / f"{split}.pt")
+
+
+def airbench_run(seed: int) -> tuple[float, float]:
+    import airbench
+
+    torch.manual_seed(seed)
+    loader = airbench.CifarLoader("cifar10", train=True, batch_size=1024, aug={"flip": True, "translate": 2},
+                                  altflip=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model = airbench.train94(loader, verbose=False)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    test = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
+    return airbench.evaluate(model, test, tta_level=2), seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--model-arg", type=_model_arg, action="append", default=[])
+    ap.add_argument("--no-airbench", action="store_true", help="time ticketlab only (no GPU or no airbench)")
+    args = ap.parse_args()
+
+    ds = load_dataset("cifar10", data_dir=args.data_dir)
+    base = RunConfig(data=DataConfig(dataset="cifar10"),
+                     model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),
+                     train=recipe_config("fastnet", precision=args.precision, compile=args.compile or None,
+                                         epochs=args.epochs),
+                     device=args.device)
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, args.device,
+                      default_augment(base.data, ds, "fastnet"))
+    results: dict[str, dict[str, list[float]]] = {"ticketlab": {"accuracy": [], "seconds": []}}
+    sides = {"ticketlab": lambda seed: ticketlab_run(ds, data, replace(base, train=replace(base.train, seed=seed)),
+                                                     args.device)}
+    with tempfile.TemporaryDirectory() as cache:
+        if not args.no_airbench:
+            write_airbench_cache(ds, Path(cache) / "cifar10")
+            os.chdir(cache)  # airbench looks for ./cifar10/{train,test}.pt
+            sides["airbench"] = airbench_run
+            results["airbench"] = {"accuracy": [], "seconds": []}
+        for run_side in sides.values():  # untimed warm-up
+            run_side(1000)
+        for seed in range(args.runs):
+            for name, run_side in sides.items():
+                accuracy, seconds = run_side(seed)
+                results[name]["accuracy"].append(accuracy)
+                results[name]["seconds"].append(round(seconds, 3))
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})"
+    out = {"runs": args.runs, "device": name,
+           "precision": args.precision, "compile": args.compile, "date": str(date.today()),
+           "steps": base.train.epochs * data.steps_per_epoch(base.train.batch_size, base.train.drop_last)}
+    for name, r in results.items():
+        out[name] = {"mean_accuracy": statistics.fmean(r["accuracy"]), "min_accuracy": min(r["accuracy"]),
+                     "median_seconds": statistics.median(r["seconds"]), **r}
+    if "airbench" in results:
+        out["time_ratio"] = round(out["ticketlab"]["median_seconds"] / out["airbench"]["median_seconds"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every GPU figure of BENCHMARKS.md in one device call; benchmarks/GPU.md says how to get the data there.
+#   bash benchmarks/gpu_all.sh [DATA_DIR]   (default /tmp/data; results go to $OUT, else benchmarks/results)
+set -u
+data=${1:-/tmp/data}
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+# 1. the CUDA paths: channels-last, autocast, compile, stacked, 2:4 (skipped on CPU machines)
+python3 -m pytest tests -q -p no:warnings -k cuda 2>&1 | tee "$out/cuda_tests.txt" | tail -3
+# 2. fastnet against airbench94, 5 runs each, in turns (issue 2: >= 94.0% mean, time ratio <= 1.0)
+python3 benchmarks/fastnet_airbench.py --data-dir "$data" --runs 5 --precision bf16 | tee "$out/fastnet_airbench.json"
+# 3. several networks in one batched step on the GPU
+python3 benchmarks/stacked_speed.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --count 8 \
+    --batch-size 128 --steps 50 --repeats 5 --device cuda | tee "$out/stacked_cuda.json"
+# 4. compacted channel tickets at batch 256 (issue 4: >= 1.6x dense)
+python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 --repeats 7 \
+    --out "$out/structured_cuda.json" | tee "$out/structured_cuda.txt"

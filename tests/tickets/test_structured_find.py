@@ -21,9 +21,10 @@ def _study(tmp_path, model, ds, **ticket_options):
                        optimizer="adam", progress=False)
 
 
-def test_channel_study_on_a_residual_network_compacts_and_measures(tmp_path):
+@pytest.mark.parametrize("stack", [False, True])  # the ticket and its random baseline also trained together
+def test_channel_study_on_a_residual_network_compacts_and_measures(tmp_path, stack):
     ds = tiny_dataset(n=96, channels=3, size=8)
-    result = _study(tmp_path, "cifar_resnet_20", ds, structure="channel", fraction=0.5)
+    result = _study(tmp_path, "cifar_resnet_20", ds, structure="channel", fraction=0.5, stack=stack)
     s = result.summary
     assert s["structure"] == "channel"
     for row in s["levels"]:

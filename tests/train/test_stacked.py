@@ -22,12 +22,12 @@ def _masks(net, seed):
             for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1}
 
 
-def _train(model, hooks):
+def _train(model, hooks, seed=0, seeds=None):
     ds = tiny_dataset()
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True))
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, weight_decay=5e-4, schedule="linear", warmup_epochs=1,
-                      bias_lr_scale=4.0, lookahead_every=3)
-    return Trainer(model, data, cfg, test=(ds.test_x, ds.test_y), hooks=hooks, progress=False).fit()
+                      bias_lr_scale=4.0, lookahead_every=3, seed=seed)
+    return Trainer(model, data, cfg, test=(ds.test_x, ds.test_y), hooks=hooks, progress=False, seeds=seeds).fit()
 
 
 def test_stacked_forward_is_each_networks_forward():
@@ -55,6 +55,24 @@ def test_training_together_equals_training_each_alone():
         sum(r.history[-1]["train_loss"] for r in alone) / 3, rel=1e-4)
     for each, key in (("train_losses", "train_loss"), ("train_accuracies", "train_accuracy")):
         assert together.history[-1][each] == pytest.approx([r.history[-1][key] for r in alone], rel=1e-4)
+
+
+def test_networks_with_their_own_seeds_see_their_own_batches():
+    """seeds=[...]: network k trains on seed k's data order and augmentations, as it would alone."""
+    nets = _nets()
+    masks = [_masks(n, seed) for seed, n in enumerate(nets)]
+    stacked = StackedModels(nets)
+    together = _train(stacked, [MaskHook(stack_masks(masks))], seeds=[5, 6, 7])
+    alone = [_train(net, [MaskHook(m)], seed=5 + k) for k, (net, m) in enumerate(zip(nets, masks))]
+    for net, trained in zip(nets, stacked.unstack()):
+        for name, value in net.state_dict().items():
+            assert torch.allclose(trained.state_dict()[name].float(), value.float(), atol=1e-5), name
+    assert together.test["accuracies"] == pytest.approx([r.test["accuracy"] for r in alone], abs=1e-9)
+    shared = StackedModels(_nets())  # without seeds all three share seed 0's batches: a different result
+    _train(shared, [MaskHook(stack_masks(masks))])
+    assert not torch.allclose(shared.unstack()[1].fc.weight, stacked.unstack()[1].fc.weight)
+    with pytest.raises(TicketlabError, match="one per network"):
+        _train(StackedModels(_nets()), [], seeds=[1, 2])
 
 
 def test_only_one_architecture_stacks():

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -73,6 +75,20 @@ def test_finished_members_are_reused_and_a_lone_one_trains_alone(tmp_path):
     assert not store.get(both[2].run_id).config.get("stacked")  # nothing to stack with: a plain run
     twins = train_stacked(cfg, [members[0], members[0]], store=store, dataset=ds, progress=False)
     assert twins[0].run_id == twins[1].run_id == first[0].run_id and twins[0].model is not twins[1].model
+
+
+def test_seeds_stacked_are_the_seeds_trained_alone(tmp_path):
+    """Member(seed=s): its own initialisation and data order, as `train_run` with that seed."""
+    ds, cfg, _ = _setup()
+    together = train_stacked(cfg, [Member(seed=s) for s in (0, 1, 2)], store=RunStore(tmp_path / "s"), dataset=ds,
+                             progress=False)
+    for seed, mine in zip((0, 1, 2), together):
+        ref = train_run(replace(cfg, train=replace(cfg.train, seed=seed)), store=RunStore(tmp_path / "a"),
+                        dataset=ds, progress=False)
+        assert mine.summary["test_accuracy"] == pytest.approx(ref.summary["test_accuracy"], abs=1e-9)
+        for name, value in ref.model.state_dict().items():
+            assert torch.allclose(mine.model.state_dict()[name], value, atol=1e-4), name
+    assert len({r.summary["test_loss"] for r in together}) == 3
 
 
 def test_stacked_training_refuses_what_it_cannot_do(tmp_path):

@@ -5,7 +5,8 @@ idle one at a time. `StackedModels` stacks K networks' weights along a new first
 runs their forward passes as one `torch.func.vmap` call, so the one Trainer trains all K in each
 step: the loss is the sum of the K losses (each network gets exactly its own gradient), and SGD,
 momentum, weight decay, masks and the lookahead all act element-wise, hence per network. All K
-see the same batches; give them the same training seed (a study's baselines do).
+see the same batches, as a study's baselines do, unless the Trainer is given one seed per
+network: then each gets its own batches (`forward_each`), as separate seeds would.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class StackedModels(nn.Module):
         for name, _ in models[0].named_buffers():
             _replace(self.body, name, torch.stack([m.get_buffer(name) for m in models]), False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shared: bool = True) -> torch.Tensor:
+        """Every network on the same batch x (or, shared=False, network k on x[k])."""
         params = dict(self.body.named_parameters())
         buffers = dict(self.body.named_buffers())
 
@@ -71,7 +73,14 @@ class StackedModels(nn.Module):
             return functional_call(self.body, (p, b), (inputs,))
 
         # "different": dropout draws its own mask for each network
-        return vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+        return vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")(params, buffers, x)
+
+    def forward_each(self, x: torch.Tensor) -> torch.Tensor:
+        """Network k on its own batch x[k]: inputs [K, B, ...] give outputs [K, B, ...]."""
+        if x.shape[0] != self.count:
+            raise TicketlabError(f"forward_each needs one batch per network, [{self.count}, B, ...]; "
+                                 f"got shape {tuple(x.shape)}")
+        return self.forward(x, shared=False)
 
     def training_hooks(self) -> list:
         """The networks' own hooks act on the stacked tensors (they are element-wise)."""

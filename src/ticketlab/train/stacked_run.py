@@ -44,11 +44,13 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Member:
-    """One network of a stacked group: its starting weights (None: the config's seeded
-    initialisation) and its masks (None: dense)."""
+    """One network of a stacked group: its starting weights (None: the seeded initialisation),
+    its masks (None: dense) and its training seed (None: the config's), which also sets its own
+    data order, as in a run of that seed alone."""
 
     init_state: Tensors | None = None
     masks: Tensors | None = None
+    seed: int | None = None
 
 
 def train_stacked(
@@ -79,7 +81,8 @@ def train_stacked(
         raise TicketlabError("train_stacked needs at least one member")
     dev = resolve_device(str(device) if device is not None else config.device)
     config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download)
-    identified = [_identify(config, dataset, copy.deepcopy(model) if model is not None else None,
+    identified = [_identify(config if m.seed is None else replace(config, train=replace(config.train, seed=m.seed)),
+                            dataset, copy.deepcopy(model) if model is not None else None,
                             m.init_state, m.masks, start_iteration, ()) for m in members]
     results: list[RunResult | None] = []
     for member_config, net in identified:
@@ -93,14 +96,16 @@ def train_stacked(
     if len(pending) == 1:  # nothing to stack with: train it the plain way
         run_id, k = next(iter(pending.items()))
         done[run_id] = train_run(
-            replace(config, stacked=False), store=store, model=copy.deepcopy(model) if model is not None else None,
-            init_state=members[k].init_state, dataset=dataset, masks=members[k].masks,
-            start_iteration=start_iteration, device=dev, progress=progress, description=description)
+            replace(config, stacked=False, train=identified[k][0].train), store=store,
+            model=copy.deepcopy(model) if model is not None else None, init_state=members[k].init_state,
+            dataset=dataset, masks=members[k].masks, start_iteration=start_iteration, device=dev, progress=progress,
+            description=description)
     elif pending:
         order = list(pending.values())
         group = replace(identified[order[0]][0], kind="stack", members=tuple(pending), init="", masks="")
         trained = _train_group(group, [identified[k][1] for k in order], [members[k].masks for k in order],
-                               store=store, dataset=dataset, device=dev, progress=progress, description=description)
+                               [identified[k][0].train.seed for k in order], store=store, dataset=dataset,
+                               device=dev, progress=progress, description=description)
         for (run_id, k), result in zip(pending.items(), trained):
             done[run_id] = _store_member(identified[k][0], result, store)
         store.remove(group.run_id)  # every member is stored as a run of its own now
@@ -113,8 +118,8 @@ def train_stacked(
 
 
 def _train_group(
-    group: RunConfig, nets: list[nn.Module], masks: list[Tensors | None], *, store: RunStore, dataset: ImageDataset,
-    device: torch.device, progress: bool, description: str | None,
+    group: RunConfig, nets: list[nn.Module], masks: list[Tensors | None], seeds: list[int], *, store: RunStore,
+    dataset: ImageDataset, device: torch.device, progress: bool, description: str | None,
 ) -> list[tuple[nn.Module, TrainResult]]:
     """Train (or resume, or reload) the group run; each network with its own results."""
     stacked = StackedModels(nets)
@@ -127,6 +132,7 @@ def _train_group(
         hooks = [MaskHook(stack_masks(_complete(masks, nets[0])))] if any(masks) else []
         result = _fit(store, group, record, stacked, device_data, validation=data.validation,
                       test=(dataset.test_x, dataset.test_y), hooks=hooks, start_iteration=group.start,
+                      seeds=seeds if len(set(seeds)) > 1 else None,
                       progress=progress,
                       description=description or f"{len(nets)} x {group.model.name} on {dataset.name}")
         summary: dict[str, Any] = {"members": list(group.members), "iterations": result.iterations,

@@ -81,6 +81,8 @@ class Trainer:
     (0 = before the first step), which is what rewinding to iteration k needs.
     start_iteration: train iterations start..end only, with the lr schedule and data order of
     an uninterrupted run (lottery-ticket rewinding to iteration k).
+    seeds: for `StackedModels`, one data order per network (their training seeds); without it,
+    every network sees the batches of `cfg.seed`.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Trainer:
         progress: bool = True,
         description: str = "train",
         output_classes: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -135,6 +138,12 @@ class Trainer:
             raise TicketlabError(
                 f"cannot save weights at iteration(s) {beyond}: training has {self.total_steps} iterations"
             )
+        self.networks = model.count if isinstance(model, StackedModels) else 1
+        if seeds is not None and len(seeds) != self.networks:
+            raise TicketlabError(f"seeds gives {len(seeds)} data orders for {self.networks} network(s); "
+                                 "give one per network of a StackedModels")
+        self.per_network = seeds is not None
+        self.seeds = list(seeds) if seeds is not None else [cfg.seed]
         cuda = self.device.type == "cuda"
         # channels-last and reduced precision pay off on tensor-core GPUs; the CPU path stays fp32
         self.channels_last = cuda and getattr(model, "channels_last", True)
@@ -144,13 +153,16 @@ class Trainer:
         self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if cuda and dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # per-network batches [K, B, ...] go through StackedModels.forward_each
+        self.train_forward = self.forward
+        if self.per_network:
+            self.train_forward = torch.compile(model.forward_each) if cfg.compile else model.forward_each
         self.optimizer = make_optimizer(self.model, cfg)
         self.ema = WeightEMA(self.model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay > 0 else None
 
         self.iteration = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
-        self.networks = model.count if isinstance(model, StackedModels) else 1
         # per network: loss sum, correct, examples of this epoch
         self._sums = torch.zeros(self.networks, 3, device=self.device)
         self._interrupt = _InterruptFlag()
@@ -186,7 +198,7 @@ class Trainer:
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            logits = self.forward(inputs)
+            logits = self.train_forward(inputs)
         loss = self.loss_fn(logits.float(), targets, index)
         total = loss.sum() if loss.dim() else loss
         self.optimizer.zero_grad(set_to_none=True)
@@ -297,15 +309,15 @@ class Trainer:
             while self.iteration < self.total_steps and self.stop_reason is None:
                 epoch, b = divmod(self.iteration, self.steps_per_epoch)
                 if epoch_data is None or b == 0:
-                    epoch_data = self.data.epoch(self.cfg.seed, epoch)
-                inputs, targets, index = self.data.batch(epoch_data, b, self.cfg.batch_size)
+                    epoch_data = [self.data.epoch(seed, epoch) for seed in self.seeds]
+                inputs, targets, index = self._batch(epoch_data, b)
                 logits, loss = self.step(inputs, targets, index)
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
-                self._sums[:, 0] += loss.reshape(-1) * len(targets)
+                self._sums[:, 0] += loss.reshape(-1) * targets.shape[-1]
                 self._sums[:, 1] += (logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1)
-                self._sums[:, 2] += len(targets)
+                self._sums[:, 2] += targets.shape[-1]
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:
                     hook.after_step(self, step)
@@ -336,6 +348,13 @@ class Trainer:
         validation = self.evaluate(self.validation) if self.validation is not None else None
         test = self.evaluate(self.test) if self.test is not None else None
         return TrainResult(self.iteration, self.train_seconds, test, validation, self.history, self.stop_reason)
+
+    def _batch(self, epochs: list, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch b of the epoch: one for all networks, or (per-network seeds) one each, stacked."""
+        if not self.per_network:
+            return self.data.batch(epochs[0], b, self.cfg.batch_size)
+        inputs, targets, index = zip(*(self.data.batch(e, b, self.cfg.batch_size) for e in epochs))
+        return torch.stack(inputs), torch.stack(targets), torch.stack(index)
 
     def _running(self) -> tuple[list[float], list[float]]:
         """This epoch's mean training loss and accuracy so far, per network."""

@@ -126,6 +126,37 @@ class _Search:
 
 
 @dataclass
+class _Chain:
+    """One seed's IMP chain: its dense run, and what the next level prunes from."""
+
+    s: int
+    run: RunConfig
+    tag: str
+    dense: RunResult
+    rewind_state: dict[str, torch.Tensor]
+    dense_final: dict[str, torch.Tensor]
+    hard: torch.Tensor | None  # PrAC: the dense run's hard-to-memorise examples
+    trained: nn.Module  # the network the next level's magnitudes come from
+    weights: dict[str, torch.Tensor]  # the surviving weights so far
+    previous: dict[str, torch.Tensor]  # trained.state_dict()
+    results: list[dict[str, Any]] = field(default_factory=list)  # per level, level 0 first
+    masks: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per level, level 1 first
+
+
+@dataclass
+class _Level:
+    """A level of one chain, pruned, with the arms still to train."""
+
+    level: int
+    masks: dict[str, torch.Tensor]
+    density: float
+    folder: Path
+    what: str
+    search: _Search | None
+    to_train: dict[str, Arm]
+
+
+@dataclass
 class StudyResult:
     study_id: str
     summary: dict[str, Any]  # what `ticketlab find --json` prints
@@ -203,23 +234,8 @@ class _Study:
         self.seconds += result.summary["train_seconds"]
         return result
 
-    def train_arms(self, run: RunConfig, what: str, arms: dict[str, Arm]) -> dict[str, RunResult]:
-        """A level's arms, one by one or (`stack`) those starting at one iteration in one batched step."""
-        if not self.t.stack:
-            return {name: self.train(run, f"{what} {name}", init_state=arm.init_state, masks=arm.masks,
-                                     start_iteration=arm.start) for name, arm in arms.items()}
-        out: dict[str, RunResult] = {}
-        for start in dict.fromkeys(arm.start for arm in arms.values()):
-            names = [name for name, arm in arms.items() if arm.start == start]
-            results = train_stacked(run, [Member(arms[n].init_state, arms[n].masks) for n in names], store=self.store,
-                                    model=self.user_model, dataset=self.dataset, start_iteration=start,
-                                    device=self.device, progress=self.progress, description=f"{what} {'+'.join(names)}")
-            for name, result in zip(names, results):
-                self.seconds += result.summary["train_seconds"]
-                out[name] = result
-        return {name: out[name] for name in arms}
-
-    def seed_run(self, s: int, results: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+    def begin(self, s: int) -> _Chain:
+        """Seed s's chain: its dense run (level 0), with the weights its tickets rewind to."""
         run = replace(self.config.run, train=replace(self.config.run.train, seed=self.config.run.train.seed + s))
         tag = f"seed {s + 1}/{self.t.seeds}"
         if self.user_model is not None:
@@ -227,58 +243,87 @@ class _Study:
         else:
             init = None
         dense = self.train(run, f"{tag} dense", init_state=init, save_at=(self.k,), records=self.prac)
-        rewind_state = read_tensors(dense.folder / "weights" / f"it_{self.k}.safetensors")
         dense_final = dense.model.state_dict()
-        trained = dense.model
-        hard = self._hard_examples(dense) if self.prac else None
-        results.append(self._record(0, 1.0, {"ticket": dense}))
+        chain = _Chain(s, run, tag, dense, read_tensors(dense.folder / "weights" / f"it_{self.k}.safetensors"),
+                       dense_final, self._hard_examples(dense) if self.prac else None, dense.model,
+                       {n: torch.ones_like(dense_final[n], dtype=torch.bool) for n in self.names}, dense_final)
+        chain.results.append(self._record(0, 1.0, {"ticket": dense}))
         _log(f"{tag} level 0 (dense): test {dense.summary['test_accuracy']:.2%}")
+        return chain
 
-        def fresh_init() -> dict[str, torch.Tensor]:
-            if self.user_model is not None:
-                return _user_init(self.user_model, "reinit", run.train.seed)
-            return initial_model(run, self.dataset, stream="reinit").state_dict()
+    def _fresh_init(self, run: RunConfig) -> dict[str, torch.Tensor]:
+        if self.user_model is not None:
+            return _user_init(self.user_model, "reinit", run.train.seed)
+        return initial_model(run, self.dataset, stream="reinit").state_dict()
 
-        weights = {n: torch.ones_like(dense_final[n], dtype=torch.bool) for n in self.names}
-        previous, per_level = dense_final, []
-        for level in range(1, self.t.levels + 1):
-            scores = magnitude({n: previous[n] for n in self.names})
-            if self.structure.kind == "nm":
-                weights = self.structure.nm_masks({n: previous[n] for n in self.names})
-            else:
-                weights = prune_fraction(scores, weights, self.t.fraction, self.t.scope, self._layer_fractions())
-                weights = self._structured(weights, trained)
-            masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels
-            report = density_report(weights)
-            folder = self.store.folder(self.config.run_id) / f"seed_{s}" / f"level_{level}"
-            save_masks(folder / "masks.safetensors", masks)
-            write_json(folder / "density.json", report)
-            density = report["total"]["density"]
-            what = f"{tag} level {level}/{self.t.levels} ({density:.1%} left)"
-            search = self._search(run, what, rewind_state, masks, weights, trained, dense, hard)
-            to_train = {} if search is not None and not self.prac else {"ticket": Arm(rewind_state, masks, self.k)}
-            ctx = LevelContext(s, level, self.t.scope, weights, rewind_state, self.k, dense_final, previous, fresh_init)
-            for name in self.t.baselines:
-                arm = BASELINES.get(name)(ctx)
-                # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
-                arm_masks = masks
-                if arm.masks is not weights:
-                    arm_masks = self.structure.complete(self._structured(arm.masks, trained))
-                to_train[name] = Arm(arm.init_state, arm_masks, arm.start)
-            trained_arms = self.train_arms(run, what, to_train)
-            arms = {"ticket": search.result} if "ticket" not in to_train else {}
-            arms.update(trained_arms)
-            speed = None
-            if self.structure.active and s == 0:
-                speed = self._ship(folder, arms["ticket"].model, masks, density)
-            results.append(self._record(level, density, arms, speed, search))
-            _log(f"{what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items())
-                 + (f", compacted/dense CPU throughput {speed['speedup_cpu']:.2f}x"
-                    if speed and speed.get("speedup_cpu") else ""))
-            trained = search.result.model if search is not None else arms["ticket"].model
-            previous = trained.state_dict()
-            per_level.append(masks)
-        return per_level
+    def prune(self, chain: _Chain, level: int) -> _Level:
+        """The level's masks (saved), its search run if any, and the arms left to train."""
+        previous = {n: chain.previous[n] for n in self.names}
+        if self.structure.kind == "nm":
+            weights = self.structure.nm_masks(previous)
+        else:
+            weights = prune_fraction(magnitude(previous), chain.weights, self.t.fraction, self.t.scope,
+                                     self._layer_fractions())
+            weights = self._structured(weights, chain.trained)
+        chain.weights = weights
+        masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels
+        report = density_report(weights)
+        folder = self.store.folder(self.config.run_id) / f"seed_{chain.s}" / f"level_{level}"
+        save_masks(folder / "masks.safetensors", masks)
+        write_json(folder / "density.json", report)
+        density = report["total"]["density"]
+        what = f"{chain.tag} level {level}/{self.t.levels} ({density:.1%} left)"
+        search = self._search(chain.run, what, chain.rewind_state, masks, weights, chain.trained, chain.dense,
+                              chain.hard)
+        to_train = {} if search is not None and not self.prac else {"ticket": Arm(chain.rewind_state, masks, self.k)}
+        ctx = LevelContext(chain.s, level, self.t.scope, weights, chain.rewind_state, self.k, chain.dense_final,
+                           chain.previous, lambda: self._fresh_init(chain.run))
+        for name in self.t.baselines:
+            arm = BASELINES.get(name)(ctx)
+            # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
+            arm_masks = masks
+            if arm.masks is not weights:
+                arm_masks = self.structure.complete(self._structured(arm.masks, chain.trained))
+            to_train[name] = Arm(arm.init_state, arm_masks, arm.start)
+        return _Level(level, masks, density, folder, what, search, to_train)
+
+    def train_arms(self, levels: list[tuple[_Chain, _Level]]) -> list[dict[str, RunResult]]:
+        """The arms of one level of each chain: one by one, or (`stack`) all those that start at
+        one iteration, of every chain, in one batched step."""
+        if not self.t.stack:
+            return [{name: self.train(chain.run, f"{lv.what} {name}", init_state=arm.init_state, masks=arm.masks,
+                                      start_iteration=arm.start) for name, arm in lv.to_train.items()}
+                    for chain, lv in levels]
+        out: list[dict[str, RunResult]] = [{} for _ in levels]
+        entries = [(i, name, arm) for i, (_, lv) in enumerate(levels) for name, arm in lv.to_train.items()]
+        for start in dict.fromkeys(arm.start for _, _, arm in entries):
+            group = [(i, name, arm) for i, name, arm in entries if arm.start == start]
+            names = sorted({name for _, name, _ in group})
+            what = levels[0][1].what if len(levels) == 1 else f"level {levels[0][1].level}/{self.t.levels}"
+            members = [Member(arm.init_state, arm.masks, seed=levels[i][0].run.train.seed) for i, _, arm in group]
+            results = train_stacked(self.config.run, members, store=self.store, model=self.user_model,
+                                    dataset=self.dataset, start_iteration=start, device=self.device,
+                                    progress=self.progress,
+                                    description=f"{what} {'+'.join(names)} x {len(levels)} seed(s) stacked")
+            for (i, name, _), result in zip(group, results):
+                self.seconds += result.summary["train_seconds"]
+                out[i][name] = result
+        return [{name: out[i][name] for name in lv.to_train} for i, (_, lv) in enumerate(levels)]
+
+    def finish(self, chain: _Chain, lv: _Level, trained_arms: dict[str, RunResult]) -> None:
+        """Record the level, measure the ticket's speed (first seed), and move the chain on."""
+        arms = {"ticket": lv.search.result} if "ticket" not in lv.to_train else {}
+        arms.update(trained_arms)
+        speed = None
+        if self.structure.active and chain.s == 0:
+            speed = self._ship(lv.folder, arms["ticket"].model, lv.masks, lv.density)
+        chain.results.append(self._record(lv.level, lv.density, arms, speed, lv.search))
+        _log(f"{lv.what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items())
+             + (f", compacted/dense CPU throughput {speed['speedup_cpu']:.2f}x"
+                if speed and speed.get("speedup_cpu") else ""))
+        chain.trained = lv.search.result.model if lv.search is not None else arms["ticket"].model
+        chain.previous = chain.trained.state_dict()
+        chain.masks.append(lv.masks)
 
     def _ship(self, folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], density: float) -> dict[str, Any]:
         """Save the level's ticket as a file `ticketlab bench` reads, and measure its speed."""
@@ -449,13 +494,17 @@ def find_ticket(
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
 
     record = store.begin(config)
-    per_seed: list[list[dict[str, Any]]] = []
-    masks: list[dict[str, torch.Tensor]] = []
-    for s in range(tickets.seeds):
-        results: list[dict[str, Any]] = []
-        seed_masks = study.seed_run(s, results)
-        masks = masks or seed_masks
-        per_seed.append(results)
+    chains: list[_Chain] = []
+    # seed by seed; with --stack all seeds level by level, so a level's arms of every seed train together
+    for seeds in [list(range(tickets.seeds))] if tickets.stack else [[s] for s in range(tickets.seeds)]:
+        group = [study.begin(s) for s in seeds]
+        for level in range(1, tickets.levels + 1):
+            pruned = [(chain, study.prune(chain, level)) for chain in group]
+            for (chain, lv), arms in zip(pruned, study.train_arms(pruned)):
+                study.finish(chain, lv, arms)
+        chains += group
+    per_seed = [chain.results for chain in chains]
+    masks = chains[0].masks
     summary = summarise(per_seed, tickets.baselines, "validation")
     summary.update(study_id=config.run_id, model=name, dataset=ds.name, seeds=tickets.seeds,
                    fraction=tickets.fraction, scope=tickets.scope, rewind_iteration=study.k,

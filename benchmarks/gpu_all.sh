@@ -18,3 +18,6 @@ python3 benchmarks/stacked_speed.py --data-dir "$data" --model cifar_resnet_20 -
 # 4. compacted channel tickets at batch 256 (issue 4: >= 1.6x dense)
 python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 --repeats 7 \
     --out "$out/structured_cuda.json" | tee "$out/structured_cuda.txt"
+# 5. a whole ticket study, stacked (--stack) against one by one: 2 seeds, 3 baselines, 2 short levels
+python3 benchmarks/stacked_find.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --epochs 2 \
+    --levels 2 --seeds 2 --repeats 1 --device cuda | tee "$out/stacked_find_cuda.json"

@@ -1,7 +1,7 @@
 """A whole ticket study with each level's arms stacked (`find --stack`) against one by one.
 
   python benchmarks/stacked_find.py --data-dir ../shared/data [--model lenet_300_100 --dataset mnist]
-      [--epochs 2] [--levels 2] [--baselines reinit,random,shuffle] [--repeats 3] [--device cpu|cuda]
+      [--epochs 2] [--levels 2] [--seeds 2] [--baselines reinit,random,shuffle] [--repeats 3] [--device cpu|cuda]
 
 Each repetition runs the same study twice into fresh stores, one by one and stacked, in turns,
 so machine noise hits both alike. Reported: the median wall time of each side and their ratio,
@@ -26,7 +26,8 @@ from ticketlab.tickets import TicketConfig, find_ticket
 
 
 def study(ds, args, stack: bool) -> tuple[float, dict]:
-    tickets = TicketConfig(levels=args.levels, baselines=tuple(args.baselines.split(",")), stack=stack)
+    tickets = TicketConfig(levels=args.levels, baselines=tuple(args.baselines.split(",")), seeds=args.seeds,
+                           stack=stack)
     with tempfile.TemporaryDirectory() as store:
         start = time.perf_counter()
         result = find_ticket(args.model, ds, tickets=tickets, store=store, device=args.device, progress=False,
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--levels", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--baselines", default="reinit,random,shuffle")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
@@ -61,7 +63,7 @@ def main() -> None:
                 gap = max(gap, abs(plain[arm]["mean"] - stacked[arm]["mean"]))
     one_by_one, together = statistics.median(times[False]), statistics.median(times[True])
     print(json.dumps({
-        "model": args.model, "dataset": args.dataset, "epochs": args.epochs, "levels": args.levels,
+        "model": args.model, "dataset": args.dataset, "epochs": args.epochs, "levels": args.levels, "seeds": args.seeds,
         "baselines": args.baselines, "device": args.device, "threads": torch.get_num_threads(),
         "machine": platform.machine(), "date": str(date.today()), "repeats": args.repeats,
         "one_by_one_s": round(one_by_one, 2), "stacked_s": round(together, 2),

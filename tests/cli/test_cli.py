@@ -50,6 +50,22 @@ def test_train_json_contract_and_reuse(tmp_path, tiny_npz, capsys):
     assert code == 0 and not (tmp_path / "store" / "runs" / result["run_id"]).exists()
 
 
+def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
+    base = ["train", "--dataset", str(tiny_npz), "--epochs", "2", "--seeds", "3", "--seed", "4",
+            "--store", str(tmp_path / "store"), "--quiet", "--json"]
+    code, out, _ = _run(capsys, *base)
+    assert code == 0 and "mean ± sample std over 3 seeds" in out
+    plain = json.loads(out.strip().splitlines()[-1])
+    assert plain["seeds"] == [4, 5, 6] and len(set(plain["run_ids"])) == 3 and not plain["stacked"]
+    assert plain["test_accuracy"] == pytest.approx(sum(plain["test_accuracies"]) / 3)
+    code, out, _ = _run(capsys, *base, "--stack")
+    stacked = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and stacked["stacked"] and set(stacked["run_ids"]).isdisjoint(plain["run_ids"])
+    assert stacked["test_accuracies"] == pytest.approx(plain["test_accuracies"], abs=1e-9)  # float rounding only
+    code, _, err = _run(capsys, *base[:-1], "--seeds", "0")
+    assert code == 2 and "--seeds must be at least 1" in err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--model", "resnet_9000"], "unknown model 'resnet_9000'; choose one of: "),
     (["--dataset", "imagenet22k"], "unknown dataset 'imagenet22k'"),

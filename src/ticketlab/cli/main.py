@@ -136,6 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ticketlab.train import train_run
 
     config = run_config(args)
+    if args.seeds != 1 or args.stack:
+        return _train_seeds(args, config)
     result = train_run(
         config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
         device=args.device, progress=not args.quiet, masks=load_masks(args.masks) if args.masks else None,
@@ -158,6 +160,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"plot: {s['coverage_plot']}")
     if args.json:
         print(json.dumps(s, sort_keys=True))
+    return 0
+
+
+def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
+    """`train --seeds N [--stack]`: one run per seed, a table of them, and their mean ± std."""
+    from ticketlab.sparsity import load_masks
+    from ticketlab.store import RunStore
+    from ticketlab.tickets.verdict import stat
+    from ticketlab.train import Member, train_run, train_stacked
+
+    if args.seeds < 1:
+        raise TicketlabError(f"--seeds must be at least 1, got {args.seeds}")
+    seeds = [config.train.seed + i for i in range(args.seeds)]
+    masks = load_masks(args.masks) if args.masks else None
+    where = dict(store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
+                 device=args.device, progress=not args.quiet)
+    if args.stack:
+        results = train_stacked(config, [Member(masks=masks, seed=seed) for seed in seeds], **where)
+    else:
+        results = [train_run(replace(config, train=replace(config.train, seed=seed)), masks=masks, **where)
+                   for seed in seeds]
+    print(table(("seed", "run", "test accuracy", "val accuracy", "train seconds", ""),
+                [(seed, r.run_id, r.summary["test_accuracy"], r.summary.get("val_accuracy"),
+                  r.summary["train_seconds"], "reused" if r.reused else "") for seed, r in zip(seeds, results)]))
+    test = stat([r.summary["test_accuracy"] for r in results])
+    print(f"test accuracy {100 * test.mean:.2f} ± {100 * test.std:.2f}% (mean ± sample std over {len(seeds)} seeds)")
+    if args.json:
+        first = results[0].summary
+        print(json.dumps({
+            "model": first["model"], "dataset": first["dataset"], "epochs": first["epochs"], "seeds": seeds,
+            "stacked": args.stack, "run_ids": [r.run_id for r in results], "test_accuracy": test.mean,
+            "test_accuracy_std": test.std, "test_accuracies": [r.summary["test_accuracy"] for r in results],
+            "train_seconds": round(sum(r.summary["train_seconds"] for r in results), 3),
+            "parameters": first["parameters"], "density": first["density"],
+        }, sort_keys=True))
     return 0
 
 
@@ -355,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one model (reused if already finished, resumed if interrupted)")
+    g = p.add_argument_group("several seeds")
+    g.add_argument("--seeds", type=int, default=1, help="train seeds --seed .. --seed+N-1 and report mean ± std")
+    g.add_argument("--stack", action="store_true",
+                   help="train the seeds together in one batched step (for GPUs and small models)")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 

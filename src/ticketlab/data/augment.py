@@ -39,6 +39,9 @@ class Draws:
     def take(self, index: torch.Tensor) -> "Draws":
         return Draws(self.dy[index], self.dx[index], self.flip[index], self.cy[index], self.cx[index])
 
+    def to(self, device: torch.device) -> "Draws":
+        return Draws(*(t.to(device) for t in (self.dy, self.dx, self.flip, self.cy, self.cx)))
+
 
 def draw(aug: Augment, n: int, height: int, width: int, generator: torch.Generator, epoch: int = 0,
          first: torch.Generator | None = None) -> Draws:
@@ -96,11 +99,12 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 def apply(aug: Augment, x: torch.Tensor, d: Draws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Augment a uint8 batch with its draws and return the normalised float batch."""
+    d = d.to(x.device)  # a no-op for draws already on the data's device
     if aug.crop_padding > 0:
-        x = translate(x, d.dy.to(x.device), d.dx.to(x.device), aug.crop_padding, aug.reflect)
+        x = translate(x, d.dy, d.dx, aug.crop_padding, aug.reflect)
     if aug.flip:
-        x = torch.where(d.flip.to(x.device)[:, None, None, None], x.flip(3), x)
+        x = torch.where(d.flip[:, None, None, None], x.flip(3), x)
     out = normalize(x, mean, std)
     if aug.cutout > 0:
-        out = out * cutout_mask(out.shape, d.cy.to(x.device), d.cx.to(x.device), aug.cutout, x.device)
+        out = out * cutout_mask(out.shape, d.cy, d.cx, aug.cutout, x.device)
     return out

@@ -56,7 +56,9 @@ class DeviceData:
         order = torch.randperm(len(self), generator=g)
         _, _, h, w = self.x.shape
         first = torch.Generator().manual_seed(stream_seed("first-flips", seed))
-        draws = draw(self.augment, len(self), h, w, g, epoch, first)
+        # drawn on the CPU (the same numbers on any device), then moved once: batches index them
+        # on the device, with no per-step copy or host sync
+        draws = draw(self.augment, len(self), h, w, g, epoch, first).to(self.device)
         return Epoch(order.to(self.device), draws)
 
     def batch(self, ep: Epoch, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,7 +66,7 @@ class DeviceData:
         idx = ep.order[step * batch_size : (step + 1) * batch_size]
         x = self.x[idx]
         if self.augment.active:
-            inputs = apply(self.augment, x, ep.draws.take(idx.cpu()), self.mean, self.std)
+            inputs = apply(self.augment, x, ep.draws.take(idx), self.mean, self.std)
         else:
             inputs = normalize(x, self.mean, self.std)
         return inputs, self.y[idx], idx

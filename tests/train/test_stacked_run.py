@@ -65,6 +65,31 @@ def test_an_interrupted_group_resumes_to_the_uninterrupted_result(tmp_path, monk
     assert [r.kind for r in store.list()] == ["train"] * 3
 
 
+def test_a_group_cut_off_while_storing_its_members_is_read_not_retrained(tmp_path, monkeypatch):
+    ds, cfg, members = _setup()
+    reference = train_stacked(cfg, members, store=RunStore(tmp_path / "ref"), dataset=ds, progress=False)
+    store = RunStore(tmp_path / "run")
+    real, stored = stacked_run._store_member, []
+
+    def cut_off(*args):
+        if len(stored) == 1:
+            raise KeyboardInterrupt
+        stored.append(real(*args))
+        return stored[-1]
+
+    monkeypatch.setattr(stacked_run, "_store_member", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        train_stacked(cfg, members, store=store, dataset=ds, progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(stacked_run, "_fit", lambda *a, **k: pytest.fail("the finished group was retrained"))
+    resumed = train_stacked(cfg, members, store=store, dataset=ds, progress=False)
+    for mine, ref in zip(resumed, reference):
+        assert mine.run_id == ref.run_id and mine.summary["test_accuracy"] == ref.summary["test_accuracy"]
+        for name, value in ref.model.state_dict().items():
+            assert torch.equal(mine.model.state_dict()[name], value), name
+    assert [r.kind for r in store.list()] == ["train"] * 3  # and the group is gone
+
+
 def test_finished_members_are_reused_and_a_lone_one_trains_alone(tmp_path):
     ds, cfg, members = _setup()
     store = RunStore(tmp_path)

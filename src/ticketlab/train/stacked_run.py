@@ -22,7 +22,7 @@ from ticketlab.config import RunConfig
 from ticketlab.data import ImageDataset
 from ticketlab.data.batches import DeviceData
 from ticketlab.errors import TicketlabError
-from ticketlab.store import RunStore, read_json, read_tensors, write_json, write_tensors
+from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import MaskHook
 from ticketlab.train.run import (
     RunResult,
@@ -101,14 +101,19 @@ def train_stacked(
             dataset=dataset, masks=members[k].masks, start_iteration=start_iteration, device=dev, progress=progress,
             description=description)
     elif pending:
-        order = list(pending.values())
-        group = replace(identified[order[0]][0], kind="stack", members=tuple(pending), init="", masks="")
-        trained = _train_group(group, [identified[k][1] for k in order], [members[k].masks for k in order],
-                               [identified[k][0].train.seed for k in order], store=store, dataset=dataset,
-                               device=dev, progress=progress, description=description)
-        for (run_id, k), result in zip(pending.items(), trained):
-            done[run_id] = _store_member(identified[k][0], result, store)
-        store.remove(group.run_id)  # every member is stored as a run of its own now
+        # a group that finished but was cut off while storing its members is read, not retrained
+        record = _finished_group(store, set(pending))
+        if record is None:
+            order = list(pending.values())
+            group = replace(identified[order[0]][0], kind="stack", members=tuple(pending), init="", masks="")
+            record = _train_group(group, [identified[k][1] for k in order], [members[k].masks for k in order],
+                                  [identified[k][0].train.seed for k in order], store=store, dataset=dataset,
+                                  device=dev, progress=progress, description=description)
+        trained = _group_members(record, identified[next(iter(pending.values()))][1])
+        for run_id, k in pending.items():
+            done[run_id] = _store_member(identified[k][0], trained[run_id], store)
+        if all((stored := store.get(run_id)) is not None and stored.finished for run_id in trained):
+            store.remove(record.run_id)  # every member is stored as a run of its own now
     for k, (member_config, _) in enumerate(identified):
         if results[k] is None:
             result = done[member_config.run_id]
@@ -117,11 +122,18 @@ def train_stacked(
     return results  # type: ignore[return-value]
 
 
+def _finished_group(store: RunStore, wanted: set[str]) -> RunRecord | None:
+    for record in store.list(kind="stack"):
+        if record.finished and wanted <= set((record.summary or {}).get("members", ())):
+            return record
+    return None
+
+
 def _train_group(
     group: RunConfig, nets: list[nn.Module], masks: list[Tensors | None], seeds: list[int], *, store: RunStore,
     dataset: ImageDataset, device: torch.device, progress: bool, description: str | None,
-) -> list[tuple[nn.Module, TrainResult]]:
-    """Train (or resume, or reload) the group run; each network with its own results."""
+) -> RunRecord:
+    """Train (or resume) the group run to its finished record."""
     stacked = StackedModels(nets)
     record = store.begin(group)
     if not record.finished:
@@ -142,9 +154,17 @@ def _train_group(
             summary.update(val_accuracies=result.validation["accuracies"], val_losses=result.validation["losses"])
         (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)
         record = store.finish(group.run_id, summary)
+    return record
+
+
+def _group_members(record: RunRecord, net: nn.Module) -> dict[str, tuple[nn.Module, TrainResult]]:
+    """Each member of a finished group, by run id: its trained network and its own figures."""
+    summary, history = record.summary or {}, read_json(record.folder / "history.json")
+    count = len(summary["members"])
+    stacked = StackedModels([net] * count)  # copies of one architecture; the stored state fills them
     stacked.load_state_dict(read_tensors(record.folder / "final.safetensors"))
-    history, summary = read_json(record.folder / "history.json"), record.summary or {}
-    return [(net, _member_result(summary, history, k, len(nets))) for k, net in enumerate(stacked.unstack())]
+    return {run_id: (trained, _member_result(summary, history, k, count))
+            for k, (run_id, trained) in enumerate(zip(summary["members"], stacked.unstack()))}
 
 
 def _complete(masks: list[Tensors | None], net: nn.Module) -> list[Tensors]:

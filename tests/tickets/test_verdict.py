@@ -1,9 +1,8 @@
 import pytest
 
 from ticketlab.errors import TicketlabError
-from ticketlab.tickets.imp import summarise
 from ticketlab.tickets.rewind import rewind_iteration
-from ticketlab.tickets.verdict import Stat, sparsest_winning, stat, verdict
+from ticketlab.tickets.verdict import Stat, sparsest_winning, stat, summarise, verdict
 
 
 def test_stat_is_mean_and_sample_std():

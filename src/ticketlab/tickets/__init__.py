@@ -2,11 +2,11 @@
 
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.earlybird import EarlyBird, mask_distance
-from ticketlab.tickets.imp import StudyConfig, StudyResult, TicketConfig, find_ticket, summarise
+from ticketlab.tickets.imp import StudyConfig, StudyResult, TicketConfig, find_ticket
 from ticketlab.tickets.prac import PracSet, load_prac, save_prac
 from ticketlab.tickets.structured import STRUCTURES
 from ticketlab.tickets.ticketfile import Ticket, load_ticket, save_ticket
-from ticketlab.tickets.verdict import Stat, Verdict, stat, verdict
+from ticketlab.tickets.verdict import Stat, Verdict, stat, summarise, verdict
 
 __all__ = [
     "Arm", "BASELINES", "EarlyBird", "LevelContext", "PracSet", "STRUCTURES", "Stat", "StudyConfig", "StudyResult",

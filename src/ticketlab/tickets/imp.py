@@ -38,15 +38,12 @@ from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predic
 from ticketlab.tickets.rewind import rewind_iteration
 from ticketlab.tickets.structured import STRUCTURES, Structure, parse_nm
 from ticketlab.tickets.ticketfile import save_ticket
-from ticketlab.tickets.verdict import sparsest_winning, stat, verdict
+from ticketlab.tickets.verdict import summarise
 from ticketlab.train.records import ExampleRecords
 from ticketlab.train.run import RunResult, dataset_identity, initial_model, recipe_config, resolve_device, train_run
 from ticketlab.train.stacked_run import Member, train_stacked
 
 SCOPES = ("global", "layerwise")
-# a sparse ticket that beats its dense parent by more than a point is a sign of a weak dense
-# baseline (too few epochs, too small an lr), not of a great ticket
-UNDERTRAINED_GAIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -393,58 +390,6 @@ class _Study:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], verdict_on: str) -> dict[str, Any]:
-    """Mean ± std over seeds per level and arm, and each level's verdict (pure: testable alone)."""
-    levels = len(per_seed[0])
-    dense_test = stat([seed[0]["test"]["ticket"] for seed in per_seed])
-    dense_judge = stat([seed[0][verdict_on]["ticket"] for seed in per_seed])
-    rows, verdicts, densities = [], [], []
-    for level in range(1, levels):
-        arms = ("ticket", *baselines)
-        test = {a: stat([seed[level]["test"][a] for seed in per_seed]) for a in arms}
-        judge = {a: stat([seed[level][verdict_on][a] for seed in per_seed]) for a in arms}
-        v = verdict(dense_judge, judge["ticket"], judge.get("reinit"))
-        density = per_seed[0][level]["density"]
-        row: dict[str, Any] = {"level": level, "density": density}
-        row.update({a: s.as_dict() for a, s in test.items()})
-        row.update(winning=v.winning, matches_dense=v.matches_dense, beats_reinit=v.beats_reinit,
-                   tolerance=v.tolerance, verdict_on=verdict_on)
-        if verdict_on == "validation":
-            row["validation"] = {a: s.as_dict() for a, s in judge.items()}
-        row.update(per_seed[0][level].get("speed", {}))  # measured on the first seed's ticket
-        rows.append(row)
-        verdicts.append(v)
-        densities.append(density)
-    summary: dict[str, Any] = {"dense": dense_test.as_dict(), "levels": rows,
-                               "sparsest_winning_density": sparsest_winning(densities, verdicts),
-                               "verdict_on": verdict_on, "warnings": []}
-    judged = [r["validation"]["ticket"]["mean"] if verdict_on == "validation" else r["ticket"]["mean"] for r in rows]
-    best_gain = max(judged, default=dense_judge.mean) - dense_judge.mean
-    if best_gain > UNDERTRAINED_GAIN:
-        summary["warnings"].append(
-            f"tickets beat the dense network by up to {100 * best_gain:.1f} points: the dense baseline is probably "
-            "under-trained, and against a weak dense network tickets win trivially (lottery-ticket sanity checks); "
-            "train longer (--epochs) before trusting the verdict"
-        )
-    if verdict_on == "validation":
-        summary["dense_validation"] = dense_judge.as_dict()
-    searches = [lv for seed in per_seed for lv in seed[1:] if "search" in lv]
-    if searches:
-        for row, level in zip(rows, range(1, levels)):
-            found = [seed[level]["search"] for seed in per_seed]
-            fractions = [f["prac_fraction"] for f in found if f["prac_fraction"] is not None]
-            row["search_iterations"] = [f["iterations"] for f in found]
-            row["stopped_epoch"] = [f["stopped_epoch"] for f in found]
-            if fractions:
-                row["prac_fraction"] = sum(fractions) / len(fractions)
-        searched = sum(lv["search"]["iterations"] for lv in searches)
-        full = sum(lv["full_iterations"] for lv in searches)
-        summary["search_iterations"] = searched
-        summary["full_data_iterations"] = full
-        summary["iterations_saved"] = 1 - searched / full
-    return summary
 
 
 def default_validation(n_train: int) -> int:

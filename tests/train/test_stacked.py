@@ -8,7 +8,7 @@ from ticketlab.data.batches import DeviceData
 from ticketlab.errors import TicketlabError
 from ticketlab.train import MaskHook, StackedModels, Trainer, stack_masks
 
-from helpers import TinyNet, tiny_dataset
+from helpers import InterruptAt, TinyNet, tiny_dataset
 
 
 def _nets(count=3):
@@ -73,6 +73,25 @@ def test_networks_with_their_own_seeds_see_their_own_batches():
     assert not torch.allclose(shared.unstack()[1].fc.weight, stacked.unstack()[1].fc.weight)
     with pytest.raises(TicketlabError, match="one per network"):
         _train(StackedModels(_nets()), [], seeds=[1, 2])
+
+
+def test_stacked_seeds_resume_bitwise(tmp_path):
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True))
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, lookahead_every=3)
+
+    def trainer(folder, hooks=()):
+        return Trainer(StackedModels(_nets(2)), data, cfg, hooks=hooks, checkpoint_dir=folder, progress=False,
+                       seeds=[3, 4])
+
+    reference = trainer(tmp_path / "ref")
+    reference.fit()
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "run", [InterruptAt(7)]).fit()
+    resumed = trainer(tmp_path / "run")
+    resumed.fit()
+    for name, value in reference.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
 
 
 def test_only_one_architecture_stacks():

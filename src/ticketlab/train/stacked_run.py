@@ -1,9 +1,9 @@
 """Stored runs trained together: several networks of one architecture in one batched step.
 
-A ticket study trains, at every level, arms that differ only in their starting weights and
-masks (the ticket and its baselines), with the same schedule and data order. `train_stacked`
-trains them as one `StackedModels` and then stores each network as a run of its own, so a
-study reads its arms exactly as if they had been trained one by one. The group itself is a run
+A ticket study trains, at every level, arms (the ticket and its baselines, for every seed) that
+share one schedule and differ in starting weights, masks and seed. `train_stacked` trains them
+as one `StackedModels` (each network with its own seed's data order) and then stores each
+network as a run of its own, so a study reads its arms as if they had been trained one by one. The group itself is a run
 of kind "stack" while it trains (resumable like any run) and is removed once its members are
 stored. It builds on run.py's internals, so both kinds of run share one identity and layout.
 """

@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("several seeds")
     g.add_argument("--seeds", type=int, default=1, help="train seeds --seed .. --seed+N-1 and report mean ± std")
     g.add_argument("--stack", action="store_true",
-                   help="train the seeds together in one batched step (for GPUs and small models)")
+                   help="train the seeds together in one batched step (meant for GPUs; no faster on CPU)")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -413,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")
     g.add_argument("--plot", help="also write the accuracy plot (PNG) here")
     g.add_argument("--stack", action="store_true",
-                   help="train each level's ticket and baselines together in one batched step (for GPUs and "
-                        "small models; numbers equal one-by-one training up to float rounding)")
+                   help="train each level's arms of all seeds together in one batched step (meant for GPUs; "
+                        "numbers equal one-by-one training up to float rounding)")
     g = p.add_argument_group("structured tickets (methods.md section 5)")
     g.add_argument("--structure", choices=STRUCTURES, default="none",
                    help="channel: refill whole channels (compactable, faster); group: regroup dense blocks; nm: N:M")

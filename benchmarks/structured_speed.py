@@ -1,7 +1,7 @@
 """Speed of channel tickets after physical compaction, against the dense network.
 
   python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
-      [--batch-sizes 1,64,256] [--device cpu|cuda]
+      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw]
 
 Speed depends on which channels survive, not on how well the weights are trained, so this runs
 the structure step of `ticketlab find --structure channel` (global magnitude IMP step of 20%,
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU target is batch 256)")
+    ap.add_argument("--layout", choices=("channels-last", "nchw"), default="channels-last",
+                    help="memory layout of every variant (as `ticketlab bench --layout`)")
     ap.add_argument("--out", default="benchmarks/results/structured_speed.json")
     args = ap.parse_args()
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
@@ -61,7 +63,8 @@ def main() -> None:
             with torch.no_grad():
                 err = float((small(x) - ticket(x)).abs().max())  # on the CPU, before timing moves them
             timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), "compacted": small},
-                              (3, 32, 32), batches, device=args.device, repeats=args.repeats)
+                              (3, 32, 32), batches, device=args.device, repeats=args.repeats,
+                              channels_last=args.layout == "channels-last")
             density = density_report(weights)["total"]["density"]
             row = {"model": name, "level": level, "density": density,
                    "parameters": sum(p.numel() for p in ticket.parameters()),
@@ -75,7 +78,7 @@ def main() -> None:
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
     machine = (torch.cuda.get_device_name() if args.device == "cuda" else
                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    result = {"date": date.today().isoformat(), "device": args.device,
+    result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout,
               "machine": f"{machine}, torch {torch.__version__}", "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

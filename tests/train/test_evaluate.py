@@ -27,3 +27,19 @@ def test_flip_shift_tta_is_airbenchs_mirror_translate():
     got = evaluate(model, x, y, mean, std, tta="flip_shift")
     assert abs(got["loss"] - expected) < 1e-5
     assert abs(evaluate(model, x, y, mean, std)["loss"] - expected) > 1e-3  # TTA changes the logits
+
+
+def test_batch_size_and_layout_change_nothing_but_speed():
+    """The default batch size depends on the device and the trainer may evaluate channels-last:
+    the figures must not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 4))
+    x = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 4, (300,))
+    mean, std = torch.full((3,), 120.0 / 255), torch.full((3,), 60.0 / 255)
+    reference = evaluate(model, x, y, mean, std, batch_size=300)
+    for options in ({}, {"batch_size": 7}, {"channels_last": True}):
+        out = evaluate(model, x, y, mean, std, **options)
+        assert out["accuracy"] == reference["accuracy"]
+        assert abs(out["loss"] - reference["loss"]) < 1e-5

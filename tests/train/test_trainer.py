@@ -266,3 +266,31 @@ def test_a_frozen_parameter_resumes_exactly(tmp_path, stop_at):
     _trainer(tmp_path / "run", cfg=cfg, model=model).fit()
     for k, v in reference.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
+
+
+class _LayoutProbe(TinyNet):
+    """Records whether each training batch arrives channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, x):
+        self.seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return super().forward(x)
+
+
+class _NchwOnly(_LayoutProbe):
+    channels_last = False
+
+
+def test_image_models_train_channels_last_unless_they_opt_out():
+    wanted = _trainer(model=_LayoutProbe())
+    wanted.fit()
+    assert wanted.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert wanted.model.seen and all(wanted.model.seen)
+
+    declined = _trainer(model=_NchwOnly())
+    declined.fit()
+    assert declined.model.conv.weight.is_contiguous()
+    assert declined.model.seen and not any(declined.model.seen)

@@ -71,10 +71,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.update(_two_four(variants, load_ticket(args.model_file).masks, device))
     half = "dense_fp16" in variants
     timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats,
-                      dtype=torch.float16 if half else torch.float32)
+                      dtype=torch.float16 if half else torch.float32, channels_last=args.layout == "channels-last")
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
-          f"{device.type}, {torch.get_num_threads()} threads; ratios are throughput / dense")
+          f"{device.type}, {torch.get_num_threads()} threads, {args.layout} layout; ratios are throughput / dense")
     print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters"),
                 [(t.variant, t.batch_size, f"{t.latency_ms:.3f}", f"{t.throughput:.1f}", f"{t.ratio:.2f}x",
                   params[t.variant]) for t in timings]))
@@ -83,6 +83,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(notes[key])
     if args.json:
         print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
+                          "layout": args.layout,
                           "timings": [t.as_dict() for t in timings], "parameters": params, **notes}, sort_keys=True))
     return 0
 
@@ -121,6 +122,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed forward passes first")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    p.add_argument("--layout", choices=("channels-last", "nchw"), default="channels-last",
+                   help="memory layout of image models, the same for every variant (default channels-last, the "
+                        "layout ticketlab trains in and the faster one; nchw is PyTorch's default)")
     p.add_argument("--two-four", action="store_true",
                    help="2:4 tickets: time the Linear layers as semi-structured sparse tensors (CUDA, compute "
                         "capability >= 8.0) against dense fp16; elsewhere, say why not")

@@ -43,7 +43,7 @@ class StackedModels(nn.Module):
     """
 
     # Stacked conv weights are 5-D, which the channels-last format does not cover: the trainer
-    # keeps this module in the default layout on CUDA.
+    # keeps this module in the default layout.
     channels_last = False
 
     def __init__(self, models: Sequence[nn.Module]) -> None:

@@ -1,0 +1,56 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.speed import masked_module, measure, speedup
+
+
+class _Probe(nn.Module):
+    """A conv net that records the memory layout of what it is given."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.fc = nn.Linear(width, 2)
+        self.channels_last_inputs: list[bool] = []
+
+    def forward(self, x):
+        self.channels_last_inputs.append(x.is_contiguous(memory_format=torch.channels_last))
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_every_variant_runs_in_the_same_layout(channels_last):
+    variants = {"dense": _Probe(8), "small": _Probe(2)}
+    timings = measure(variants, (3, 8, 8), (1, 4), repeats=2, warmup=1, min_seconds=0.0,
+                      channels_last=channels_last)
+    for model in variants.values():
+        assert model.conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert model.channels_last_inputs and set(model.channels_last_inputs) == {channels_last}
+    assert [(t.variant, t.batch_size) for t in timings] == [("dense", 1), ("small", 1), ("dense", 4), ("small", 4)]
+    assert speedup(timings, "dense", 4) == 1.0 and speedup(timings, "small", 4) > 0
+
+
+def test_non_image_inputs_keep_their_layout():
+    timings = measure({"mlp": nn.Linear(6, 2)}, (6,), (3,), repeats=1, warmup=0, min_seconds=0.0)
+    assert timings[0].ratio == 1.0 and timings[0].throughput > 0
+
+
+def test_masked_variant_computes_the_masked_function():
+    model = _Probe()
+    mask = (torch.rand_like(model.conv.weight) < 0.5).float()
+    masked = masked_module(model, {"conv.weight": mask})
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.conv.weight.mul_(mask)
+        assert torch.allclose(masked(x), model(x), atol=1e-6)
+
+
+def test_bad_requests_are_user_errors():
+    with pytest.raises(TicketlabError, match="at least one"):
+        measure({}, (3, 8, 8))
+    with pytest.raises(TicketlabError, match="positive"):
+        measure({"a": _Probe()}, (3, 8, 8), (0,))
+    with pytest.raises(TicketlabError, match="no timing"):
+        speedup([], "compacted", 64)

@@ -69,7 +69,8 @@ class MaskHook(Hook):
         check_masks(trainer.model, self.masks)
         params = dict(trainer.model.named_parameters())
         self._params = [params[name] for name in self.masks]
-        self._masks = [m.to(device=p.device, dtype=p.dtype) for m, p in zip(self.masks.values(), self._params)]
+        # in the parameter's own layout (channels-last convolutions), so the fused multiply stays on its fast path
+        self._masks = [torch.empty_like(p).copy_(m) for m, p in zip(self.masks.values(), self._params)]
         self.apply()
 
     @torch.no_grad()

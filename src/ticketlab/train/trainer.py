@@ -145,7 +145,7 @@ class Trainer:
         self.per_network = seeds is not None
         self.seeds = list(seeds) if seeds is not None else [cfg.seed]
         cuda = self.device.type == "cuda"
-        # channels-last suits both oneDNN (CPU: 1.1-1.35x faster steps, BENCHMARKS.md) and cuDNN's
+        # channels-last suits both oneDNN (CPU evaluation 1.4-2.4x faster, BENCHMARKS.md) and cuDNN's
         # tensor cores; a model opts out with `channels_last = False`. Reduced precision is CUDA-only.
         self.channels_last = getattr(model, "channels_last", True) and data.x.dim() == 4
         # augmented crops come out channels-last; a model that opted out gets them in NCHW

@@ -1,6 +1,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from ticketlab.config import TrainConfig
 from ticketlab.data.augment import Augment
@@ -294,3 +295,26 @@ def test_image_models_train_channels_last_unless_they_opt_out():
     declined.fit()
     assert declined.model.conv.weight.is_contiguous()
     assert declined.model.seen and not any(declined.model.seen)
+
+
+class _ViewsFeatures(nn.Module):
+    """Flattens a feature map with .view, as much user code does; fine only in NCHW."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class _ViewsFeaturesNchw(_ViewsFeatures):
+    channels_last = False
+
+
+def test_a_model_that_needs_nchw_gets_a_clear_error_and_an_opt_out():
+    with pytest.raises(TicketlabError, match="channels_last = False"):
+        _trainer(model=_ViewsFeatures()).fit()
+    assert _trainer(model=_ViewsFeaturesNchw()).fit().iterations > 0

@@ -200,7 +200,16 @@ class Trainer:
             group["lr"] = lr * group["lr_scale"]
         inputs = inputs.contiguous(memory_format=self.layout)
         with self._autocast():
-            logits = self.train_forward(inputs)
+            try:
+                logits = self.train_forward(inputs)
+            except RuntimeError as error:
+                if self.channels_last and "view size is not compatible" in str(error):
+                    raise TicketlabError(
+                        f"{type(self.model).__name__}.forward calls .view() on a tensor in the channels-last layout "
+                        "ticketlab trains image models in; use .reshape() or .flatten() there, or set the class "
+                        "attribute channels_last = False on the model"
+                    ) from None
+                raise
         loss = self.loss_fn(logits.float(), targets, index)
         total = loss.sum() if loss.dim() else loss
         self.optimizer.zero_grad(set_to_none=True)

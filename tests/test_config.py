@@ -1,6 +1,10 @@
 import dataclasses
 
+import pytest
+
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
+from ticketlab.errors import TicketlabError
+from ticketlab.train import recipe_config
 
 
 def test_run_id_is_stable_across_releases():
@@ -41,3 +45,28 @@ def test_round_trip():
         train=TrainConfig(milestones=(3.0,), schedule="step"),
     )
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("given,needs", [
+    ({"milestones": (5.0,)}, "--schedule step"),
+    ({"gamma": 0.5}, "--schedule step"),
+    ({"lr_end": 0.1, "schedule": "constant"}, "--schedule cosine or linear"),
+    ({"lr_start": 0.1}, "--warmup"),
+    ({"optimizer": "adam", "momentum": 0.5}, "--optimizer sgd"),
+    ({"optimizer": "adamw", "nesterov": False}, "--optimizer sgd"),
+    ({"sat_alpha": 0.8}, "--loss sat"),
+])
+def test_options_that_would_be_ignored_are_refused(given, needs):
+    with pytest.raises(TicketlabError, match=needs):
+        recipe_config(None, epochs=10, **given)
+
+
+def test_recipe_values_are_not_taken_for_given_options():
+    # cifar_resnet_20's recipe sets milestones and gamma; a user switching to cosine has not set them
+    assert recipe_config("cifar_resnet_20", schedule="cosine").schedule == "cosine"
+    assert recipe_config(None, schedule="step", milestones=(3.0,), gamma=0.5, epochs=10).gamma == 0.5
+
+
+def test_gamma_must_be_positive():
+    with pytest.raises(TicketlabError, match="--gamma"):
+        TrainConfig(schedule="step", milestones=(2.0,), gamma=-1.0).validate()

@@ -117,11 +117,35 @@ class TrainConfig:
             raise TicketlabError(f"--bias-lr-scale must be positive, got {self.bias_lr_scale}")
         if self.lookahead_every < 0:
             raise TicketlabError(f"--lookahead must be >= 0 steps (0 is off), got {self.lookahead_every}")
+        if not self.gamma > 0:
+            raise TicketlabError(f"--gamma multiplies the lr at each milestone and must be positive, got {self.gamma}")
         if self.schedule == "step" and not self.milestones:
             raise TicketlabError("--schedule step needs --milestones, e.g. --milestones 80,120")
         bad = [m for m in self.milestones if not 0 < m < self.epochs]
         if bad:
             raise TicketlabError(f"--milestones must lie inside (0, epochs={self.epochs}); got {bad}")
+
+
+# Options that act only under another setting: given explicitly without it, they would be ignored.
+_ONLY_WITH: dict[str, tuple[Any, str]] = {
+    "milestones": (lambda c: c.schedule == "step", "--schedule step"),
+    "gamma": (lambda c: c.schedule == "step", "--schedule step"),
+    "lr_end": (lambda c: c.schedule in ("cosine", "linear"), "--schedule cosine or linear"),
+    "lr_start": (lambda c: c.warmup_epochs > 0, "--warmup"),
+    "momentum": (lambda c: c.optimizer == "sgd", "--optimizer sgd"),
+    "nesterov": (lambda c: c.optimizer == "sgd", "--optimizer sgd"),
+    "sat_alpha": (lambda c: c.loss != "ce", "--loss sat or sat-selective"),
+    "sat_start": (lambda c: c.loss != "ce", "--loss sat or sat-selective"),
+}
+
+
+def check_given(config: TrainConfig, given: set[str]) -> None:
+    """Refuse options the user set that this configuration would silently ignore."""
+    for name in sorted(given & set(_ONLY_WITH)):
+        applies, needs = _ONLY_WITH[name]
+        if not applies(config):
+            flag = "--" + name.replace("_", "-")
+            raise TicketlabError(f"{flag} has no effect without {needs}; drop it or add {needs}")
 
 
 @dataclass(frozen=True)

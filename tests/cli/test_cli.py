@@ -77,7 +77,12 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--epochs", "many"], "invalid int value"),
     (["--model-arg", "widths"], "KEY=VALUE"),
     (["--model", "lenet_300_100", "--model-arg", "depth=3"], "depth"),
-    (["--drop-last", "--batch-size", "100000"], "no full batch"),
+    (["--drop-last", "--batch-size", "100000"], "larger than the 160 training examples"),
+    (["--batch-size", "161"], "larger than the 160 training examples"),
+    (["--cutout", "-3"], "--cutout is the side of the square"),
+    (["--cutout", "8"], "must be in [0, 8)"),
+    (["--gamma", "0.5"], "--gamma has no effect without --schedule step"),
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum has no effect without --optimizer sgd"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_npz, capsys, argv, message):
     store = tmp_path / "store"

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +73,74 @@ def test_bench_and_export_a_ticket(channel_study, tmp_path, capsys):
     x = torch.randn(4, *ticket.input_shape)
     with torch.no_grad():
         assert torch.allclose(small(x), ticket.model.eval()(x), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def conv_ticket(tmp_path_factory, tiny_npz):
+    """A conv_2 channel ticket: its input is (1, 8, 8), so an exporter given one example's shape as a
+    batch's fails on it (LeNet flattens any shape and hid that)."""
+    store = tmp_path_factory.mktemp("conv_store")
+    assert main(["find", "--model", "conv_2", "--epochs", "1", "--batch-size", "32", "--quiet", "--dataset",
+                 str(tiny_npz), "--store", str(store), "--levels", "1", "--structure", "channel",
+                 "--baselines", ""]) == 0
+    return next(store.glob("runs/*/seed_0/level_1/ticket.safetensors"))
+
+
+def _masked_outputs(ticket_file, x):
+    with torch.no_grad():
+        return load_ticket(ticket_file).model.eval()(x)
+
+
+def test_export_a_conv_ticket(conv_ticket, tmp_path, capsys):
+    out_file = tmp_path / "conv.safetensors"
+    code, _, err = _run(capsys, "export", "--model-file", conv_ticket, "--out", out_file)
+    assert code == 0, err
+    small = load_model(out_file)
+    assert small.meta["ticketlab.input_shape"] == [1, 1, 8, 8]  # a batch's shape, as save_model documents
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(small(x), _masked_outputs(conv_ticket, x), atol=1e-4)
+
+
+def test_export_a_conv_ticket_to_onnx_quietly(conv_ticket, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out_file = tmp_path / "conv.onnx"
+    # a subprocess: torch logs through handlers made at import, which pytest's capture does not see
+    done = subprocess.run([sys.executable, "-m", "ticketlab.cli.main", "export", "--model-file", str(conv_ticket),
+                           "--out", str(out_file)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    session = ort.InferenceSession(str(out_file), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 1, 8, 8)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.allclose(torch.from_numpy(got), _masked_outputs(conv_ticket, x), atol=1e-4)
+
+
+def test_export_refuses_an_unknown_format_or_a_directory_before_any_work(tmp_path, capsys):
+    missing_ticket = tmp_path / "none.safetensors"  # loading it would fail: the --out checks come first
+    for out in (tmp_path / "x.pt", tmp_path / "x"):
+        code, _, err = _run(capsys, "export", "--model-file", missing_ticket, "--out", out)
+        assert code == 2 and ".safetensors" in err and ".onnx" in err and "Traceback" not in err
+        assert not out.exists()
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    code, _, err = _run(capsys, "export", "--model-file", missing_ticket, "--out", folder)
+    assert code == 2 and "is a directory" in err and "Traceback" not in err
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder.safetensors"]
+
+
+def test_bench_refuses_negative_threads(conv_ticket, capsys):
+    code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--threads", "-1")
+    assert code == 2 and "--threads" in err and "positive" in err and "Traceback" not in err
+
+
+def test_bench_two_four_says_a_ticket_without_two_four_masks_ran_nothing_sparse(conv_ticket, capsys):
+    code, out, _ = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
+                        "--two-four", "--json")
+    assert code == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert "no Linear layer" in report["semi_structured"] and "2:4" in report["semi_structured"]
+    assert report["semi_structured"] in out.strip().splitlines()[:-1]  # printed as well
 
 
 def test_bench_rejects_files_that_are_not_tickets(tmp_path, capsys):

@@ -180,3 +180,17 @@ def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, monkeypa
     with pytest.raises(TicketlabError, match=r"pip install 'ticketlab\[onnx\]'"):
         export_onnx(compacted("lenet_300_100"), tmp_path / "model.onnx", (1, 1, 28, 28))
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_onnx_export_failures_are_one_clear_error_and_torch_stays_quiet(tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "model.onnx"
+    # a shape the model does not take is named before torch.export runs (and logs its failed trace)
+    with pytest.raises(TicketlabError, match=r"fails on an input of shape \(1, 3, 28, 28\)"):
+        export_onnx(compacted("lenet_300_100"), path, (1, 3, 28, 28))
+    with pytest.raises(TicketlabError, match="cannot export Branchy") as caught:
+        export_onnx(Branchy(), path, (1, 4))
+    message = str(caught.value)
+    assert "TorchExportError" not in message and "\x1b" not in message  # the cause, not torch's step banner
+    assert capsys.readouterr().err == ""  # torch.export prints the partial graph to sys.stderr
+    assert not path.exists()

@@ -232,3 +232,11 @@ def test_file_labels_out_of_range_or_wrong_type(tmp_path, bad):
     np.savez(path, worse_label=bad)
     with raises("labels must be 0..9|1-D array of integer labels"):
         labels_from_file(path, "worse_label", 2, 10)
+
+
+def test_asymmetric_refuses_ten_classes_that_are_not_cifar10():
+    digits = tuple(str(d) for d in range(10))
+    with raises("look-alike CIFAR-10 classes.*0, 1, 2"):
+        add_label_noise(balanced(5), 10, NoiseSpec("asymmetric", 0.4), seed=0, classes=digits)
+    cifar = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    assert add_label_noise(balanced(5), 10, NoiseSpec("asymmetric", 0.4), seed=0, classes=cifar).shape == (50,)

@@ -1,11 +1,24 @@
 import os
+import re
 
 import pytest
 import torch
 
 from ticketlab.config import RunConfig, TrainConfig
 from ticketlab.errors import TicketlabError
-from ticketlab.store import RunStore, load_state, resolve_store_root, save_state
+from ticketlab.store import (
+    CorruptFileError,
+    RunStore,
+    load_state,
+    read_json,
+    read_tensors,
+    resolve_store_root,
+    save_state,
+    write_tensors,
+)
+from ticketlab.train import train
+
+from helpers import InterruptAt, tiny_dataset
 
 
 def test_begin_finish_list_resolve_remove(tmp_path):
@@ -74,3 +87,49 @@ def test_written_files_follow_the_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_unreadable_files_are_user_errors_naming_the_run_to_discard(tmp_path):
+    store = RunStore(tmp_path / "store")
+    folder = store.begin(RunConfig()).folder
+    run = folder.name
+    save_state(folder / "checkpoint.safetensors", {"step": 1, "w": torch.ones(3)})
+    (folder / "checkpoint.safetensors").write_bytes((folder / "checkpoint.safetensors").read_bytes()[:40])
+    (folder / "final.safetensors").write_bytes(b"\0" * 7)
+    (folder / "history.json").write_text('[{"epoch": 1')
+    write_tensors(folder / "weights" / "it_0.safetensors", {"w": torch.ones(2)})  # tensors, but no state skeleton
+    for read, name in ((load_state, "checkpoint.safetensors"), (read_tensors, "final.safetensors"),
+                       (read_json, "history.json"), (load_state, "weights/it_0.safetensors"),
+                       (read_json, "summary.json")):  # the last is missing
+        with pytest.raises(CorruptFileError) as caught:
+            read(folder / name)
+        message = str(caught.value)
+        assert str(folder / name) in message and f"ticketlab runs rm {run} --store {store.root}" in message
+    (tmp_path / "mine.safetensors").write_bytes(b"junk")  # a user's own file: no run to discard
+    with pytest.raises(TicketlabError, match="mine.safetensors .*replace it") as caught:
+        read_tensors(tmp_path / "mine.safetensors")
+    assert "runs rm" not in str(caught.value)
+
+
+def test_opening_without_create_needs_an_existing_store(tmp_path):
+    for where in (tmp_path / "typo", tmp_path):  # a missing folder, and a folder that holds no store
+        with pytest.raises(TicketlabError, match=re.escape(f"no run store at {where}; ")):
+            RunStore(where, create=False)
+    assert list(tmp_path.iterdir()) == []
+    RunStore(tmp_path)
+    assert RunStore(tmp_path, create=False).list() == []
+
+
+def test_an_unreadable_checkpoint_keeps_its_run_for_the_user_to_discard(tmp_path):
+    store, data = RunStore(tmp_path), tiny_dataset()
+    options = dict(model="conv_2", dataset=data, store=store, epochs=2, batch_size=32, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(**options, hooks=[InterruptAt(2)])
+    [record] = store.list()
+    checkpoint = record.folder / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    with pytest.raises(CorruptFileError, match=f"runs rm {record.run_id}"):
+        train(**options)
+    assert store.get(record.run_id) is not None and checkpoint.exists()  # kept: the message's fix is the user's call
+    store.remove(record.run_id)
+    assert train(**options).run_id == record.run_id  # the advised fix works

@@ -87,6 +87,6 @@ def test_records_with_drop_last_and_an_impossible_batch_are_user_errors_that_lea
         train_run(dropping, store=RunStore(tmp_path), dataset=ds, progress=False, records=True)
     too_big = RunConfig(data=DataConfig(dataset="tiny"), model=model,
                         train=recipe_config("lenet_300_100", epochs=2, batch_size=500, drop_last=True))
-    with pytest.raises(TicketlabError, match="no full batch"):
+    with pytest.raises(TicketlabError, match="larger than the 100 training examples"):
         train_run(too_big, store=RunStore(tmp_path), dataset=ds, progress=False)
     assert RunStore(tmp_path).list() == []

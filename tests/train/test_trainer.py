@@ -180,9 +180,10 @@ def test_drop_last_trains_on_full_batches_only():
     assert len(set(first.tolist())) == 80 and set(first.tolist()) != set(second.tolist())  # a new 16 left out
 
 
-def test_drop_last_without_a_full_batch_is_a_user_error():
-    with pytest.raises(TicketlabError, match="no full batch.*--no-drop-last"):
-        _trainer(cfg=TrainConfig(epochs=1, batch_size=200, lr=0.05, drop_last=True))
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_a_batch_larger_than_the_training_set_is_a_user_error(drop_last):
+    with pytest.raises(TicketlabError, match="--batch-size 200 is larger than the 96 training examples"):
+        _trainer(cfg=TrainConfig(epochs=1, batch_size=200, lr=0.05, drop_last=drop_last))
 
 
 def test_label_smoothing_changes_loss_only():

@@ -210,7 +210,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
     )
     train_cfg = run_config(args)
-    options = {f: getattr(train_cfg.train, f) for f in _TRAIN_FIELDS}
+    options = {f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f) is not None}  # the recipe fills the rest
     result = find_ticket(
         args.model, args.dataset, tickets=tickets, data=train_cfg.data, store=RunStore(args.store),
         data_dir=args.data_dir, download=not args.no_download, device=args.device, progress=not args.quiet,
@@ -336,9 +336,11 @@ def cmd_prac(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """List, show or remove stored runs. Only an existing store is opened: these commands never
+    create one. With --json the last line is one object, `{"runs": [...]}` (rm: `{"removed": [...]}`)."""
     from ticketlab.store import RunStore
 
-    store = RunStore(args.store)
+    store = RunStore(args.store, create=False)
     if args.action == "list":
         runs = store.list()
         rows = [
@@ -347,8 +349,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             for r in runs
         ]
         if args.json:
-            print(json.dumps([{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary}
-                              for r in runs]))
+            print(json.dumps({"runs": [{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary}
+                                       for r in runs]}, sort_keys=True))
         elif rows:
             print(table(("run", "kind", "status", "model", "dataset", "test_acc"), rows))
         else:
@@ -357,13 +359,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not args.ids:
         raise TicketlabError(f"`ticketlab runs {args.action}` needs one or more run ids (see `ticketlab runs list`)")
     records = [store.resolve(i) for i in args.ids]
-    for record in records:
-        if args.action == "show":
-            print(json.dumps({"run_id": record.run_id, "status": record.status, "folder": str(record.folder),
-                              "config": record.config, "summary": record.summary}, indent=2, sort_keys=True))
+    if args.action == "show":
+        shown = [{"run_id": r.run_id, "status": r.status, "folder": str(r.folder), "config": r.config,
+                  "summary": r.summary} for r in records]
+        if args.json:
+            print(json.dumps({"runs": shown}, sort_keys=True))
         else:
-            store.remove(record.run_id)
-            print(f"removed {record.run_id}")
+            for run in shown:
+                print(json.dumps(run, indent=2, sort_keys=True))
+        return 0
+    for record in records:
+        store.remove(record.run_id)
+        print(f"removed {record.run_id}")
+    if args.json:
+        print(json.dumps({"removed": [r.run_id for r in records]}))
     return 0
 
 
@@ -455,8 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list, show or remove stored runs")
     p.add_argument("action", choices=("list", "show", "rm"))
     p.add_argument("ids", nargs="*", help="run ids or unique prefixes (show, rm)")
-    p.add_argument("--store", help="run store folder")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--store", help="an existing run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("models", help="list registered models and their training recipes")

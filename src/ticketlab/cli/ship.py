@@ -40,7 +40,8 @@ def _two_four(variants: dict, masks: dict, device) -> dict:
 
     linear = {n: m for n, m in masks.items() if m.dim() == 2 and is_two_four(m)}
     if not linear:
-        return {}
+        return {"semi_structured": "no Linear layer of this ticket has a 2:4 mask, so nothing was run sparse; "
+                                   "find a ticket with --structure nm for that"}
     ok, reason = semi_structured_support(device)
     if not ok:
         return {"semi_structured": f"2:4 Linear layers not run sparse: {reason}"}
@@ -92,13 +93,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ticketlab.compact import compact, compaction_report, export_onnx, save_model
     from ticketlab.tickets.ticketfile import load_ticket
 
+    out = Path(args.out)
+    # checked before the ticket is loaded and compacted, so a wrong --out costs nothing
+    if out.is_dir():
+        raise TicketlabError(f"--out {out} is a directory; give a file path, such as {out / 'ticket.safetensors'}")
+    if out.suffix not in (".safetensors", ".onnx"):
+        raise TicketlabError(f"--out {out} names no format ticketlab writes; end it in .safetensors (loads with "
+                             "ticketlab.compact.load_model) or .onnx")
     ticket = load_ticket(args.model_file)
     model = ticket.model if args.no_compact else compact(ticket.model, ticket.masks)
-    out = Path(args.out)
+    batch_shape = (1, *ticket.input_shape)  # the exporters take the shape of a batch, not of one example
     if out.suffix == ".onnx":
-        export_onnx(model, out, ticket.input_shape)
+        export_onnx(model, out, batch_shape)
     else:
-        save_model(out, model, ticket.input_shape, metadata={"ticket": ticket.info})
+        save_model(out, model, batch_shape, metadata={"ticket": ticket.info})
     report = compaction_report(ticket.model, model)
     print(f"wrote {out}: {report['parameters']['after']:,} parameters "
           f"(the ticket's dense architecture has {report['parameters']['before']:,})")
@@ -114,6 +122,14 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _threads(text: str) -> int:
+    """torch.set_num_threads takes positive counts only; 0 is ours for "leave PyTorch's default"."""
+    if not text.strip().isdecimal():  # "-1" as well as "x"
+        raise argparse.ArgumentTypeError(f"expected 0 (PyTorch's default) or a positive number of threads, "
+                                         f"got {text!r}")
+    return int(text)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency and throughput of a ticket: dense, masked and compacted, side by side")
     p.add_argument("--model-file", required=True, help="a ticket file (level_<L>/ticket.safetensors of a study)")
@@ -121,7 +137,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed forward passes first")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: PyTorch's default)")
     p.add_argument("--layout", choices=("channels-last", "nchw"), default="channels-last",
                    help="memory layout of image models, the same for every variant (default channels-last, the "
                         "layout ticketlab trains in and the faster one; nchw is PyTorch's default)")

@@ -10,13 +10,16 @@ is read as data only, never unpickled or executed, so an untrusted file cannot r
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import keyword
+import logging
 import math
 import operator
 import re
+import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -284,18 +287,24 @@ def _example(model: nn.Module, shape: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model(x)` in eval mode, or a user error naming the shape when the model does not take it."""
+    with _eval_mode(model):
+        try:
+            return model(x)
+        except Exception as e:  # any failure of the user's forward on this shape
+            raise TicketlabError(
+                f"{type(model).__name__} fails on an input of shape {tuple(x.shape)} ({type(e).__name__}: {e}); "
+                "pass the shape of one input batch the model accepts"
+            ) from e
+
+
+@torch.no_grad()
 def _check_reproduces(model: nn.Module, rebuilt: fx.GraphModule, shape: list[int]) -> None:
     """Refuse to write a file that would not compute what `model` computes."""
     x = _example(model, shape)
-    with _eval_mode(model):
-        try:
-            expected = model(x)
-        except Exception as e:  # any failure of the user's forward on this shape
-            raise TicketlabError(
-                f"{type(model).__name__} fails on an input of shape {tuple(shape)} ({type(e).__name__}: {e}); "
-                "pass the shape of one input batch the model accepts"
-            ) from e
-        got = rebuilt.to(x.device)(x)
+    expected = _forward(model, x)
+    got = rebuilt.to(x.device)(x)
     try:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     except AssertionError as e:
@@ -385,16 +394,40 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
                 f"export_onnx needs the {package} package; install the extra: pip install 'ticketlab[onnx]'"
             ) from None
     x = _example(model, shape)
+    _forward(model, x)  # a wrong shape is the user's mistake, not the exporter's: say so before exporting
 
     def export(tmp: str) -> None:
         torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, verbose=False)
 
-    with _eval_mode(model):
+    with _eval_mode(model), _quiet_torch():
         try:
             atomic_write(Path(path), export)
-        except Exception as e:  # the exporter's own message says which operation it could not convert
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        except Exception as e:
+            cause = _root_cause(e)  # torch's own wrappers only say which export step failed
+            first_line = next(iter(str(cause).strip().splitlines()), "")
             raise TicketlabError(
-                f"torch.onnx.export cannot export {type(model).__name__} ({type(e).__name__}: {first_line}); "
+                f"torch.onnx.export cannot export {type(model).__name__} ({type(cause).__name__}: {first_line}); "
                 "export a model made of standard layers, such as the result of compact() or load_model()"
             ) from e
+
+
+@contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence torch's loggers, warnings and stderr prints: its exporter logs every failed trace step
+    and prints partial graphs (dozens of lines), and notes internals on success, while the error
+    raised says what went wrong. Loggers a user set through TORCH_LOGS keep their levels."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error

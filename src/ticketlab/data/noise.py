@@ -16,6 +16,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ _SYNTAX = "write uniform:RATE, flip:RATE, asymmetric:RATE (RATE a fraction in [0
 # CIFAR-10 class order: 0 airplane 1 automobile 2 bird 3 cat 4 deer 5 dog 6 frog 7 horse 8 ship 9 truck.
 # truck->automobile, bird->airplane, cat<->dog, deer->horse: confusions between look-alike classes (methods.md 8).
 CIFAR10_ASYMMETRIC: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,14 @@ def labels_from_file(path: str | Path, key: str, n: int, num_classes: int) -> to
     return torch.from_numpy(array.astype(np.int64))
 
 
-def add_label_noise(labels: torch.Tensor, num_classes: int, spec: NoiseSpec, seed: int) -> torch.Tensor:
-    """Noisy copy of `labels` as `spec` asks; the same seed always gives the same labels."""
+def add_label_noise(
+    labels: torch.Tensor, num_classes: int, spec: NoiseSpec, seed: int, classes: Sequence[str] | None = None
+) -> torch.Tensor:
+    """Noisy copy of `labels` as `spec` asks; the same seed always gives the same labels.
+
+    `classes` (the dataset's class names) lets asymmetric noise refuse a 10-class dataset that is
+    not CIFAR-10, such as MNIST, whose digits its class pairs would confuse arbitrarily.
+    """
     generator = torch.Generator().manual_seed(seed)
     if spec.kind == "uniform":
         return uniform_noise(labels, num_classes, spec.rate, generator)
@@ -198,6 +206,11 @@ def add_label_noise(labels: torch.Tensor, num_classes: int, spec: NoiseSpec, see
             raise TicketlabError(
                 f"asymmetric noise is defined for CIFAR-10 (10 classes), this dataset has {num_classes}; "
                 "use uniform or flip noise"
+            )
+        if classes is not None and tuple(classes) != CIFAR10_CLASSES:
+            raise TicketlabError(
+                f"asymmetric noise swaps look-alike CIFAR-10 classes (truck->automobile, cat<->dog, ...), but this "
+                f"dataset's classes are {', '.join(map(str, classes))}; use uniform or flip noise"
             )
         return asymmetric_noise(labels, spec.rate, generator)
     _check_range(_as_labels(labels), num_classes)

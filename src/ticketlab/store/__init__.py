@@ -1,9 +1,17 @@
 """Where runs live: an SQLite index plus safetensors/JSON artifacts, all writes atomic."""
 
-from ticketlab.store.files import load_state, read_json, read_tensors, save_state, write_json, write_tensors
+from ticketlab.store.files import (
+    CorruptFileError,
+    load_state,
+    read_json,
+    read_tensors,
+    save_state,
+    write_json,
+    write_tensors,
+)
 from ticketlab.store.store import RunRecord, RunStore, resolve_store_root
 
 __all__ = [
-    "RunRecord", "RunStore", "resolve_store_root", "load_state", "save_state",
+    "CorruptFileError", "RunRecord", "RunStore", "resolve_store_root", "load_state", "save_state",
     "read_json", "write_json", "read_tensors", "write_tensors",
 ]

@@ -14,12 +14,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from ticketlab.errors import TicketlabError
 
 _TENSOR = "__tensor__"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class CorruptFileError(TicketlabError):
+    """A stored file that cannot be read back (truncated, overwritten, deleted).
+
+    Separate from other user errors because training must not discard the run on it: the user
+    decides, with the fix the message names.
+    """
+
+
+def _unreadable(path: Path, error: Exception) -> CorruptFileError:
+    """The error for `path`, with the fix: discard the stored run the file belongs to (found by
+    walking up to a `runs/<id>` folder of a store), or replace a file of the user's own."""
+    path = Path(path)
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+    fix = "replace it with a file ticketlab wrote"
+    for folder in path.parents:
+        root = folder.parent.parent
+        if folder.parent.name == "runs" and (root / "index.sqlite").is_file():
+            fix = f"discard its run with `ticketlab runs rm {folder.name} --store {root}` and train it again"
+            break
+    return CorruptFileError(f"cannot read {path} ({reason}); {fix}")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -46,8 +70,11 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise _unreadable(path, e) from None
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -57,7 +84,10 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(path, e) from None
 
 
 def split_tensors(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -103,7 +133,10 @@ def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        skeleton = json.loads(f.metadata()["skeleton"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return join_tensors(skeleton, tensors)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            skeleton = json.loads(f.metadata()["skeleton"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return join_tensors(skeleton, tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:  # Key/TypeError: a bad skeleton
+        raise _unreadable(path, e) from None

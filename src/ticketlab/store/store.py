@@ -58,15 +58,21 @@ def resolve_store_root(root: str | Path | None = None) -> Path:
 
 
 class RunStore:
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, *, create: bool = True) -> None:
+        """`create=False` opens an existing store only, so a read-only command given a mistyped
+        --store fails instead of leaving an empty store there."""
         self.root = resolve_store_root(root)
+        self._db = self.root / "index.sqlite"
+        if not create and not self._db.is_file():
+            raise TicketlabError(
+                f"no run store at {self.root}; pass the --store DIR (or $TICKETLAB_STORE) your runs were trained with"
+            )
         try:
             (self.root / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TicketlabError(
                 f"cannot create the run store at {self.root}: {e.strerror}; pass a writable --store DIR"
             ) from None
-        self._db = self.root / "index.sqlite"
         try:
             with self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")

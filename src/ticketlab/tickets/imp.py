@@ -397,6 +397,20 @@ def default_validation(n_train: int) -> int:
     return max(1, n_train // 10)
 
 
+def _chains(study: _Study, tickets: TicketConfig) -> list[_Chain]:
+    """Every seed's IMP chain, trained: seed by seed, or with `stack` all seeds level by level, so a
+    level's arms of every seed train together."""
+    chains: list[_Chain] = []
+    for seeds in [list(range(tickets.seeds))] if tickets.stack else [[s] for s in range(tickets.seeds)]:
+        group = [study.begin(s) for s in seeds]
+        for level in range(1, tickets.levels + 1):
+            pruned = [(chain, study.prune(chain, level)) for chain in group]
+            for (chain, lv), arms in zip(pruned, study.train_arms(pruned)):
+                study.finish(chain, lv, arms)
+        chains += group
+    return chains
+
+
 def find_ticket(
     model: str | nn.Module,
     dataset: str | ImageDataset,
@@ -439,15 +453,14 @@ def find_ticket(
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
 
     record = store.begin(config)
-    chains: list[_Chain] = []
-    # seed by seed; with --stack all seeds level by level, so a level's arms of every seed train together
-    for seeds in [list(range(tickets.seeds))] if tickets.stack else [[s] for s in range(tickets.seeds)]:
-        group = [study.begin(s) for s in seeds]
-        for level in range(1, tickets.levels + 1):
-            pruned = [(chain, study.prune(chain, level)) for chain in group]
-            for (chain, lv), arms in zip(pruned, study.train_arms(pruned)):
-                study.finish(chain, lv, arms)
-        chains += group
+    try:
+        chains = _chains(study, tickets)
+    except TicketlabError:
+        # no half-written study; its finished runs stay and are reused. Ctrl-C is no TicketlabError:
+        # the study stays incomplete and resumes
+        if not record.finished:
+            store.remove(config.run_id)
+        raise
     per_seed = [chain.results for chain in chains]
     masks = chains[0].masks
     summary = summarise(per_seed, tickets.baselines, "validation")

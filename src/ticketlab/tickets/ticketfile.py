@@ -33,6 +33,8 @@ class Ticket:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """One example's shape (C, H, W), as `measure` takes it; `save_model` and `export_onnx` take a
+        batch's, (N, *input_shape)."""
         return (self.info["in_channels"], self.info["image_size"], self.info["image_size"])
 
 

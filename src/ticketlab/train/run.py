@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given
 from ticketlab.data import DATASETS, ImageDataset, load_dataset
 from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
@@ -27,7 +27,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.models import MODELS, build_model, model_augment
 from ticketlab.robust.outcome import sat_hook, sat_outcome
 from ticketlab.sparsity import density
-from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
+from ticketlab.store import CorruptFileError, RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import Hook, MaskHook
 from ticketlab.train.trainer import Trainer, TrainResult
 
@@ -74,6 +74,10 @@ def default_augment(data: DataConfig, dataset: ImageDataset, model: str | None =
         usual = replace(usual, **model_augment(model))
     padding = data.crop_padding if data.crop_padding >= 0 else usual.crop_padding
     flip = data.flip if data.flip is not None else usual.flip
+    if not 0 <= data.cutout < dataset.image_size:
+        size = dataset.image_size
+        raise TicketlabError(f"--cutout is the side of the square cut out of each {size}x{size} image, so it must "
+                             f"be in [0, {size}); got {data.cutout} (0 is off; CIFAR recipes use 8 to 16)")
     return replace(usual, crop_padding=padding, flip=flip, cutout=data.cutout)
 
 
@@ -142,7 +146,7 @@ def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | No
         from ticketlab.data.noise import add_label_noise, noise_rate, parse_noise
 
         noisy = add_label_noise(dataset.train_y, dataset.num_classes, parse_noise(config.data.noise),
-                                config.data.noise_seed)
+                                config.data.noise_seed, classes=dataset.classes)
         clean, rate = dataset.train_y, noise_rate(dataset.train_y, noisy)
         dataset = dataclasses.replace(dataset, train_y=noisy)
     validation = None
@@ -253,11 +257,11 @@ def train_run(
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
     save_at = config.snapshots
 
+    augment = default_augment(config.data, dataset, config.model.name)
     record = store.begin(config)
     if record.finished:
         return _reuse(record, model, dev)
-    device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev,
-                             default_augment(config.data, dataset, config.model.name))
+    device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev, augment)
     loss_hook = sat_hook(config.train, data.train_set)
     recorder = None
     if records:
@@ -287,9 +291,12 @@ def train_run(
 def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module, data: DeviceData,
          **options: Any) -> TrainResult:
     """Train a begun run to its end and write its weights and history. A user error (an impossible
-    setting the trainer finds, divergence) removes the run: nothing is left half-written."""
+    setting the trainer finds, divergence) removes the run: nothing is left half-written. An
+    unreadable checkpoint keeps it: the message tells the user how to discard it."""
     try:
         result = Trainer(model, data, config.train, checkpoint_dir=record.folder, **options).fit()
+    except CorruptFileError:
+        raise
     except TicketlabError:
         store.remove(config.run_id)
         raise
@@ -361,4 +368,6 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
             values["warmup_epochs"] = round(recipe["warmup_epochs"] * scale, 4)
     if "milestones" in values:
         values["milestones"] = tuple(float(m) for m in values["milestones"])
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    check_given(config, set(given))
+    return config

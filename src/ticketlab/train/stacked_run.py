@@ -135,12 +135,13 @@ def _train_group(
 ) -> RunRecord:
     """Train (or resume) the group run to its finished record."""
     stacked = StackedModels(nets)
+    augment = default_augment(group.data, dataset, group.model.name)  # a bad setting stops before the store
     record = store.begin(group)
     if not record.finished:
         data = _prepare(group, dataset, None)
         train_set = data.train_set
         device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, device,
-                                 default_augment(group.data, dataset, group.model.name))
+                                 augment)
         hooks = [MaskHook(stack_masks(_complete(masks, nets[0])))] if any(masks) else []
         result = _fit(store, group, record, stacked, device_data, validation=data.validation,
                       test=(dataset.test_x, dataset.test_y), hooks=hooks, start_iteration=group.start,

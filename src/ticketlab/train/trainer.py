@@ -120,12 +120,12 @@ class Trainer:
         self.progress, self.description = progress, description
         self.output_classes = output_classes  # evaluate on the first K outputs only (an abstain output follows)
 
-        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size, cfg.drop_last)
-        if self.steps_per_epoch == 0:
+        if cfg.batch_size > len(data):
             raise TicketlabError(
-                f"--drop-last with batch size {cfg.batch_size} leaves no full batch of the {len(data)} training "
-                f"examples; lower --batch-size or pass --no-drop-last"
+                f"--batch-size {cfg.batch_size} is larger than the {len(data)} training examples; "
+                f"pass --batch-size {len(data)} or less"
             )
+        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size, cfg.drop_last)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if not 0 <= start_iteration < self.total_steps:
             raise TicketlabError(

@@ -1,0 +1,144 @@
+"""`ticketlab runs`, and what the CLI does with a store it cannot use: one-line user errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ticketlab.cli.main import main
+from ticketlab.config import RunConfig, TrainConfig
+from ticketlab.errors import TicketlabError
+from ticketlab.store import RunStore
+from ticketlab.tickets import imp
+
+from helpers import tiny_dataset
+
+
+@pytest.fixture()
+def tiny_npz(tmp_path) -> Path:
+    ds = tiny_dataset(n=160)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=ds.train_x.numpy(), y=ds.train_y.numpy(), x_test=ds.test_x.numpy(), y_test=ds.test_y.numpy())
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _last_json(out: str) -> dict:
+    last = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(last, dict)
+    return last
+
+
+def _user_error(code: int, err: str, *expected: str, log: bool = False) -> None:
+    """Exit 2 and one error line, the last on stderr (`log`: after a study's progress lines)."""
+    lines = err.splitlines()
+    assert code == 2 and "Traceback" not in err and lines[-1].startswith("ticketlab: error: "), err
+    assert len(lines) == 1 or log and err.count("ticketlab: error") == 1, err
+    for text in expected:
+        assert text in lines[-1], err
+
+
+def test_runs_json_is_one_object_on_the_last_line(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    a, b = RunConfig(train=TrainConfig(epochs=2)), RunConfig(train=TrainConfig(epochs=3))
+    store.begin(a), store.begin(b)
+    store.finish(a.run_id, {"test_accuracy": 0.5})
+
+    code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
+    runs = _last_json(out)["runs"]
+    assert code == 0 and {r["run_id"]: r["status"] for r in runs} == {a.run_id: "finished", b.run_id: "incomplete"}
+    assert next(r for r in runs if r["run_id"] == a.run_id)["summary"] == {"test_accuracy": 0.5}
+
+    code, out, _ = _run(capsys, "runs", "show", a.run_id[:6], b.run_id, "--store", tmp_path, "--json")
+    shown = _last_json(out)["runs"]
+    assert code == 0 and [r["run_id"] for r in shown] == [a.run_id, b.run_id]
+    assert shown[0]["summary"] == {"test_accuracy": 0.5} and shown[1]["config"]["train"]["epochs"] == 3
+    assert shown[0]["folder"] == str(store.folder(a.run_id))
+
+    code, out, _ = _run(capsys, "runs", "show", a.run_id, "--store", tmp_path)  # without --json: readable
+    assert code == 0 and json.loads(out)["run_id"] == a.run_id and out.count("\n") > 1
+
+    code, out, _ = _run(capsys, "runs", "rm", a.run_id, "--store", tmp_path, "--json")
+    assert code == 0 and _last_json(out) == {"removed": [a.run_id]}
+    code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
+    assert [r["run_id"] for r in _last_json(out)["runs"]] == [b.run_id]
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["show", "abc"], ["rm", "abc"]])
+def test_runs_commands_never_create_a_store(tmp_path, capsys, argv):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for where in (tmp_path / "typo", empty):
+        code, out, err = _run(capsys, "runs", *argv, "--store", where)
+        _user_error(code, err, f"no run store at {where}; ")
+        assert out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any(empty.iterdir())
+
+
+def test_corrupt_artifacts_of_a_finished_run_are_user_errors(tmp_path, tiny_npz, capsys):
+    store = tmp_path / "store"
+    train = ["train", "--model", "conv_2", "--dataset", tiny_npz, "--epochs", "1", "--batch-size", "32",
+             "--store", store, "--quiet", "--json"]
+    code, out, _ = _run(capsys, *train)
+    run = _last_json(out)["run_id"]
+    folder = store / "runs" / run
+    fix = f"`ticketlab runs rm {run} --store {store}`"
+
+    history = (folder / "history.json").read_text()
+    (folder / "history.json").write_text(history[: len(history) // 2])
+    code, out, err = _run(capsys, *train)
+    _user_error(code, err, str(folder / "history.json"), fix)
+    (folder / "history.json").write_text(history)
+
+    final = folder / "final.safetensors"
+    final.write_bytes(final.read_bytes()[:1000])
+    code, _, err = _run(capsys, *train)
+    _user_error(code, err, str(final), fix)
+    code, _, err = _run(capsys, "prune", "--model", "conv_2", "--dataset", tiny_npz, "--density", "0.5",
+                        "--run", run, "--out", tmp_path / "m.safetensors", "--store", store)
+    _user_error(code, err, str(final), fix)
+    assert not (tmp_path / "m.safetensors").exists()
+
+    assert _run(capsys, "runs", "rm", run, "--store", store)[0] == 0  # the fix the messages name works
+    code, out, _ = _run(capsys, *train)
+    assert code == 0 and _last_json(out)["run_id"] == run and "reusing" not in out
+
+
+def test_a_study_that_fails_leaves_no_study_record(tmp_path, tiny_npz, capsys, monkeypatch):
+    store = tmp_path / "store"
+    find = ["find", "--model", "conv_2", "--dataset", tiny_npz, "--epochs", "1", "--batch-size", "32",
+            "--levels", "1", "--store", store, "--quiet"]
+
+    def runs() -> dict[str, tuple[str, str]]:
+        code, out, _ = _run(capsys, "runs", "list", "--store", store, "--json")
+        return {r["run_id"]: (r["kind"], r["status"]) for r in _last_json(out)["runs"]}
+
+    code, _, err = _run(capsys, *find, "--lr", "1e30", "--optimizer", "sgd")  # the dense run diverges
+    _user_error(code, err, "diverged", log=True)
+    assert runs() == {}
+
+    def fail(*args, **kwargs):
+        raise TicketlabError("a user error while pruning")
+
+    monkeypatch.setattr(imp._Study, "prune", fail)
+    code, _, err = _run(capsys, *find)
+    _user_error(code, err, "a user error while pruning", log=True)
+    assert list(runs().values()) == [("train", "finished")]  # the finished dense run stays, to be reused
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imp._Study, "prune", interrupt)
+    assert _run(capsys, *find)[0] == 130
+    assert sorted(runs().values()) == [("find", "incomplete"), ("train", "finished")]  # Ctrl-C: resumable
+
+    monkeypatch.undo()
+    code, _, err = _run(capsys, *find)
+    assert code == 0, err
+    assert ("find", "finished") in runs().values()

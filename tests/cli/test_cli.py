@@ -211,3 +211,32 @@ def test_prune_a_finished_run_and_bad_inputs(tmp_path, tiny_npz, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, err
     code, out, _ = _run(capsys, "runs", "list", "--store", store)
     assert out.count("finished") == 1  # the failed run left nothing behind
+
+
+def test_find_names_an_impossible_validation_split_as_the_cause(tmp_path, tiny_npz, capsys):
+    code, _, err = _run(capsys, "find", "--dataset", str(tiny_npz), "--epochs", "1", "--levels", "1",
+                        "--validation", "500", "--store", str(tmp_path / "store"), "--quiet")
+    assert code == 2 and "cannot hold out 500 of 160 examples" in err and "Traceback" not in err
+
+
+def test_prune_refuses_training_flags_and_a_model_other_than_the_runs(tmp_path, tiny_npz, capsys):
+    store = str(tmp_path / "store")
+    base = ["--dataset", str(tiny_npz), "--store", store, "--quiet"]
+    code, _, err = _run(capsys, "prune", "--density", "0.5", "--epochs", "-5", "--lr", "0.3", *base)
+    assert code == 2 and "prune trains nothing, so --epochs, --lr would be ignored" in err
+    code, out, _ = _run(capsys, "train", "--epochs", "1", *base, "--json")
+    run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+    code, _, err = _run(capsys, "prune", "--density", "0.5", "--run", run_id, "--model", "conv_2", *base,
+                        "--out", str(tmp_path / "m.safetensors"))
+    assert code == 2 and "trained lenet_300_100, not --model conv_2" in err
+    assert not (tmp_path / "m.safetensors").exists()
+    code, out, _ = _run(capsys, "prune", "--density", "0.5", "--run", run_id, *base,
+                        "--out", str(tmp_path / "m.safetensors"))
+    assert code == 0 and f"--dataset {tiny_npz} --masks" in out
+
+
+@pytest.mark.parametrize("command", ["find", "prune", "prac"])
+def test_masks_is_an_option_of_train_only(command, capsys):
+    required = ["--density", "0.5"] if command == "prune" else []
+    code, _, err = _run(capsys, command, *required, "--masks", "m.safetensors")
+    assert code == 2 and "unrecognized arguments: --masks" in err

@@ -133,3 +133,11 @@ def test_an_unreadable_checkpoint_keeps_its_run_for_the_user_to_discard(tmp_path
     assert store.get(record.run_id) is not None and checkpoint.exists()  # kept: the message's fix is the user's call
     store.remove(record.run_id)
     assert train(**options).run_id == record.run_id  # the advised fix works
+
+
+def test_writing_onto_a_folder_is_a_user_error(tmp_path):
+    from ticketlab.store.files import write_json
+
+    with pytest.raises(TicketlabError, match="is a folder; give the path of a file"):
+        write_json(tmp_path, {"a": 1})
+    assert list(tmp_path.iterdir()) == []

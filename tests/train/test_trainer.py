@@ -319,3 +319,8 @@ def test_a_model_that_needs_nchw_gets_a_clear_error_and_an_opt_out():
     with pytest.raises(TicketlabError, match="channels_last = False"):
         _trainer(model=_ViewsFeatures()).fit()
     assert _trainer(model=_ViewsFeaturesNchw()).fit().iterations > 0
+
+
+def test_an_update_that_overflows_float32_is_divergence():
+    with pytest.raises(TicketlabError, match="diverged: an update overflowed float32.*lower --lr"):
+        _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=1e38, optimizer="adam", weight_decay=0.0)).fit()

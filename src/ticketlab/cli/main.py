@@ -65,7 +65,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Training flags; those left unset take the model's recipe (`ticketlab models`)."""
     g = p.add_argument_group("training (unset flags take the model's recipe)")
-    g.add_argument("--model", default="lenet_300_100", help="registered model (see `ticketlab models`)")
+    g.add_argument("--model", help=f"registered model (see `ticketlab models`; default {DEFAULT_MODEL})")
     g.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="architecture option, e.g. widths=[64,128,128]; repeatable")
     g.add_argument("--epochs", type=int)
@@ -101,8 +101,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    p.add_argument("--masks", help="train with these masks (a file from `ticketlab prune` or a study level)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+DEFAULT_MODEL = "lenet_300_100"
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -123,10 +125,11 @@ _TRAIN_FIELDS = (
 def run_config(args: argparse.Namespace) -> RunConfig:
     from ticketlab.train import recipe_config
 
-    train_cfg = recipe_config(args.model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
+    model = args.model or DEFAULT_MODEL
+    train_cfg = recipe_config(model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
     data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout, noise=args.noise,
                           noise_seed=args.noise_seed)
-    model_cfg = ModelConfig(name=args.model, kwargs=tuple(sorted(args.model_arg)))
+    model_cfg = ModelConfig(name=model, kwargs=tuple(sorted(args.model_arg)))
     return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
 
 
@@ -212,7 +215,7 @@ def cmd_find(args: argparse.Namespace) -> int:
     train_cfg = run_config(args)
     options = {f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f) is not None}  # the recipe fills the rest
     result = find_ticket(
-        args.model, args.dataset, tickets=tickets, data=train_cfg.data, store=RunStore(args.store),
+        train_cfg.model.name, args.dataset, tickets=tickets, data=train_cfg.data, store=RunStore(args.store),
         data_dir=args.data_dir, download=not args.no_download, device=args.device, progress=not args.quiet,
         plot=args.plot, **options,
     )
@@ -262,14 +265,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ticketlab.tickets.oneshot import prune_model
     from ticketlab.train.run import initial_model
 
+    given = [f"--{f.replace('_', '-')}" for f in _TRAIN_FIELDS if f != "seed" and getattr(args, f) is not None]
+    if given:
+        raise TicketlabError(f"prune trains nothing, so {', '.join(given)} would be ignored; drop them")
     config = run_config(args)
     if args.run:
-        record = RunStore(args.store).resolve(args.run)
+        record = RunStore(args.store, create=False).resolve(args.run)
         if not record.finished:
             raise TicketlabError(
                 f"run {record.run_id} has not finished; finish it (re-run its command) before pruning it"
             )
         model_cfg = record.config["model"]
+        if args.model and args.model != model_cfg["name"]:
+            raise TicketlabError(f"run {record.run_id} trained {model_cfg['name']}, not --model {args.model}; "
+                                 "drop --model (the run's model is used)")
         config = replace(config, model=ModelConfig(model_cfg["name"], tuple(tuple(kv) for kv in model_cfg["kwargs"])))
         weights = record.folder / "final.safetensors"
     else:
@@ -297,7 +306,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
                 + [("total", report["total"]["kept"], report["total"]["total"],
                     f"{100 * report['total']['density']:.2f}%")]))
-    print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --masks {args.out} ...)")
+    print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --dataset {args.dataset} "
+          f"--masks {args.out} ...)")
     if args.json:
         print(json.dumps({"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
                           "density": report["total"]["density"], "layers": report["layers"]}, sort_keys=True))
@@ -405,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=int, default=1, help="train seeds --seed .. --seed+N-1 and report mean ± std")
     g.add_argument("--stack", action="store_true",
                    help="train the seeds together in one batched step (meant for GPUs; no faster on CPU)")
+    p.add_argument("--masks", help="train with these masks (a file from `ticketlab prune` or a study level)")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -14,6 +14,12 @@ from ticketlab.data.dataset import ImageDataset
 from ticketlab.errors import TicketlabError
 
 
+def check_held_out(n_held: int, n: int) -> None:
+    """A validation split must leave training examples and hold out at least one."""
+    if not 0 < n_held < n:
+        raise TicketlabError(f"cannot hold out {n_held} of {n} examples; choose a number between 1 and {n - 1}")
+
+
 def stratified_indices(labels: torch.Tensor, n_held: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split positions 0..N-1 into (kept, held), both sorted, with ``n_held`` held out.
 
@@ -21,8 +27,7 @@ def stratified_indices(labels: torch.Tensor, n_held: int, seed: int) -> tuple[to
     ties to the lower class id), and which of its examples go is drawn with ``seed``.
     """
     n = int(labels.shape[0])
-    if not 0 < n_held < n:
-        raise TicketlabError(f"cannot hold out {n_held} of {n} examples; choose a number between 1 and {n - 1}")
+    check_held_out(n_held, n)
     classes, counts = torch.unique(labels, return_counts=True)
     exact = counts.double() * n_held / n
     share = exact.floor().long()

@@ -48,6 +48,8 @@ def _unreadable(path: Path, error: Exception) -> CorruptFileError:
 
 def atomic_write(path: Path, write) -> None:
     """Run `write(tmp_path)` on a temporary sibling, then move it into place in one step."""
+    if path.is_dir():
+        raise TicketlabError(f"{path} is a folder; give the path of a file to write (a new name inside it, say)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -27,7 +27,7 @@ from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ru
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import steps_per_epoch, stream_seed
-from ticketlab.data.split import train_validation_split
+from ticketlab.data.split import check_held_out, train_validation_split
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
 from ticketlab.sparsity.structure import REFILL_CRITERIA
@@ -440,6 +440,7 @@ def find_ticket(
     data_cfg = data or DataConfig()
     if data_cfg.validation == 0:
         data_cfg = replace(data_cfg, validation=default_validation(len(ds.train_y)))
+    check_held_out(data_cfg.validation, len(ds.train_y))  # before anything is sized by the rest
     name = model if isinstance(model, str) else type(model).__name__
     train_cfg: TrainConfig = recipe_config(name if isinstance(model, str) else None, **train_options)
     resolve_device(device)

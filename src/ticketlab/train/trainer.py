@@ -322,7 +322,15 @@ class Trainer:
                 if epoch_data is None or b == 0:
                     epoch_data = [self.data.epoch(seed, epoch) for seed in self.seeds]
                 inputs, targets, index = self._batch(epoch_data, b)
-                logits, loss = self.step(inputs, targets, index)
+                try:
+                    logits, loss = self.step(inputs, targets, index)
+                except RuntimeError as error:  # an update too large for float32 is divergence too
+                    if "without overflow" not in str(error):
+                        raise
+                    raise TicketlabError(
+                        f"training diverged: an update overflowed float32 at iteration {self.iteration}; "
+                        f"lower --lr (now {self.cfg.lr:g})"
+                    ) from None
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)

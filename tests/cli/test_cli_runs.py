@@ -142,3 +142,18 @@ def test_a_study_that_fails_leaves_no_study_record(tmp_path, tiny_npz, capsys, m
     code, _, err = _run(capsys, *find)
     assert code == 0, err
     assert ("find", "finished") in runs().values()
+
+
+def test_runs_list_shows_a_studys_model_and_dataset(tmp_path, tiny_npz, capsys):
+    store = str(tmp_path / "store")
+    code, _, _ = _run(capsys, "find", "--dataset", tiny_npz, "--epochs", "1", "--levels", "1", "--baselines", "",
+                      "--batch-size", "32", "--store", store, "--quiet")
+    assert code == 0
+    code, out, _ = _run(capsys, "runs", "list", "--store", store)
+    study = next(line for line in out.splitlines() if " find " in line)
+    assert "lenet_300_100" in study and "tiny" in study
+
+
+def test_an_unknown_option_points_to_the_subcommands_help(capsys):
+    code, _, err = _run(capsys, "prac", "--seeds", "2")
+    assert code == 2 and "unrecognized arguments: --seeds 2 (see `ticketlab prac --help`)" in err

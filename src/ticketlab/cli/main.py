@@ -353,10 +353,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.store, create=False)
     if args.action == "list":
         runs = store.list()
+        runs_of = [r.config.get("run", r.config) for r in runs]  # a study keeps its runs' settings under "run"
         rows = [
-            (r.run_id, r.kind, r.status, r.config.get("model", {}).get("name"), r.config.get("data", {}).get("dataset"),
+            (r.run_id, r.kind, r.status, c.get("model", {}).get("name"), c.get("data", {}).get("dataset"),
              (r.summary or {}).get("test_accuracy"))
-            for r in runs
+            for r, c in zip(runs, runs_of)
         ]
         if args.json:
             print(json.dumps({"runs": [{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary}
@@ -491,13 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # argparse would name the top-level help; the subcommand's lists the options
+            raise TicketlabError(f"unrecognized arguments: {' '.join(extra)} (see `ticketlab {args.command} --help`)")
         return args.func(args)
     except TicketlabError as e:
         print(f"ticketlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ticketlab: interrupted; the run is checkpointed — run the same command again to resume", file=sys.stderr)
+        print("ticketlab: interrupted; run the same command again to resume (finished runs are reused, a started "
+              "one continues from its last checkpoint)", file=sys.stderr)
         return 130
 
 

@@ -40,15 +40,17 @@ TEST_SEED = 0
 def load_npz(path: Path, name: str | None = None) -> ImageDataset:
     """Read a ``.npz`` of arrays into an ImageDataset (named ``name`` or the file's stem)."""
     name = name or path.stem
+    how = "save it with numpy.savez (keys x, y, optional x_test, y_test, classes) and no object arrays"
+    # numpy reads a file that is no zip as a pickle (and its refusal suggests unpickling): never get there
+    if not zipfile.is_zipfile(path):
+        raise TicketlabError(f"{path} is not a .npz archive (a zip of .npy arrays); {how}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        # ValueError also covers object arrays, which would need unpickling.
-        raise TicketlabError(
-            f"cannot read {path} as a .npz of plain arrays: {exc}; save it with numpy.savez "
-            "(keys x, y, optional x_test, y_test, classes) and no object arrays"
-        ) from exc
+    except ValueError:
+        raise TicketlabError(f"{path} holds object arrays, which ticketlab never unpickles; {how}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise TicketlabError(f"cannot read {path} as a .npz of plain arrays: {exc}; {how}") from None
 
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:

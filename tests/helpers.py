@@ -69,3 +69,12 @@ COMPACTABLE = {
     "conv_4": ({"in_channels": 3, "image_size": 16}, (2, 3, 16, 16)),
     "conv_6": ({"in_channels": 3, "image_size": 8}, (2, 3, 8, 8)),
 }
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """`ticketlab ARGV` in this process: (exit code, stdout, stderr)."""
+    from ticketlab.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -4,28 +4,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from ticketlab.cli.main import main
+from helpers import run_cli
 
-from helpers import tiny_dataset
-
-
-@pytest.fixture()
-def tiny_npz(tmp_path) -> Path:
-    ds = tiny_dataset(n=160)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x=ds.train_x.numpy(), y=ds.train_y.numpy(), x_test=ds.test_x.numpy(), y_test=ds.test_y.numpy())
-    return path
-
-
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def test_train_json_contract_and_reuse(tmp_path, tiny_npz, capsys):

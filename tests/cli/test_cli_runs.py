@@ -1,32 +1,17 @@
 """`ticketlab runs`, and what the CLI does with a store it cannot use: one-line user errors."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from ticketlab.cli.main import main
 from ticketlab.config import RunConfig, TrainConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.store import RunStore
 from ticketlab.tickets import imp
 
-from helpers import tiny_dataset
+from helpers import run_cli
 
-
-@pytest.fixture()
-def tiny_npz(tmp_path) -> Path:
-    ds = tiny_dataset(n=160)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x=ds.train_x.numpy(), y=ds.train_y.numpy(), x_test=ds.test_x.numpy(), y_test=ds.test_y.numpy())
-    return path
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def _last_json(out: str) -> dict:

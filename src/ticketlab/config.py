@@ -170,6 +170,9 @@ class RunConfig:
     # training alone up to float rounding, so not claimed to be the same run.
     stacked: bool = False
     members: tuple[str, ...] = ()  # a stacked group run: the ids of the runs it trains together
+    # Trained as the physically compacted network, widths padded to this multiple (compact/training.py):
+    # the masked run's numbers up to float rounding, so not claimed to be the same run. 0: not compacted.
+    compacted: int = 0
 
     @property
     def run_id(self) -> str:

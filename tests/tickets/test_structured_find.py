@@ -82,6 +82,27 @@ def test_structure_options_are_checked():
         TicketConfig(structure="blocks").validate()
     with pytest.raises(TicketlabError, match="N:M"):
         TicketConfig(structure="nm", nm="4:2", levels=1).validate()
+    with pytest.raises(TicketlabError, match="channel tickets only"):
+        TicketConfig(compact_training=False).validate()
+
+
+def test_channel_arms_train_compacted_unless_told_not_to(tmp_path):
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    compacted = _study(tmp_path / "a", "cifar_resnet_20", ds, structure="channel", fraction=0.5, levels=1)
+    masked = _study(tmp_path / "b", "cifar_resnet_20", ds, structure="channel", fraction=0.5, levels=1,
+                    compact_training=False)
+    for result, path, expected in ((compacted, tmp_path / "a", 8), (masked, tmp_path / "b", 0)):
+        dense, level = json.loads((result.folder / "per_seed.json").read_text())[0]
+        runs = level["runs"]
+        store = RunStore(path)
+        assert store.get(runs["ticket"]).config.get("compacted", 0) == expected  # the ticket
+        assert store.get(runs["random"]).config.get("compacted", 0) == expected  # and its random-channel baseline
+        assert store.get(dense["runs"]["ticket"]).config.get("compacted", 0) == 0  # the dense network
+    # the same masks, and the same accuracies up to the rounding of a few steps
+    assert all(torch.equal(compacted.masks[0][n], m) for n, m in masked.masks[0].items())
+    for arm in ("ticket", "random"):
+        a, b = (json.loads((r.folder / "per_seed.json").read_text())[0][1]["test"][arm] for r in (compacted, masked))
+        assert abs(a - b) <= 0.05
 
 
 def test_channel_study_of_a_user_module_refills_but_says_why_it_cannot_compact(tmp_path):

@@ -211,6 +211,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
         refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm, data=args.data,
         prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
+        compact_training=not args.no_compact_training,
     )
     train_cfg = run_config(args)
     options = {f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f) is not None}  # the recipe fills the rest
@@ -443,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refill-criterion", choices=REFILL_CRITERIA, default="count",
                    help="channel: rank channels by surviving weights, weight L1, activation norm or |activation*grad|")
     g.add_argument("--nm", default="2:4", help="nm: keep N of every M weights")
+    g.add_argument("--no-compact-training", action="store_true",
+                   help="channel: train tickets masked at full size instead of physically compacted "
+                        "(same numbers up to float rounding; compacted is faster)")
     g = p.add_argument_group("cheaper search (methods.md section 6)")
     g.add_argument("--data", choices=("full", "prac"), default="full",
                    help="prac: each level's search trains on its PrAC set with a shrunk schedule")

@@ -13,10 +13,10 @@ from ticketlab.compact.channels import (
     register_channel_plan,
     tied_layers,
 )
-from ticketlab.compact.compaction import compact, compaction_report
+from ticketlab.compact.compaction import Kept, compact, compaction_report, kept_entries
 from ticketlab.compact.export import export_onnx, load_model, save_model
 
 __all__ = [
-    "ChannelGroup", "channel_groups", "compact", "compaction_report", "complete_channel_masks", "export_onnx",
-    "load_model", "register_channel_plan", "save_model", "tied_layers",
+    "ChannelGroup", "Kept", "channel_groups", "compact", "compaction_report", "complete_channel_masks",
+    "export_onnx", "kept_entries", "load_model", "register_channel_plan", "save_model", "tied_layers",
 ]

@@ -8,6 +8,8 @@ columns of every consumer gives dense layers that really run faster (methods.md 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,8 +19,13 @@ from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks, check_masks
 
 
-def _kept(group: ChannelGroup, masks: Masks, params: dict[str, nn.Parameter]) -> torch.Tensor:
-    """Indices of the channels to keep; the rest are provably silent, so removing them is exact."""
+def _kept(group: ChannelGroup, masks: Masks, params: dict[str, nn.Parameter], multiple: int) -> torch.Tensor:
+    """Indices of the channels to keep; the rest are provably silent, so removing them is exact.
+
+    `multiple` > 1 keeps some silent channels too, the lowest-numbered first, until the count is a
+    multiple of it: CPU and GPU kernels are far faster at such widths (BENCHMARKS.md), and a kept
+    silent channel stays exactly zero under its mask, so the function is the same.
+    """
     for name in group.producers:
         if name in masks:
             rows = masks[name].bool().flatten(1)
@@ -41,7 +48,62 @@ def _kept(group: ChannelGroup, masks: Masks, params: dict[str, nn.Parameter]) ->
                 "change the model; train with ticketlab.compact.complete_channel_masks(model, masks), which keeps "
                 "them at zero"
             )
+    short = -int((~pruned).sum()) % multiple
+    pruned[pruned.nonzero().squeeze(1)[:short]] = False
     return (~pruned).nonzero().squeeze(1)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What a compaction keeps of each tensor, by qualified name: rows (dim 0) and columns (dim 1)."""
+
+    rows: dict[str, torch.Tensor]
+    columns: dict[str, torch.Tensor]
+
+    def shrink(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full-size tensors (masks, a state dict) cut to the compacted network's shapes."""
+        out = {}
+        for name, t in tensors.items():
+            if name in self.rows:
+                t = t.index_select(0, self.rows[name].to(t.device))
+            if name in self.columns:
+                t = t.index_select(1, self.columns[name].to(t.device))
+            out[name] = t
+        return out
+
+    def expand(self, small: Mapping[str, torch.Tensor], full: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`full` with the compacted network's entries written back where they came from."""
+        out = {}
+        for name, t in full.items():
+            value = small[name].to(t.device, t.dtype)
+            if name not in self.rows and name not in self.columns:
+                out[name] = value.clone()
+                continue
+            t = t.clone()
+            rows = self.rows.get(name, torch.arange(t.shape[0])).to(t.device)
+            if name in self.columns:
+                columns = self.columns[name].to(t.device)
+                value = t.index_select(0, rows).index_copy_(1, columns, value)
+            out[name] = t.index_copy_(0, rows, value)
+        return out
+
+
+def kept_entries(model: nn.Module, masks: Masks, multiple: int = 1) -> Kept:
+    """The rows and columns `compact(model, masks, multiple)` keeps."""
+    if multiple < 1:
+        raise TicketlabError(f"the channel multiple must be at least 1, got {multiple}")
+    groups = channel_groups(model)
+    check_masks(model, masks)
+    params = dict(model.named_parameters())
+    rows: dict[str, torch.Tensor] = {}
+    columns: dict[str, torch.Tensor] = {}
+    for group in groups:
+        kept = _kept(group, masks, params, multiple)
+        rows.update(dict.fromkeys(group.producers + group.companions + group.buffers, kept))
+        columns.update(dict.fromkeys(group.consumers, kept))
+        for name, block in group.flat_consumers:  # channel c is the block of input columns [c * block, ...)
+            columns[name] = (kept.unsqueeze(1) * block + torch.arange(block, device=kept.device)).flatten()
+    return Kept(rows, columns)
 
 
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
@@ -83,31 +145,22 @@ def _qualified(module: str, key: str) -> str:
 
 
 @torch.no_grad()
-def compact(model: nn.Module, masks: Masks) -> nn.Module:
+def compact(model: nn.Module, masks: Masks, multiple: int = 1) -> nn.Module:
     """A new, smaller `model` without the channels every producer of their group drops.
 
     Weights are multiplied by `masks` first, so pruned weights inside kept rows stay zero; the
     input is left untouched. A dropped channel must be silent (companions zero: train with
-    `complete_channel_masks`), so the result computes what the masked model computes.
+    `complete_channel_masks`), so the result computes what the masked model computes. `multiple`
+    keeps silent channels too until each width is a multiple of it (see `_kept`).
     """
-    groups = channel_groups(model)
-    check_masks(model, masks)
     out = copy.deepcopy(model)
     apply_masks(out, masks)
-    params = dict(out.named_parameters())
-    rows: dict[str, torch.Tensor] = {}
-    columns: dict[str, torch.Tensor] = {}
-    for group in groups:
-        kept = _kept(group, masks, params)
-        rows.update(dict.fromkeys(group.producers + group.companions + group.buffers, kept))
-        columns.update(dict.fromkeys(group.consumers, kept))
-        for name, block in group.flat_consumers:  # channel c is the block of input columns [c * block, ...)
-            columns[name] = (kept.unsqueeze(1) * block + torch.arange(block, device=kept.device)).flatten()
+    kept = kept_entries(out, masks, multiple)
     for name, module in list(out.named_modules()):
         own = [key for key, _ in module.named_parameters(recurse=False)] + [
             key for key, _ in module.named_buffers(recurse=False)
         ]
-        touched = [key for key in own if _qualified(name, key) in rows or _qualified(name, key) in columns]
+        touched = [key for key in own if _qualified(name, key) in kept.rows or _qualified(name, key) in kept.columns]
         if not touched:
             continue
         if type(module) not in _RESIZABLE:
@@ -115,12 +168,9 @@ def compact(model: nn.Module, masks: Masks) -> nn.Module:
                 f"channel plan of {type(model).__name__} resizes {name}, a {type(module).__name__}; "
                 "compaction resizes only Conv2d, Linear and BatchNorm2d modules"
             )
-        state = module.state_dict()
-        for key in touched:
-            if _qualified(name, key) in rows:
-                state[key] = state[key].index_select(0, rows[_qualified(name, key)].to(state[key].device))
-            if _qualified(name, key) in columns:
-                state[key] = state[key].index_select(1, columns[_qualified(name, key)].to(state[key].device))
+        full = module.state_dict()
+        cut = kept.shrink({_qualified(name, key): full[key] for key in touched})
+        state = {**full, **{key: cut[_qualified(name, key)] for key in touched}}
         try:
             new = _resized(module, state, state[touched[0]])
         except RuntimeError as e:

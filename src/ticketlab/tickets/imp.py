@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab.compact.training import TRAIN_MULTIPLE
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
@@ -65,6 +66,7 @@ class TicketConfig:
     prac_file: str = ""  # a saved PrAC set to use instead of this dense run's (transfer across models)
     early_bird: float = 0.0  # > 0: stop a search run once its next mask moves less than this (You et al. 0.08)
     stack: bool = False  # train each level's arms together in one batched step (train/stacked_run.py)
+    compact_training: bool = True  # channel: train tickets and baselines physically compacted (compact/training.py)
 
     def validate(self) -> None:
         if self.levels < 1:
@@ -99,6 +101,8 @@ class TicketConfig:
         if not 0 <= self.early_bird < 1:
             raise TicketlabError(f"--early-bird is a mask-distance threshold in (0, 1) (published 0.08), "
                                  f"got {self.early_bird}")
+        if not self.compact_training and self.structure != "channel":
+            raise TicketlabError("--no-compact-training concerns channel tickets only; add --structure channel")
         if self.structure == "nm" and self.levels != 1:
             raise TicketlabError(f"an N:M mask has one fixed density ({self.nm} keeps {self.nm.replace(':', ' of ')}), "
                                  f"so --structure nm takes --levels 1, got {self.levels}")
@@ -195,6 +199,8 @@ class _Study:
         self.steps = steps
         # a saved PrAC set is checked before anything trains, so a wrong file costs nothing
         self.saved_hard = load_prac(self.t.prac_file, n_train).hard if self.t.prac_file else None
+        # masked arms train as the compacted network: the same numbers up to float rounding, faster
+        self.compacted = TRAIN_MULTIPLE if self.structure.compactable and self.t.compact_training else 0
 
     @functools.cached_property
     def train_set(self) -> ImageDataset:
@@ -289,7 +295,8 @@ class _Study:
         one iteration, of every chain, in one batched step."""
         if not self.t.stack:
             return [{name: self.train(chain.run, f"{lv.what} {name}", init_state=arm.init_state, masks=arm.masks,
-                                      start_iteration=arm.start) for name, arm in lv.to_train.items()}
+                                      start_iteration=arm.start, compacted=self.compacted)
+                     for name, arm in lv.to_train.items()}
                     for chain, lv in levels]
         out: list[dict[str, RunResult]] = [{} for _ in levels]
         entries = [(i, name, arm) for i, (_, lv) in enumerate(levels) for name, arm in lv.to_train.items()]
@@ -369,7 +376,7 @@ class _Study:
         fraction = len(subset) / self.n_train
         prac_run = replace(run, train=scaled_train(run.train, fraction))
         result = self.train(prac_run, f"{what} PrAC search ({fraction:.0%} of the data)", init_state=rewind_state,
-                            masks=masks, subset=subset, hooks=hooks)
+                            masks=masks, subset=subset, hooks=hooks, compacted=0 if hooks else self.compacted)
         return _Search(result, fraction, result.summary["iterations"])
 
     def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,

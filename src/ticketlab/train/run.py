@@ -13,7 +13,7 @@ import hashlib
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -229,6 +229,7 @@ def train_run(
     description: str | None = None,
     subset: torch.Tensor | None = None,
     records: bool = False,
+    compacted: int = 0,
 ) -> RunResult:
     """Train (or reuse, or resume) the run `config` describes.
 
@@ -239,6 +240,9 @@ def train_run(
     `subset` (indices into the training examples left after the validation split, e.g. a PrAC
     set) trains on those only. Hooks that change the numbers must describe themselves in
     `config.hooks`. `records` keeps per-example records (train/records.py) in the run folder.
+    `compacted` (a channel multiple, e.g. 8) trains channel-structured `masks` as the physically
+    compacted network (compact/training.py): the masked training's numbers up to float rounding,
+    at the smaller network's cost; hooks then see the compacted network.
     """
     config.train.validate()
     dev = resolve_device(str(device) if device is not None else config.device)
@@ -256,6 +260,15 @@ def train_run(
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
     save_at = config.snapshots
+    shrunk = None
+    if compacted:
+        if not masks or save_at:
+            raise TicketlabError("compacted training needs channel masks and keeps no weight snapshots; "
+                                 "train with masks only, or without compaction")
+        from ticketlab.compact.training import compacted_for_training
+
+        shrunk = compacted_for_training(model, masks, compacted)
+        config = replace(config, compacted=compacted)
 
     augment = default_augment(config.data, dataset, config.model.name)
     record = store.begin(config)
@@ -268,16 +281,23 @@ def train_run(
         from ticketlab.train.records import ExampleRecords
 
         recorder = ExampleRecords(len(train_set.train_y), train_set.num_classes + extra_outputs, config.train.epochs)
-    all_hooks = ([MaskHook(masks)] if masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
+    net, net_masks = (shrunk.small, shrunk.masks) if shrunk else (model, masks)
+    all_hooks = ([MaskHook(net_masks)] if net_masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
     result = _fit(
-        store, config, record, model, device_data, validation=validation, test=(dataset.test_x, dataset.test_y),
+        store, config, record, net, device_data, weights=shrunk.trained_state if shrunk else None,
+        validation=validation, test=(dataset.test_x, dataset.test_y),
         hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, save_at=save_at,
         start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
         progress=progress, description=description or f"{config.model.name} on {dataset.name}",
     )
+    if shrunk is not None:
+        model.load_state_dict(shrunk.trained_state())
+        model.to(dev)
     if recorder is not None:
         recorder.save(record.folder / "records.safetensors")
     summary = _summary(config, model, result)
+    if shrunk is not None:
+        summary["trained_parameters"] = sum(p.numel() for p in net.parameters())
     if data.noise_rate is not None:
         summary["noise_rate"] = round(data.noise_rate, 6)
     if loss_hook is not None:
@@ -288,11 +308,12 @@ def train_run(
     return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)
 
 
-def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module, data: DeviceData,
-         **options: Any) -> TrainResult:
-    """Train a begun run to its end and write its weights and history. A user error (an impossible
-    setting the trainer finds, divergence) removes the run: nothing is left half-written. An
-    unreadable checkpoint keeps it: the message tells the user how to discard it."""
+def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module, data: DeviceData, *,
+         weights: Callable[[], dict[str, torch.Tensor]] | None = None, **options: Any) -> TrainResult:
+    """Train a begun run to its end and write its weights (`weights()`, default the model's state)
+    and history. A user error (an impossible setting the trainer finds, divergence) removes the
+    run: nothing is left half-written. An unreadable checkpoint keeps it: the message tells the
+    user how to discard it."""
     try:
         result = Trainer(model, data, config.train, checkpoint_dir=record.folder, **options).fit()
     except CorruptFileError:
@@ -300,7 +321,7 @@ def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module
     except TicketlabError:
         store.remove(config.run_id)
         raise
-    write_tensors(record.folder / "final.safetensors", model.state_dict())
+    write_tensors(record.folder / "final.safetensors", weights() if weights else model.state_dict())
     write_json(record.folder / "history.json", result.history)
     return result
 

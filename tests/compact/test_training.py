@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from ticketlab.compact import channel_groups, complete_channel_masks, kept_entries, tied_layers
+from ticketlab.compact.training import compacted_for_training
+from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ticketlab.errors import TicketlabError
+from ticketlab.models import build_model
+from ticketlab.sparsity import apply_masks, magnitude, prune_fraction, refill, select_prunable
+from ticketlab.store import RunStore
+from ticketlab.train.run import train_run
+
+from helpers import InterruptAt, tiny_dataset
+
+CASES = {  # name -> (build options, tiny data options)
+    "cifar_resnet_20": ({"in_channels": 3, "image_size": 8}, {"channels": 3, "size": 8}),
+    "lenet_300_100": ({"in_channels": 1, "image_size": 8}, {"channels": 1, "size": 8}),
+}
+
+
+def ticket(name, fraction=0.5):
+    """Seeded initial weights and a refilled channel ticket of them (what `find --structure channel` trains)."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=4, **CASES[name][0])
+    names = list(select_prunable(model))
+    params = dict(model.named_parameters())
+    weights = prune_fraction(magnitude({n: params[n].detach() for n in names}),
+                             {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}, fraction)
+    weights = refill(weights, tied=tied_layers(model), keep={names[-1]})
+    return model, complete_channel_masks(model, weights)
+
+
+def config(name, epochs=2):
+    return RunConfig(data=DataConfig(dataset="tiny"), model=ModelConfig(name=name),
+                     train=TrainConfig(epochs=epochs, batch_size=32, lr=0.05))
+
+
+def test_widths_are_padded_to_the_multiple_with_silent_channels_only():
+    model, masks = ticket("cifar_resnet_20", fraction=0.6)
+    apply_masks(model, masks)
+    exact, padded = kept_entries(model, masks), kept_entries(model, masks, 8)
+    for group in channel_groups(model):
+        a, b = exact.rows[group.producers[0]], padded.rows[group.producers[0]]
+        assert set(a.tolist()) <= set(b.tolist())  # every live channel stays
+        assert len(b) == group.channels or len(b) % 8 == 0
+        assert len(b) - len(a) < 8  # no more padding than needed
+        extra = sorted(set(b.tolist()) - set(a.tolist()))
+        assert all(not masks[p][extra].any() for p in group.producers)  # the padding is silent
+    with pytest.raises(TicketlabError, match="at least 1"):
+        kept_entries(model, masks, 0)
+
+
+def test_expand_writes_the_small_state_back_and_leaves_removed_entries_as_they_were():
+    model, masks = ticket("cifar_resnet_20")
+    plan = compacted_for_training(model, masks)
+    full = plan.full_state
+    assert all(torch.equal(v, full[k]) for k, v in plan.trained_state().items())  # untrained: a round trip
+    with torch.no_grad():
+        for p in plan.small.parameters():
+            p.add_(1.0)
+        apply_masks(plan.small, plan.masks)  # what MaskHook does during training
+    trained = plan.trained_state()
+    for name, m in masks.items():
+        assert torch.equal(trained[name][~m], full[name][~m])  # removed or pruned entries: as they started
+    conv = "stages.1.0.conv1.weight"
+    kept = plan.kept.rows[conv]
+    live = masks[conv][kept][:, plan.kept.columns[conv]]
+    assert live.any() and torch.equal(trained[conv][kept][:, plan.kept.columns[conv]][live],
+                                      full[conv][kept][:, plan.kept.columns[conv]][live] + 1)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_compacted_training_gives_the_masked_training_numbers_up_to_rounding(tmp_path, name):
+    model, masks = ticket(name)
+    ds = tiny_dataset(n=96, **CASES[name][1])
+    store = RunStore(tmp_path)
+    options = dict(store=store, dataset=ds, masks=masks, init_state=model.state_dict(), progress=False)
+    masked = train_run(config(name), **options)
+    small = train_run(config(name), compacted=8, **options)
+
+    assert small.run_id != masked.run_id and store.get(small.run_id).config["compacted"] == 8
+    assert small.summary["trained_parameters"] < small.summary["parameters"] == masked.summary["parameters"]
+    assert small.summary["density"] == masked.summary["density"]
+    assert small.summary["test_accuracy"] == pytest.approx(masked.summary["test_accuracy"], abs=1 / 40)
+    a, b = masked.model.state_dict(), small.model.state_dict()
+    for key, value in a.items():
+        if "running" not in key:  # BN statistics of removed channels keep their starting values (never read)
+            assert torch.allclose(b[key], value, atol=1e-3), key
+    for key, m in masks.items():
+        assert torch.all(b[key][~m] == 0), key  # pruned weights and removed channels exactly zero
+    again = train_run(config(name), compacted=8, **options)
+    assert again.reused and all(torch.equal(again.model.state_dict()[k], v) for k, v in b.items())
+
+
+def test_an_interrupted_compacted_run_resumes_to_the_uninterrupted_numbers(tmp_path):
+    model, masks = ticket("cifar_resnet_20")
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    options = dict(dataset=ds, masks=masks, init_state=model.state_dict(), progress=False, compacted=8)
+    reference = train_run(config("cifar_resnet_20", epochs=3), store=RunStore(tmp_path / "ref"), **options)
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config("cifar_resnet_20", epochs=3), store=store, hooks=[InterruptAt(4)], **options)
+    resumed = train_run(config("cifar_resnet_20", epochs=3), store=store, **options)
+    assert resumed.run_id == reference.run_id and not resumed.reused
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_compacted_training_refuses_what_it_cannot_do(tmp_path):
+    model, masks = ticket("cifar_resnet_20")
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    options = dict(store=RunStore(tmp_path), dataset=ds, init_state=model.state_dict(), progress=False, compacted=8)
+    unstructured = dict(masks)
+    unstructured["stages.0.0.conv1.weight"] = torch.rand(masks["stages.0.0.conv1.weight"].shape) < 0.5
+    with pytest.raises(TicketlabError, match="not channel-structured"):
+        train_run(config("cifar_resnet_20"), masks=unstructured, **options)
+    with pytest.raises(TicketlabError, match="no weight snapshots"):
+        train_run(config("cifar_resnet_20"), masks=masks, save_at=(3,), **options)
+    with pytest.raises(TicketlabError, match="needs channel masks"):
+        train_run(config("cifar_resnet_20"), **options)
+    assert RunStore(tmp_path).list() == []  # nothing half-written

@@ -179,3 +179,31 @@ def test_bench_two_four_says_why_not_on_cpu(tmp_path, grey_npz, capsys):
     report = json.loads(out.strip().splitlines()[-1])
     assert "not run sparse" in report["semi_structured"] and "CUDA" in report["semi_structured"].upper()
     assert {t["variant"] for t in report["timings"]} == {"dense", "masked"}
+
+
+def test_train_compact_trains_a_studys_channel_masks_as_the_smaller_network(channel_study, grey_npz, tmp_path,
+                                                                              capsys):
+    masks = next(channel_study.glob("runs/*/seed_0/level_2/masks.safetensors"))
+    base = ["train", *COMMON, "--dataset", grey_npz, "--store", tmp_path / "store", "--masks", masks]
+    code, out, _ = _run(capsys, *base, "--compact", "--json")
+    assert code == 0
+    small = json.loads(out.strip().splitlines()[-1])
+    code, out, _ = _run(capsys, *base, "--json")
+    masked = json.loads(out.strip().splitlines()[-1])
+    assert small["run_id"] != masked["run_id"] and "trained_parameters" not in masked
+    assert small["trained_parameters"] < small["parameters"] == masked["parameters"]
+    assert small["density"] == masked["density"]
+    assert abs(small["test_accuracy"] - masked["test_accuracy"]) <= 0.05
+
+
+def test_train_compact_refuses_what_it_cannot_compact(tmp_path, grey_npz, capsys):
+    store = tmp_path / "store"
+    unstructured = tmp_path / "m.safetensors"
+    assert main(["prune", "--model", "lenet_300_100", "--dataset", str(grey_npz), "--density", "0.3",
+                 "--out", str(unstructured), "--quiet"]) == 0
+    for extra, message in ((["--compact"], "add --masks FILE"),
+                           (["--compact", "--masks", unstructured], "not channel-structured"),
+                           (["--compact", "--masks", unstructured, "--seeds", "2", "--stack"], "do not combine")):
+        code, _, err = _run(capsys, "train", *COMMON, "--dataset", grey_npz, "--store", store, *extra)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not list(store.glob("runs/*"))  # nothing half-written

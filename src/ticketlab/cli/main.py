@@ -139,18 +139,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ticketlab.train import train_run
 
     config = run_config(args)
+    if args.compact and not args.masks:
+        raise TicketlabError("--compact trains channel-structured --masks as the smaller network; add --masks FILE")
+    if args.compact and args.stack:
+        raise TicketlabError("--compact and --stack do not combine: stacked networks share one shape; drop one")
     if args.seeds != 1 or args.stack:
         return _train_seeds(args, config)
     result = train_run(
         config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
         device=args.device, progress=not args.quiet, masks=load_masks(args.masks) if args.masks else None,
+        compacted=_compacted(args),
     )
     s = result.summary
     if result.reused:
         print(f"run {result.run_id} already finished with these settings; "
               f"reusing it (`ticketlab runs rm {result.run_id}` to retrain)")
     shown = {k: s.get(k) for k in ("run_id", "model", "dataset", "epochs", "iterations", "train_seconds",
-                                    "train_accuracy", "val_accuracy", "test_accuracy", "parameters", "density",
+                                    "train_accuracy", "val_accuracy", "test_accuracy", "parameters",
+                                    "trained_parameters", "density",
                                     "noise_rate", "relabelled_fraction", "corrected_fraction", "label_accuracy_after",
                                     "labels_file", "stopped_epoch") if k in s}
     print(key_values(shown))
@@ -164,6 +170,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, sort_keys=True))
     return 0
+
+
+def _compacted(args: argparse.Namespace) -> int:
+    from ticketlab.compact.training import TRAIN_MULTIPLE
+
+    return TRAIN_MULTIPLE if args.compact else 0
 
 
 def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
@@ -182,8 +194,8 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
     if args.stack:
         results = train_stacked(config, [Member(masks=masks, seed=seed) for seed in seeds], **where)
     else:
-        results = [train_run(replace(config, train=replace(config.train, seed=seed)), masks=masks, **where)
-                   for seed in seeds]
+        results = [train_run(replace(config, train=replace(config.train, seed=seed)), masks=masks,
+                             compacted=_compacted(args), **where) for seed in seeds]
     print(table(("seed", "run", "test accuracy", "val accuracy", "train seconds", ""),
                 [(seed, r.run_id, r.summary["test_accuracy"], r.summary.get("val_accuracy"),
                   r.summary["train_seconds"], "reused" if r.reused else "") for seed, r in zip(seeds, results)]))
@@ -418,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stack", action="store_true",
                    help="train the seeds together in one batched step (meant for GPUs; no faster on CPU)")
     p.add_argument("--masks", help="train with these masks (a file from `ticketlab prune` or a study level)")
+    p.add_argument("--compact", action="store_true",
+                   help="channel-structured --masks: train the physically compacted network (faster; the masked "
+                        "training's numbers up to float rounding)")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 

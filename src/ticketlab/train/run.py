@@ -345,12 +345,14 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     data: DataConfig | None = None,
+    compacted: int = 0,
     **train_options: Any,
 ) -> RunResult:
     """Train a registered model by name, or your own `nn.Module`, on a dataset by name or object.
 
     `train_options` are `TrainConfig` fields (epochs, lr, batch_size, ...); fields you leave out
-    take the model's recipe where it has one, else the `TrainConfig` defaults.
+    take the model's recipe where it has one, else the `TrainConfig` defaults. `compacted=8`
+    trains channel-structured `masks` as the compacted network (see `train_run`).
     """
     name = model if isinstance(model, str) else type(model).__name__
     train_cfg = recipe_config(name if isinstance(model, str) else None, **train_options)
@@ -366,6 +368,7 @@ def train(
         config, store=store if isinstance(store, RunStore) else RunStore(store),
         model=None if isinstance(model, str) else model, dataset=dataset_obj, masks=masks, hooks=hooks,
         save_at=save_at, data_dir=data_dir, download=download, device=device, progress=progress,
+        compacted=compacted,
     )
 
 

@@ -1,7 +1,7 @@
 """Training step time of channel tickets: masked at full size against physically compacted.
 
   python benchmarks/compact_training.py --data-dir ../shared/data [--models cifar_resnet_20,cifar_vgg_16]
-      [--levels 4] [--fraction 0.3] [--multiples 1,8,16] [--steps 15] [--repeats 3]
+      [--levels 4] [--fraction 0.3] [--multiples 1,8,16] [--steps 15] [--repeats 3] [--device cpu|cuda]
 
 Per level of the structure step `ticketlab find --structure channel` takes (global magnitude IMP
 step on the seeded weights, refill with the residual streams tied, masks completed), the
@@ -36,11 +36,13 @@ from ticketlab.sparsity import density_report, magnitude, prune_fraction, refill
 from ticketlab.train import MaskHook, Trainer
 
 
-def seconds(model, masks, x, y, mean, std, cfg) -> float:
-    data = DeviceData(x, y, mean, std, "cpu", Augment(crop_padding=4, flip=True))
+def seconds(model, masks, x, y, mean, std, cfg, device) -> float:
+    data = DeviceData(x, y, mean, std, device, Augment(crop_padding=4, flip=True))
     trainer = Trainer(model, data, cfg, hooks=[MaskHook(masks)] if masks else [], progress=False)
     start = time.perf_counter()
     trainer.fit()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default="benchmarks/results/compact_training.json")
     args = ap.parse_args()
 
@@ -79,10 +82,11 @@ def main() -> None:
             weights = refill(weights, tied=tied_layers(model), keep={names[-1]})
             masks = complete_channel_masks(model, weights)
             plans = {m: compacted_for_training(model, masks, m) for m in multiples}
-            variants = {"masked": lambda: seconds(copy.deepcopy(model), masks, x, y, ds.mean, ds.std, cfg)}
+            variants = {"masked": lambda: seconds(copy.deepcopy(model), masks, x, y, ds.mean, ds.std, cfg,
+                                                       args.device)}
             for m, plan in plans.items():
                 variants[f"compacted_x{m}"] = (lambda plan=plan: seconds(copy.deepcopy(plan.small), plan.masks,
-                                                                          x, y, ds.mean, ds.std, cfg))
+                                                                          x, y, ds.mean, ds.std, cfg, args.device))
             for run in variants.values():  # warm-up: oneDNN picks its kernels per shape
                 run()
             times: dict[str, list[float]] = {k: [] for k in variants}
@@ -98,7 +102,8 @@ def main() -> None:
             print(f"{name} level {level} density {row['density']:.3f}: masked {med['masked']:.2f}s, "
                   + ", ".join(f"{k} {med[k]:.2f}s ({s:.2f}x)" for k, s in row["speedup_over_masked"].items()),
                   flush=True)
-    result = {"date": date.today().isoformat(),
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+    result = {"date": date.today().isoformat(), "device": args.device, "gpu": gpu,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                          f"torch {torch.__version__}",
               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats, "rows": rows}

@@ -21,3 +21,6 @@ python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 -
 # 5. a whole ticket study, stacked (--stack) against one by one: 2 seeds, 3 baselines, 2 short levels
 python3 benchmarks/stacked_find.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --epochs 2 \
     --levels 2 --seeds 2 --repeats 1 --device cuda | tee "$out/stacked_find_cuda.json"
+# 6. channel tickets trained compacted against masked, on the GPU (widths exact, padded to 8 or 16)
+python3 benchmarks/compact_training.py --data-dir "$data" --device cuda --steps 30 --repeats 3 \
+    --out "$out/compact_training_cuda.json" | tee "$out/compact_training_cuda.txt"

@@ -17,33 +17,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import statistics
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from common import channel_tickets, interleaved, machine, seconds, sgd_steps, training_slice
 
-from ticketlab.compact import channel_groups, complete_channel_masks, tied_layers
+from ticketlab.compact import channel_groups
 from ticketlab.compact.training import compacted_for_training
-from ticketlab.config import TrainConfig
-from ticketlab.data import load_dataset
 from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
 from ticketlab.models import build_model
-from ticketlab.sparsity import density_report, magnitude, prune_fraction, refill, select_prunable
+from ticketlab.sparsity import density_report
 from ticketlab.train import MaskHook, Trainer
-
-
-def seconds(model, masks, x, y, mean, std, cfg, device) -> float:
-    data = DeviceData(x, y, mean, std, device, Augment(crop_padding=4, flip=True))
-    trainer = Trainer(model, data, cfg, hooks=[MaskHook(masks)] if masks else [], progress=False)
-    start = time.perf_counter()
-    trainer.fit()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def widths(model) -> list[int]:
@@ -64,36 +50,25 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/compact_training.json")
     args = ap.parse_args()
 
-    ds = load_dataset("cifar10", data_dir=args.data_dir)
-    n = args.batch_size * args.steps
-    x, y = ds.train_x[:n].contiguous(), ds.train_y[:n].contiguous()
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05, schedule="constant", momentum=0.9,
-                      nesterov=True, weight_decay=5e-4)
+    ds, x, y = training_slice(args.data_dir, args.batch_size, args.steps)
+    data = DeviceData(x, y, ds.mean, ds.std, args.device, Augment(crop_padding=4, flip=True))
+    cfg = sgd_steps(args.batch_size)
     multiples = [int(m) for m in args.multiples.split(",")]
+
+    def train(net, masks) -> float:
+        trainer = Trainer(copy.deepcopy(net), data, cfg, hooks=[MaskHook(masks)] if masks else [], progress=False)
+        return seconds(trainer.fit, args.device)
+
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = build_model(name, num_classes=10)
-        names = list(select_prunable(model))
-        weights = {n: torch.ones_like(p, dtype=torch.bool) for n, p in select_prunable(model).items()}
-        for level in range(1, args.levels + 1):
-            params = dict(model.named_parameters())
-            weights = prune_fraction(magnitude({n: params[n].detach() for n in names}), weights, args.fraction)
-            weights = refill(weights, tied=tied_layers(model), keep={names[-1]})
-            masks = complete_channel_masks(model, weights)
+        for level, weights, masks in channel_tickets(model, args.levels, args.fraction):
             plans = {m: compacted_for_training(model, masks, m) for m in multiples}
-            variants = {"masked": lambda: seconds(copy.deepcopy(model), masks, x, y, ds.mean, ds.std, cfg,
-                                                       args.device)}
+            variants = {"masked": lambda: train(model, masks)}
             for m, plan in plans.items():
-                variants[f"compacted_x{m}"] = (lambda plan=plan: seconds(copy.deepcopy(plan.small), plan.masks,
-                                                                          x, y, ds.mean, ds.std, cfg, args.device))
-            for run in variants.values():  # warm-up: oneDNN picks its kernels per shape
-                run()
-            times: dict[str, list[float]] = {k: [] for k in variants}
-            for _ in range(args.repeats):
-                for key, run in variants.items():
-                    times[key].append(run())
-            med = {k: statistics.median(v) for k, v in times.items()}
+                variants[f"compacted_x{m}"] = lambda plan=plan: train(plan.small, plan.masks)
+            med, times = interleaved(variants, args.repeats, label=f"{name} level {level} ")
             row = {"model": name, "level": level, "density": round(density_report(weights)["total"]["density"], 4),
                    "widths": {"full": widths(model), **{f"x{m}": widths(p.small) for m, p in plans.items()}},
                    "median_seconds": med, "all_seconds": times,
@@ -102,10 +77,7 @@ def main() -> None:
             print(f"{name} level {level} density {row['density']:.3f}: masked {med['masked']:.2f}s, "
                   + ", ".join(f"{k} {med[k]:.2f}s ({s:.2f}x)" for k, s in row["speedup_over_masked"].items()),
                   flush=True)
-    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
-    result = {"date": date.today().isoformat(), "device": args.device, "gpu": gpu,
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}",
+    result = {"date": date.today().isoformat(), "device": args.device, "machine": machine(args.device),
               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

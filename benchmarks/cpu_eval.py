@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from common import machine
 
 from ticketlab.data import load_dataset
 from ticketlab.models import build_model
@@ -68,8 +68,7 @@ def main() -> None:
             print(f"{name:16s} {layout:13s} batch {batch:4d}: {median:6.2f} s, {len(y) / median:7.0f} images/s, "
                   f"{reference / median:.2f}x", flush=True)
     result = {"date": date.today().isoformat(), "examples": len(y), "repeats": args.repeats,
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}", "rows": rows}
+              "machine": machine(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

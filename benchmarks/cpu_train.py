@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import statistics
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import interleaved, machine, sgd_steps, training_slice
 
-from ticketlab.config import TrainConfig
-from ticketlab.data import load_dataset
 from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.models import build_model
@@ -84,11 +81,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/cpu_train.json")
     args = ap.parse_args()
 
-    ds = load_dataset("cifar10", data_dir=args.data_dir)
-    n = args.batch_size * args.steps
-    x, y = ds.train_x[:n].contiguous(), ds.train_y[:n].contiguous()
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05, schedule="constant", momentum=0.9,
-                      nesterov=True, weight_decay=5e-4)
+    ds, x, y = training_slice(args.data_dir, args.batch_size, args.steps)
+    n = len(y)
+    cfg = sgd_steps(args.batch_size)
     torch.manual_seed(0)
     init = build_model(args.model, num_classes=10)
     masks = random_masks(init, 0.2)
@@ -101,17 +96,9 @@ def main() -> None:
         "trainer_records": lambda: trainer_seconds(copy.deepcopy(init), x, y, ds.mean, ds.std, cfg,
                                                    [ExampleRecords(n, 10, 1)]),
     }
-    for run in variants.values():  # warm-up: allocator, oneDNN kernel selection
-        run()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for r in range(args.repeats):
-        for name, run in variants.items():
-            times[name].append(run())
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med, times = interleaved(variants, args.repeats)
     result = {
-        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "date": date.today().isoformat(), "machine": machine(),
         "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
         "median_seconds": med, "all_seconds": times,
         "steps_per_second": {k: args.steps / v for k, v in med.items()},

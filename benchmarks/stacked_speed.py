@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 from datetime import date
 
 import torch
+from common import interleaved, machine, seconds
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import load_dataset
@@ -25,17 +23,6 @@ from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
 from ticketlab.models import build_model
 from ticketlab.train import StackedModels, Trainer
-
-
-def seconds(model, data, cfg, device) -> float:
-    trainer = Trainer(model, data, cfg, progress=False)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    trainer.fit()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -60,21 +47,17 @@ def main() -> None:
         shape = dict(num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size)
         return [build_model(args.model, **shape) for _ in range(args.count)]
 
+    def train(model) -> float:
+        return seconds(Trainer(model, data, cfg, progress=False).fit, args.device)
+
     sides = {
-        "one_by_one": lambda: sum(seconds(net, data, cfg, args.device) for net in nets()),
-        "stacked": lambda: seconds(StackedModels(nets()), data, cfg, args.device),
+        "one_by_one": lambda: sum(train(net) for net in nets()),
+        "stacked": lambda: train(StackedModels(nets())),
     }
-    for run in sides.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    for r in range(args.repeats):
-        for name, run in sides.items():
-            times[name].append(run())
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med, _ = interleaved(sides, args.repeats)
     print(json.dumps({
         "date": date.today().isoformat(), "device": args.device,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": machine(args.device),
         "model": args.model, "count": args.count, "batch_size": args.batch_size, "steps": args.steps,
         "median_seconds": med, "speedup_stacked": med["one_by_one"] / med["stacked"],
     }))

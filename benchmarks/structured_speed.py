@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from datetime import date
 from pathlib import Path
 
 import torch
+from common import channel_tickets, machine
 
-from ticketlab.compact import compact, complete_channel_masks, tied_layers
+from ticketlab.compact import compact
 from ticketlab.models import build_model
-from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, refill, select_prunable
+from ticketlab.sparsity import apply_masks, density_report
 from ticketlab.speed import masked_module, measure
 
 
@@ -46,14 +46,7 @@ def main() -> None:
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = build_model(name, num_classes=10, in_channels=3, image_size=32).eval()
-        names = list(select_prunable(model))
-        weights = {n: torch.ones_like(p, dtype=torch.bool) for n, p in select_prunable(model).items()}
-        tied = tied_layers(model)
-        for level in range(1, args.levels + 1):
-            params = dict(model.named_parameters())
-            weights = prune_fraction(magnitude({n: params[n].detach() for n in names}), weights, args.fraction)
-            weights = refill(weights, tied=tied, keep={names[-1]})
-            masks = complete_channel_masks(model, weights)
+        for level, weights, masks in channel_tickets(model, args.levels, args.fraction):
             ticket = build_model(name, num_classes=10, in_channels=3, image_size=32).eval()
             ticket.load_state_dict(model.state_dict())
             with torch.no_grad():
@@ -76,10 +69,8 @@ def main() -> None:
                   f"{row['parameters']:,}, max|diff| {err:.1e}, compacted/dense " +
                   ", ".join(f"b{b} {ratios[('compacted', b)]:.2f}x" for b in batches) +
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
-    machine = (torch.cuda.get_device_name() if args.device == "cuda" else
-               f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout,
-              "machine": f"{machine}, torch {torch.__version__}", "rows": rows}
+              "machine": machine(args.device), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

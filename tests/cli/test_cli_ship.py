@@ -207,3 +207,28 @@ def test_train_compact_refuses_what_it_cannot_compact(tmp_path, grey_npz, capsys
         code, _, err = _run(capsys, "train", *COMMON, "--dataset", grey_npz, "--store", store, *extra)
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert not list(store.glob("runs/*"))  # nothing half-written
+
+
+def test_prune_structure_channel_then_train_compact(tmp_path, tiny_npz, capsys):
+    """One-shot channel pruning at init (refill after the criterion), trained as the smaller network."""
+    masks_file = tmp_path / "m.safetensors"
+    code, out, _ = _run(capsys, "prune", "--model", "cifar_resnet_20", "--dataset", tiny_npz, "--density", "0.4",
+                        "--structure", "channel", "--out", masks_file, "--json")
+    assert code == 0 and f"--masks {masks_file} --compact" in out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert 0.3 < report["density"] < 0.5  # refill keeps the criterion's parameter budget, about
+    from ticketlab.sparsity import load_masks
+    from ticketlab.sparsity.structure import is_channel_structured
+
+    masks = load_masks(masks_file)
+    convs = [n for n, m in masks.items() if m.dim() == 4]
+    assert convs and all(is_channel_structured(masks[n]) for n in convs)
+    assert not masks["stem.bn.weight"].all()  # removed channels' BatchNorm entries are masked too
+    code, out, _ = _run(capsys, "train", "--model", "cifar_resnet_20", "--dataset", tiny_npz, "--masks", masks_file,
+                        "--compact", "--epochs", "1", "--batch-size", "32", "--store", tmp_path / "store",
+                        "--quiet", "--json")
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and summary["trained_parameters"] < summary["parameters"]
+    code, _, err = _run(capsys, "prune", "--model", "lenet_300_100", "--dataset", tiny_npz, "--density", "0.4",
+                        "--structure", "nm")
+    assert code == 2 and "invalid choice: 'nm'" in err

@@ -311,7 +311,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             ) from None
         source = str(weights)
     masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
-                        exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed)
+                        exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed,
+                        structure=args.structure)
     save_masks(args.out, masks)
     report = density_report(masks, model)
     print(f"pruned {config.model.name} ({source}) with {args.criterion}, budget {args.budget}")
@@ -319,8 +320,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
                 + [("total", report["total"]["kept"], report["total"]["total"],
                     f"{100 * report['total']['density']:.2f}%")]))
+    compact = " --compact" if args.structure == "channel" else ""
     print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --dataset {args.dataset} "
-          f"--masks {args.out} ...)")
+          f"--masks {args.out}{compact} ...)")
     if args.json:
         print(json.dumps({"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
                           "density": report["total"]["density"], "layers": report["layers"]}, sort_keys=True))
@@ -481,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--density", type=float, required=True, help="fraction of prunable weights kept, in (0, 1]")
     g.add_argument("--exclude-first", action="store_true")
     g.add_argument("--exclude-last", action="store_true")
+    g.add_argument("--structure", choices=("none", "channel", "group"), default="none",
+                   help="then keep whole channels (refill; train them with `train --compact`) or dense blocks")
     g.add_argument("--out", default="masks.safetensors", help="where the masks are written")
     add_run_options(p)
     p.set_defaults(func=cmd_prune)

@@ -2,7 +2,8 @@
 
 At initialisation this is pruning-at-init (SNIP, GraSP, SynFlow, random, magnitude; methods.md
 section 3); on a trained checkpoint it is classic one-shot magnitude pruning. Data-dependent
-criteria score one seeded batch of normalised training images, never test data.
+criteria score one seeded batch of normalised training images, never test data. A structure
+(refill's whole channels, regroup's dense blocks) can follow, as in a structured study's level.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from torch import nn
 from ticketlab.data import ImageDataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import stream_seed
+from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import check_density, prune_at_init, select_prunable
+from ticketlab.tickets.structured import Structure
 
 Masks = dict[str, torch.Tensor]
 
@@ -29,14 +32,25 @@ def prune_model(
     exclude_last: bool = False,
     batch_size: int = 256,
     seed: int = 0,
+    structure: str = "none",
 ) -> Masks:
-    """Masks keeping `density` of the prunable weights of `model` (which is not modified)."""
+    """Masks keeping `density` of the prunable weights of `model` (which is not modified).
+
+    `structure` "channel" refills whole channels (and masks the BatchNorm entries of removed ones,
+    so `train_run(compacted=8)` can train the smaller network); "group" keeps dense blocks.
+    """
     check_density(density)
+    if structure not in ("none", "channel", "group"):
+        raise TicketlabError(f"unknown --structure {structure!r} for one-shot pruning; choose none, channel or group")
     names = list(select_prunable(model, exclude_first=exclude_first, exclude_last=exclude_last))
     g = torch.Generator().manual_seed(stream_seed("prune-batch", seed))
     pick = torch.randperm(len(dataset.train_y), generator=g)[:batch_size]
     mean = torch.tensor(dataset.mean, dtype=torch.float32)
     std = torch.tensor(dataset.std, dtype=torch.float32)
     batch = (normalize(dataset.train_x[pick], mean, std), dataset.train_y[pick])
-    return prune_at_init(criterion, model, names, density, budget, batch=batch, generator=g,
-                         input_shape=dataset.image_shape)
+    masks = prune_at_init(criterion, model, names, density, budget, batch=batch, generator=g,
+                          input_shape=dataset.image_shape)
+    if structure == "none":
+        return masks
+    shape = Structure(structure, model, names)
+    return shape.complete(shape.apply(masks))

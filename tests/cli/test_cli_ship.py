@@ -37,7 +37,7 @@ def channel_study(tmp_path_factory, grey_npz):
 def test_find_structure_json_carries_speed(channel_study, grey_npz, capsys):
     code, out, _ = _run(capsys, "find", *COMMON, "--dataset", grey_npz, "--store", channel_study, "--levels", "2",
                         "--structure", "channel", "--baselines", "random", "--json")
-    assert code == 0 and "CPU speed-up" in out
+    assert code == 0 and "CPU speed-up" in out and "ticket train s" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert all(row["speedup_cpu"] > 0 for row in summary["levels"])
 

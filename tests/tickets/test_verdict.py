@@ -61,6 +61,17 @@ def test_summarise_synthetic_table():
     assert s["levels"][0]["ticket"]["mean"] == pytest.approx(0.981)
     assert s["levels"][1]["reinit"]["std"] == pytest.approx(0.001)
     assert s["sparsest_winning_density"] == 0.8
+    assert "dense_seconds" not in s and "ticket_seconds" not in s["levels"][0]  # records from before timing
+
+
+def test_summarise_averages_each_levels_ticket_training_time_over_seeds():
+    per_seed = [_seed(0.98, (0.981, 0.95), (0.97, 0.94)), _seed(0.979, (0.980, 0.951), (0.969, 0.941))]
+    for seed, times in zip(per_seed, ((100.0, 80.0, 50.0), (110.0, 90.0, 70.0))):
+        for row, t in zip(seed, times):
+            row["seconds"] = {"ticket": t, **({"reinit": 1.0} if row["level"] else {})}
+    s = summarise(per_seed, ("reinit",), "validation")
+    assert s["dense_seconds"] == pytest.approx(105.0)
+    assert [r["ticket_seconds"] for r in s["levels"]] == [pytest.approx(85.0), pytest.approx(60.0)]
 
 
 @pytest.mark.parametrize("text,k", [("0", 0), ("500", 500), ("500it", 500), ("2ep", 200), ("0.5ep", 50)])

@@ -385,6 +385,7 @@ class _Study:
                   "test": {k: v.summary["test_accuracy"] for k, v in arms.items()},
                   "validation": {k: v.summary.get("val_accuracy") for k, v in arms.items()},
                   "runs": {k: v.run_id for k, v in arms.items()},
+                  "seconds": {k: v.summary["train_seconds"] for k, v in arms.items()},
                   "full_iterations": self.steps * self.config.run.train.epochs - self.k}
         if speed is not None:
             record["speed"] = speed

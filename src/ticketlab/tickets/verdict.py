@@ -75,10 +75,14 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
         if verdict_on == "validation":
             row["validation"] = {a: s.as_dict() for a, s in judge.items()}
         row.update(per_seed[0][level].get("speed", {}))  # measured on the first seed's ticket
+        if all("seconds" in seed[level] for seed in per_seed):  # a channel ticket trained compacted is faster
+            row["ticket_seconds"] = sum(seed[level]["seconds"]["ticket"] for seed in per_seed) / len(per_seed)
         rows.append(row)
         verdicts.append(v)
         densities.append(density)
     summary: dict[str, Any] = {"dense": dense_test.as_dict(), "levels": rows,
+                               **({"dense_seconds": sum(seed[0]["seconds"]["ticket"] for seed in per_seed)
+                                   / len(per_seed)} if all("seconds" in seed[0] for seed in per_seed) else {}),
                                "sparsest_winning_density": sparsest_winning(densities, verdicts),
                                "verdict_on": verdict_on, "warnings": []}
     judged = [r["validation"]["ticket"]["mean"] if verdict_on == "validation" else r["ticket"]["mean"] for r in rows]

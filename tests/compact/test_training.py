@@ -119,3 +119,20 @@ def test_compacted_training_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(TicketlabError, match="needs channel masks"):
         train_run(config("cifar_resnet_20"), **options)
     assert RunStore(tmp_path).list() == []  # nothing half-written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compacted_training_on_cuda_matches_masked_training(tmp_path):
+    model, masks = ticket("cifar_resnet_20")
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    options = dict(store=RunStore(tmp_path), dataset=ds, masks=masks, init_state=model.state_dict(),
+                   progress=False, device="cuda")
+    masked = train_run(config("cifar_resnet_20"), **options)
+    small = train_run(config("cifar_resnet_20"), compacted=8, **options)
+    a, b = masked.model.state_dict(), small.model.state_dict()
+    assert all(t.device.type == "cuda" for t in b.values())
+    for key, m in masks.items():
+        assert torch.all(b[key][~m.to(b[key].device)] == 0), key
+    for key, value in a.items():
+        if "running" not in key:
+            assert torch.allclose(b[key], value, atol=1e-2), key

@@ -5,7 +5,8 @@ computed and thrown away. With completed masks (`complete_channel_masks`) those 
 exactly zero at every step, so the compacted network computes the same function and the same
 gradients for every kept entry: training it is the masked training up to float rounding, at the
 compacted network's cost. The trained entries are then written back into the full-size state,
-so the run stores, reuses and reports the same shapes as a masked run.
+so the run stores, reuses and reports the same shapes as a masked run. (Dropout draws its masks
+at the compacted width: the same training in distribution, not the same numbers.)
 
 Widths are padded with silent channels to a multiple of `TRAIN_MULTIPLE`: a ResNet-20 with 11,
 22 and 44 channels trains slower on the CPU than the dense 16/32/64 one, with 16/24/48 about as

@@ -107,6 +107,13 @@ def test_resnet_init_is_kaiming_fan_out() -> None:
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
 
 
+def test_vgg_batchnorm_scales_start_uniform() -> None:
+    torch.manual_seed(0)
+    vgg = build_model("cifar_vgg_11")
+    scales = torch.cat([m.weight.detach() for m in vgg.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert 0 <= scales.min() and scales.max() < 1 and scales.std() > 0.2  # U(0, 1), as OpenLTH
+
+
 def test_recipes() -> None:
     assert model_recipe("cifar_resnet_20") == {
         "optimizer": "sgd",

@@ -55,6 +55,12 @@ class VGG(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes)
         kaiming_init_(self)
+        # OpenLTH's VGG init (batchnorm_init='uniform'), whose recipe these nets train with: BN scales
+        # U(0, 1). With scales of 1, VGG-16 at lr 0.1 blows up in its first steps and stays at chance
+        # (BENCHMARKS.md). A second pass after every conv's draw, so the conv weights are unchanged.
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.uniform_(module.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.features(x))))

@@ -15,6 +15,7 @@ from ticketlab.compact import complete_channel_masks, tied_layers
 from ticketlab.config import TrainConfig
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.sparsity import magnitude, prune_fraction, refill, select_prunable
+from ticketlab.train import Hook
 
 Tensors = dict[str, torch.Tensor]
 
@@ -78,3 +79,15 @@ def channel_tickets(model: nn.Module, levels: int, fraction: float) -> Iterator[
         weights = prune_fraction(magnitude({n: params[n].detach() for n in names}), weights, fraction)
         weights = refill(weights, tied=tied, keep={names[-1]})
         yield level, weights, complete_channel_masks(model, weights)
+
+
+class Curve(Hook):
+    """Each step's training loss and batch accuracy."""
+
+    def __init__(self) -> None:
+        self.loss: list[float] = []
+        self.accuracy: list[float] = []
+
+    def after_step(self, trainer, step) -> None:
+        self.loss.append(float(step.loss))
+        self.accuracy.append(float((step.logits.argmax(1) == step.targets).float().mean()))

@@ -16,22 +16,14 @@ import argparse
 import json
 
 import torch
-from common import channel_tickets, training_slice
+from common import Curve, channel_tickets, training_slice
 
 from ticketlab.compact.training import compacted_for_training
 from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
 from ticketlab.models import build_model
-from ticketlab.train import Hook, MaskHook, Trainer
+from ticketlab.train import MaskHook, Trainer
 from ticketlab.train.run import recipe_config
-
-
-class Losses(Hook):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def after_step(self, trainer, step) -> None:
-        self.losses.append(float(step.loss))
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
 
     def train(threads: int, compacted: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
         torch.set_num_threads(threads)
-        model, losses = build_model(args.model, num_classes=10), Losses()
+        model, losses = build_model(args.model, num_classes=10), Curve()
         model.load_state_dict(init.state_dict())
         if compacted:
             plan = compacted_for_training(model, masks)
@@ -59,7 +51,7 @@ def main() -> None:
         else:
             Trainer(model, data, cfg, hooks=[MaskHook(masks), losses], progress=False).fit()
         torch.set_num_threads(2)
-        return losses.losses, model.state_dict()
+        return losses.loss, model.state_dict()
 
     reference, ref_state = train(2, False)
     at = [s for s in (1, 2, 5, 10, 20, 40, 60, 100, 200) if s <= args.steps]

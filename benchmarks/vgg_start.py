@@ -14,24 +14,14 @@ import argparse
 import json
 
 import torch
-from common import training_slice
+from common import Curve, training_slice
 from torch import nn
 
 from ticketlab.config import TrainConfig
 from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
 from ticketlab.models import build_model
-from ticketlab.train import Hook, Trainer
-
-
-class Curve(Hook):
-    def __init__(self) -> None:
-        self.loss: list[float] = []
-        self.accuracy: list[float] = []
-
-    def after_step(self, trainer, step) -> None:
-        self.loss.append(float(step.loss))
-        self.accuracy.append(float((step.logits.argmax(1) == step.targets).float().mean()))
+from ticketlab.train import Trainer
 
 
 def quarters(values: list[float]) -> list[float]:

@@ -47,6 +47,15 @@ def test_round_trip():
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
 
 
+def test_model_options_are_canonical():
+    """Lists (JSON, the CLI) and tuples, in any order, name the same model."""
+    a = ModelConfig.of("fastnet", {"widths": [8, 16], "convs_per_group": 1})
+    b = ModelConfig.of("fastnet", {"convs_per_group": 1, "widths": (8, 16)})
+    assert a == b and a.kwargs == (("convs_per_group", 1), ("widths", (8, 16)))
+    assert ModelConfig.of("fastnet") == ModelConfig("fastnet")
+    assert run_id(RunConfig(model=a)) == run_id(RunConfig(model=b)) != run_id(RunConfig(model=ModelConfig("fastnet")))
+
+
 @pytest.mark.parametrize("given,needs", [
     ({"milestones": (5.0,)}, "--schedule step"),
     ({"gamma": 0.5}, "--schedule step"),

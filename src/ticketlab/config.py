@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 from ticketlab.errors import TicketlabError
 
@@ -42,6 +42,12 @@ class DataConfig:
 class ModelConfig:
     name: str = "lenet_300_100"
     kwargs: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, so equal settings hash equally
+
+    @classmethod
+    def of(cls, name: str, options: Mapping[str, Any] | None = None) -> ModelConfig:
+        """The config of `name` built with `options`, in canonical form (sorted, lists as tuples)."""
+        items = (options or {}).items()
+        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items)))
 
     def kwargs_dict(self) -> dict[str, Any]:
         return dict(self.kwargs)

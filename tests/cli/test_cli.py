@@ -7,6 +7,9 @@ import time
 
 import pytest
 
+from ticketlab.models import build_model
+from ticketlab.tickets.ticketfile import load_ticket
+
 from helpers import run_cli
 
 _run = run_cli
@@ -102,6 +105,9 @@ def test_models_and_datasets_listing(capsys):
         recipes["cifar_resnet_20"]["milestones"] == [80, 120]
         or recipes["cifar_resnet_20"]["milestones"] == [80.0, 120.0]
     )
+    code, out, _ = _run(capsys, "models")
+    fastnet_row = next(line for line in out.splitlines() if line.startswith("fastnet"))
+    assert "widths=(64, 256, 256)" in fastnet_row and "lr=1.5" in fastnet_row
     code, out, _ = _run(capsys, "datasets")
     assert "cifar10" in out.split() and "mnist_subset" in out.split()
 
@@ -217,6 +223,17 @@ def test_prune_refuses_training_flags_and_a_model_other_than_the_runs(tmp_path, 
     code, out, _ = _run(capsys, "prune", "--density", "0.5", "--run", run_id, *base,
                         "--out", str(tmp_path / "m.safetensors"))
     assert code == 0 and f"--dataset {tiny_npz} --masks" in out
+
+
+def test_find_builds_the_model_with_its_model_args(tmp_path, tiny_npz, capsys):
+    code, _, _ = _run(capsys, "find", "--model", "fastnet", "--model-arg", "widths=[4,8]", "--model-arg",
+                      "convs_per_group=1", "--dataset", tiny_npz, "--epochs", "1", "--batch-size", "32",
+                      "--levels", "1", "--structure", "channel", "--baselines", "", "--store", tmp_path, "--quiet")
+    assert code == 0
+    ticket = load_ticket(next(tmp_path.glob("runs/*/seed_0/level_1/ticket.safetensors")))
+    assert ticket.info["options"] == {"convs_per_group": 1, "widths": [4, 8]}
+    expected = build_model("fastnet", num_classes=4, in_channels=3, image_size=8, widths=(4, 8), convs_per_group=1)
+    assert [p.shape for p in ticket.model.parameters()] == [p.shape for p in expected.parameters()]
 
 
 @pytest.mark.parametrize("command", ["find", "prune", "prac"])

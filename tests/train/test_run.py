@@ -69,6 +69,20 @@ def test_fastnet_whitening_is_fitted_on_training_data(tmp_path):
     assert not torch.allclose(whiten.weight, next(fresh.parameters()))
 
 
+def test_model_options_build_the_model_and_enter_the_run_identity(tmp_path):
+    ds = tiny_dataset(n=64, size=16)
+    small = ticketlab.train("fastnet", ds, store=tmp_path, epochs=1, batch_size=32, progress=False,
+                            model_options={"widths": [4, 8], "convs_per_group": 1})
+    expected = ticketlab.build_model("fastnet", num_classes=4, in_channels=3, image_size=16, widths=(4, 8),
+                                     convs_per_group=1)
+    assert small.summary["parameters"] == sum(p.numel() for p in expected.parameters())
+    same = ticketlab.train("fastnet", ds, store=tmp_path, epochs=1, batch_size=32, progress=False,
+                           model_options={"convs_per_group": 1, "widths": (4, 8)})
+    assert same.reused and same.run_id == small.run_id
+    with pytest.raises(ticketlab.TicketlabError, match="registered models"):
+        ticketlab.train(TinyNet(), ds, store=tmp_path, epochs=1, progress=False, model_options={"widths": [4]})
+
+
 def test_a_models_recipe_can_ask_for_its_own_augmentation():
     colour, grey = tiny_dataset(size=32), tiny_dataset(channels=1, size=28)
     assert default_augment(DataConfig(), colour, "cifar_resnet_20") == Augment(crop_padding=4, flip=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -129,7 +130,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     train_cfg = recipe_config(model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
     data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout, noise=args.noise,
                           noise_seed=args.noise_seed)
-    model_cfg = ModelConfig(name=model, kwargs=tuple(sorted(args.model_arg)))
+    model_cfg = ModelConfig.of(model, dict(args.model_arg))
     return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
 
 
@@ -228,7 +229,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     train_cfg = run_config(args)
     options = {f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f) is not None}  # the recipe fills the rest
     result = find_ticket(
-        train_cfg.model.name, args.dataset, tickets=tickets, data=train_cfg.data, store=RunStore(args.store),
+        train_cfg.model.name, args.dataset, model_options=train_cfg.model.kwargs_dict(), tickets=tickets,
+        data=train_cfg.data, store=RunStore(args.store),
         data_dir=args.data_dir, download=not args.no_download, device=args.device, progress=not args.quiet,
         plot=args.plot, **options,
     )
@@ -405,14 +407,23 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ticketlab.models import list_models, model_recipe
+    from ticketlab.models import list_models, model_options, model_recipe
 
     names = list_models()
     if args.json:
         print(json.dumps({n: model_recipe(n) for n in names}, sort_keys=True))
-    else:
-        print(table(("model", "recipe"),
-                    [(n, ", ".join(f"{k}={v}" for k, v in model_recipe(n).items())) for n in names]))
+        return 0
+
+    def options(name: str) -> str:
+        found = model_options(name)
+        if found is None:
+            return "any"
+        shown = {k: "(required)" if v is inspect.Parameter.empty else f"{v:g}" if isinstance(v, float) else v
+                 for k, v in found.items()}
+        return ", ".join(f"{k}={v}" for k, v in shown.items()) or "none"
+
+    print(table(("model", "options (--model-arg, defaults)", "recipe"),
+                [(n, options(n), ", ".join(f"{k}={v}" for k, v in model_recipe(n).items())) for n in names]))
     return 0
 
 

@@ -9,6 +9,16 @@ Register your own with the `register_model` decorator.
 """
 
 from ticketlab.models import convnet, fastnet, lenet, resnet, vgg, wide_resnet  # noqa: F401  (registration)
-from ticketlab.models.registry import MODELS, build_model, list_models, model_augment, model_recipe, register_model
+from ticketlab.models.registry import (
+    MODELS,
+    build_model,
+    list_models,
+    model_augment,
+    model_options,
+    model_recipe,
+    register_model,
+)
 
-__all__ = ["MODELS", "build_model", "list_models", "model_augment", "model_recipe", "register_model"]
+__all__ = [
+    "MODELS", "build_model", "list_models", "model_augment", "model_options", "model_recipe", "register_model",
+]

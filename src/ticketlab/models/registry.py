@@ -93,6 +93,16 @@ def register_model(
     return decorate
 
 
+def model_options(name: str) -> dict[str, Any] | None:
+    """The options `--model-arg` sets for `name`, with their defaults (None: accepts anything)."""
+    builder = MODELS.get(name).builder
+    names = _option_names(builder)
+    if names is None:
+        return None
+    params = inspect.signature(builder).parameters
+    return {n: params[n].default for n in names}
+
+
 def _option_names(builder: Builder) -> list[str] | None:
     """Names of the builder's options, or None when it takes **kwargs (anything goes)."""
     options = []

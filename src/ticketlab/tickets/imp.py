@@ -18,13 +18,13 @@ import functools
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ticketlab.compact.training import TRAIN_MULTIPLE
-from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id
+from ticketlab.config import DataConfig, RunConfig, TrainConfig, run_id
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import steps_per_epoch, stream_seed
@@ -41,7 +41,15 @@ from ticketlab.tickets.structured import STRUCTURES, Structure, parse_nm
 from ticketlab.tickets.ticketfile import save_ticket
 from ticketlab.tickets.verdict import summarise
 from ticketlab.train.records import ExampleRecords
-from ticketlab.train.run import RunResult, dataset_identity, initial_model, recipe_config, resolve_device, train_run
+from ticketlab.train.run import (
+    RunResult,
+    dataset_identity,
+    initial_model,
+    model_config,
+    recipe_config,
+    resolve_device,
+    train_run,
+)
 from ticketlab.train.stacked_run import Member, train_stacked
 
 SCOPES = ("global", "layerwise")
@@ -431,12 +439,14 @@ def find_ticket(
     device: str = "cpu",
     progress: bool = True,
     plot: str | Path | None = None,
+    model_options: Mapping[str, Any] | None = None,
     **train_options: Any,
 ) -> StudyResult:
     """Find the sparsest winning ticket of `model` on `dataset` by IMP with rewinding.
 
     `model` is a registered name or your own `nn.Module` (other seeds re-initialise it with its
-    modules' `reset_parameters`). `train_options` are `TrainConfig` fields. Returns the ticket's
+    modules' `reset_parameters`); `model_options` are a registered model's own options (e.g.
+    fastnet's `widths`). `train_options` are `TrainConfig` fields. Returns the ticket's
     masks per level and the study summary; the verdict is judged on a validation split held out
     of the training set (`data.validation`, default 10%), never on the test set. `summary["warnings"]`
     flags a result not to trust, such as tickets far above an under-trained dense network.
@@ -452,7 +462,7 @@ def find_ticket(
     name = model if isinstance(model, str) else type(model).__name__
     train_cfg: TrainConfig = recipe_config(name if isinstance(model, str) else None, **train_options)
     resolve_device(device)
-    run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=ModelConfig(name=name),
+    run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=model_config(model, model_options),
                     train=train_cfg, device=torch.device(device).type)
     run.train.validate()
     if tickets.stack and run.train.loss != "ce":

@@ -13,7 +13,7 @@ import hashlib
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -346,15 +346,18 @@ def train(
     progress: bool = True,
     data: DataConfig | None = None,
     compacted: int = 0,
+    model_options: Mapping[str, Any] | None = None,
     **train_options: Any,
 ) -> RunResult:
     """Train a registered model by name, or your own `nn.Module`, on a dataset by name or object.
 
+    `model_options` are the registered model's own options (e.g. fastnet's `widths`).
     `train_options` are `TrainConfig` fields (epochs, lr, batch_size, ...); fields you leave out
     take the model's recipe where it has one, else the `TrainConfig` defaults. `compacted=8`
     trains channel-structured `masks` as the compacted network (see `train_run`).
     """
     name = model if isinstance(model, str) else type(model).__name__
+    model_cfg = model_config(model, model_options)
     train_cfg = recipe_config(name if isinstance(model, str) else None, **train_options)
     data_cfg = data or DataConfig()
     if isinstance(dataset, str):
@@ -363,13 +366,24 @@ def train(
     else:
         data_cfg = replace(data_cfg, dataset=dataset.name)
         dataset_obj = dataset
-    config = RunConfig(data=data_cfg, model=ModelConfig(name=name), train=train_cfg, device=torch.device(device).type)
+    config = RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=torch.device(device).type)
     return train_run(
         config, store=store if isinstance(store, RunStore) else RunStore(store),
         model=None if isinstance(model, str) else model, dataset=dataset_obj, masks=masks, hooks=hooks,
         save_at=save_at, data_dir=data_dir, download=download, device=device, progress=progress,
         compacted=compacted,
     )
+
+
+def model_config(model: str | nn.Module, options: Mapping[str, Any] | None) -> ModelConfig:
+    """The model part of a run's identity; options belong to registered models only (your own
+    module is already built)."""
+    if not isinstance(model, str):
+        if options:
+            raise TicketlabError(f"model_options apply to registered models; pass your {type(model).__name__} "
+                                 f"built with the options you want instead")
+        return ModelConfig(name=type(model).__name__)
+    return ModelConfig.of(model, options)
 
 
 def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:

@@ -324,3 +324,16 @@ def test_a_model_that_needs_nchw_gets_a_clear_error_and_an_opt_out():
 def test_an_update_that_overflows_float32_is_divergence():
     with pytest.raises(TicketlabError, match="diverged: an update overflowed float32.*lower --lr"):
         _trainer(cfg=TrainConfig(epochs=1, batch_size=16, lr=1e38, optimizer="adam", weight_decay=0.0)).fit()
+
+
+class _NanInEval(TinyNet):
+    """Trains normally; its eval-mode outputs are NaN, as after overflowed BatchNorm statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out if self.training else out * float("nan")
+
+
+def test_non_finite_evaluation_is_divergence_though_the_training_loss_is_finite():
+    with pytest.raises(TicketlabError, match="diverged: the network's evaluation loss is nan.*BatchNorm"):
+        _trainer(model=_NanInEval()).fit()

@@ -34,6 +34,7 @@ from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fra
 from ticketlab.sparsity.structure import REFILL_CRITERIA
 from ticketlab.store import RunStore, read_tensors, write_json
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
+from ticketlab.tickets.constant_units import constant_units, drop_constant_units
 from ticketlab.tickets.earlybird import EarlyBird
 from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions, scaled_train
 from ticketlab.tickets.rewind import rewind_iteration
@@ -163,6 +164,7 @@ class _Level:
     what: str
     search: _Search | None
     to_train: dict[str, Arm]
+    constant_units_dropped: int = 0
 
 
 @dataclass
@@ -276,6 +278,7 @@ class _Study:
             weights = prune_fraction(magnitude(previous), chain.weights, self.t.fraction, self.t.scope,
                                      self._layer_fractions())
             weights = self._structured(weights, chain.trained)
+        weights, dropped = self._without_constant_units(weights, chain.rewind_state, chain.trained)
         chain.weights = weights
         masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels
         report = density_report(weights)
@@ -292,11 +295,20 @@ class _Study:
         for name in self.t.baselines:
             arm = BASELINES.get(name)(ctx)
             # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
-            arm_masks = masks
-            if arm.masks is not weights:
-                arm_masks = self.structure.complete(self._structured(arm.masks, chain.trained))
+            arm_weights = weights if arm.masks is weights else self._structured(arm.masks, chain.trained)
+            arm_weights, _ = self._without_constant_units(arm_weights, arm.init_state, chain.trained)
+            arm_masks = masks if arm_weights is weights else self.structure.complete(arm_weights)
             to_train[name] = Arm(arm.init_state, arm_masks, arm.start)
-        return _Level(level, masks, density, folder, what, search, to_train)
+        if dropped:
+            _log(f"{what}: dropped {dropped} kept filters that are constant at the rewind point "
+                 "(BatchNorm cannot normalise them; see ticketlab.tickets.constant_units)")
+        return _Level(level, masks, density, folder, what, search, to_train, dropped)
+
+    def _without_constant_units(self, weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                                model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+        """`weights` less the kept filters that start constant from `state` (and how many)."""
+        constant = constant_units(model, self.structure.complete(weights), state, self._score_batch()[0])
+        return drop_constant_units(weights, constant), sum(int(rows.sum()) for rows in constant.values())
 
     def train_arms(self, levels: list[tuple[_Chain, _Level]]) -> list[dict[str, RunResult]]:
         """The arms of one level of each chain: one by one, or (`stack`) all those that start at
@@ -329,7 +341,7 @@ class _Study:
         speed = None
         if self.structure.active and chain.s == 0:
             speed = self._ship(lv.folder, arms["ticket"].model, lv.masks, lv.density)
-        chain.results.append(self._record(lv.level, lv.density, arms, speed, lv.search))
+        chain.results.append(self._record(lv.level, lv.density, arms, speed, lv.search, lv.constant_units_dropped))
         _log(f"{lv.what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items())
              + (f", compacted/dense CPU throughput {speed['speedup_cpu']:.2f}x"
                 if speed and speed.get("speedup_cpu") else ""))
@@ -388,7 +400,7 @@ class _Study:
         return _Search(result, fraction, result.summary["iterations"])
 
     def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,
-                search: _Search | None = None) -> dict[str, Any]:
+                search: _Search | None = None, constant_units_dropped: int = 0) -> dict[str, Any]:
         record = {"level": level, "density": density,
                   "test": {k: v.summary["test_accuracy"] for k, v in arms.items()},
                   "validation": {k: v.summary.get("val_accuracy") for k, v in arms.items()},
@@ -397,6 +409,8 @@ class _Study:
                   "full_iterations": self.steps * self.config.run.train.epochs - self.k}
         if speed is not None:
             record["speed"] = speed
+        if constant_units_dropped:
+            record["constant_units_dropped"] = constant_units_dropped
         if search is not None:
             record["search"] = {"iterations": search.iterations, "run": search.result.run_id,
                                 "prac_fraction": search.prac_fraction,

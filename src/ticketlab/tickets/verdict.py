@@ -75,6 +75,9 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
         if verdict_on == "validation":
             row["validation"] = {a: s.as_dict() for a, s in judge.items()}
         row.update(per_seed[0][level].get("speed", {}))  # measured on the first seed's ticket
+        dropped = [seed[level].get("constant_units_dropped", 0) for seed in per_seed]
+        if any(dropped):  # filters constant at the rewind point (ticketlab.tickets.constant_units), per seed
+            row["constant_units_dropped"] = dropped
         if all("seconds" in seed[level] for seed in per_seed):  # a channel ticket trained compacted is faster
             row["ticket_seconds"] = sum(seed[level]["seconds"]["ticket"] for seed in per_seed) / len(per_seed)
         rows.append(row)
@@ -92,6 +95,15 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
             f"tickets beat the dense network by up to {100 * best_gain:.1f} points: the dense baseline is probably "
             "under-trained, and against a weak dense network tickets win trivially (lottery-ticket sanity checks); "
             "train longer (--epochs) before trusting the verdict"
+        )
+    dropped = [(r["level"], sum(r["constant_units_dropped"])) for r in rows if "constant_units_dropped" in r]
+    if dropped:
+        summary["warnings"].append(
+            "kept filters constant at the rewind point were dropped from the tickets ("
+            + ", ".join(f"level {level}: {n}" for level, n in dropped)
+            + "; summed over seeds), so these levels are sparser than --fraction alone gives; it happens when a "
+            "network's initial filters read one channel each (fastnet's identity init): rewind later (--rewind 1ep) "
+            "to keep them"
         )
     if verdict_on == "validation":
         summary["dense_validation"] = dense_judge.as_dict()

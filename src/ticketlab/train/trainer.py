@@ -279,11 +279,18 @@ class Trainer:
         return self.ema.model if self.ema is not None else self.model
 
     def evaluate(self, split: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-        return evaluate(
+        result = evaluate(
             self.eval_model, split[0], split[1], self.data.mean, self.data.std,
             tta=self.cfg.tta, autocast=self._autocast(), channels_last=self.channels_last,
             output_classes=self.output_classes,
         )
+        if not math.isfinite(result["loss"]):  # a finite training loss can hide overflowed BN statistics
+            raise TicketlabError(
+                f"training diverged: the network's evaluation loss is {result['loss']} at iteration "
+                f"{self.iteration} (eval-mode outputs are not finite, e.g. BatchNorm running statistics "
+                f"overflowed); lower --lr (now {self.cfg.lr:g}) or add --warmup"
+            )
+        return result
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:

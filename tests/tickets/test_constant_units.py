@@ -8,6 +8,7 @@ from ticketlab.sparsity import load_masks, select_prunable
 from ticketlab.store import read_tensors
 from ticketlab.tickets import TicketConfig, find_ticket
 from ticketlab.tickets.constant_units import constant_units, drop_constant_units
+from ticketlab.tickets.oneshot import prune_model
 
 from helpers import TinyNet, tiny_dataset
 
@@ -68,3 +69,19 @@ def test_a_fastnet_channel_ticket_rewound_to_zero_drops_its_constant_filters(tmp
     x = torch.randn(32, 3, 8, 8)
     assert constant_units(model, masks, read_tensors(init), x) == {}
     assert 0.0 <= row["ticket"]["mean"] <= 1.0 and 0.0 <= row["reinit"]["mean"] <= 1.0
+
+
+def test_one_shot_masks_drop_the_filters_constant_where_training_starts():
+    ds = tiny_dataset(n=64, channels=3, size=8)
+    start = _fastnet().state_dict()
+    trained = _fastnet()
+    with torch.no_grad():  # off the identities, as training leaves them
+        for p in trained.parameters():
+            if p.dim() == 4:
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(32, 3, 8, 8)
+    masks = prune_model(trained, ds, density=0.4, structure="channel", start=start)
+    assert constant_units(trained, masks, start, x) == {}
+    kept_here = prune_model(trained, ds, density=0.4, structure="channel")  # training starts from these weights
+    assert sum(int(m.sum()) for m in kept_here.values()) > sum(int(m.sum()) for m in masks.values())
+    assert constant_units(trained, kept_here, start, x) != {}

@@ -302,6 +302,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         weights = Path(args.weights) if args.weights else None
     dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
     model = initial_model(config, dataset)
+    start = {k: v.clone() for k, v in model.state_dict().items()}  # what `train --masks` will start from
     source = "the seeded initialisation"
     if weights is not None:
         if not weights.is_file():
@@ -316,7 +317,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         source = str(weights)
     masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
                         exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed,
-                        structure=args.structure)
+                        structure=args.structure, start=start)
     save_masks(args.out, masks)
     report = density_report(masks, model)
     print(f"pruned {config.model.name} ({source}) with {args.criterion}, budget {args.budget}")

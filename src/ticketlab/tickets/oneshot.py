@@ -16,6 +16,7 @@ from ticketlab.data.augment import normalize
 from ticketlab.data.batches import stream_seed
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import check_density, prune_at_init, select_prunable
+from ticketlab.tickets.constant_units import constant_units, drop_constant_units
 from ticketlab.tickets.structured import Structure
 
 Masks = dict[str, torch.Tensor]
@@ -33,11 +34,14 @@ def prune_model(
     batch_size: int = 256,
     seed: int = 0,
     structure: str = "none",
+    start: dict[str, torch.Tensor] | None = None,
 ) -> Masks:
     """Masks keeping `density` of the prunable weights of `model` (which is not modified).
 
     `structure` "channel" refills whole channels (and masks the BatchNorm entries of removed ones,
     so `train_run(compacted=8)` can train the smaller network); "group" keeps dense blocks.
+    `start` is the state training will begin from (default: `model`'s own): kept filters whose
+    output is constant there are dropped, as a study drops them (`tickets.constant_units`).
     """
     check_density(density)
     if structure not in ("none", "channel", "group"):
@@ -50,7 +54,9 @@ def prune_model(
     batch = (normalize(dataset.train_x[pick], mean, std), dataset.train_y[pick])
     masks = prune_at_init(criterion, model, names, density, budget, batch=batch, generator=g,
                           input_shape=dataset.image_shape)
-    if structure == "none":
-        return masks
     shape = Structure(structure, model, names)
-    return shape.complete(shape.apply(masks))
+    if shape.active:
+        masks = shape.apply(masks)
+    start = model.state_dict() if start is None else start
+    masks = drop_constant_units(masks, constant_units(model, shape.complete(masks), start, batch[0]))
+    return shape.complete(masks)

@@ -241,3 +241,13 @@ def test_masks_is_an_option_of_train_only(command, capsys):
     required = ["--density", "0.5"] if command == "prune" else []
     code, _, err = _run(capsys, command, *required, "--masks", "m.safetensors")
     assert code == 2 and "unrecognized arguments: --masks" in err
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("widths=[4,8]", ("widths", (4, 8))), ("widths=4,8", ("widths", (4, 8))), ("dropout=0.3", ("dropout", 0.3)),
+    ("name=abc", ("name", "abc")), ("flag=true", ("flag", True)),
+])
+def test_model_arg_values_read_as_json_or_a_comma_list(text, expected):
+    from ticketlab.cli.main import _model_arg
+
+    assert _model_arg(text) == expected

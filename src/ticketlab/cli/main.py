@@ -43,11 +43,13 @@ def _model_arg(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key, tuple(parsed) if isinstance(parsed, list) else parsed
+    for candidate in (value, f"[{value}]"):  # JSON, or a bare comma list: widths=64,128
+        try:
+            parsed = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        return key, tuple(parsed) if isinstance(parsed, list) else parsed
+    return key, value
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:

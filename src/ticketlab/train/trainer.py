@@ -288,7 +288,8 @@ class Trainer:
             raise TicketlabError(
                 f"training diverged: the network's evaluation loss is {result['loss']} at iteration "
                 f"{self.iteration} (eval-mode outputs are not finite, e.g. BatchNorm running statistics "
-                f"overflowed); lower --lr (now {self.cfg.lr:g}) or add --warmup"
+                f"overflowed); lower --lr (now {self.cfg.lr:g}) or add --warmup. With masks, a kept filter that "
+                f"starts constant does this (ticketlab.tickets.constant_units finds them)"
             )
         return result
 

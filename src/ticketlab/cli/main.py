@@ -12,10 +12,19 @@ from typing import Any, Sequence
 
 from ticketlab.cli import ship
 from ticketlab.cli.table import key_values, table
-from ticketlab.config import LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES, TTA_MODES, DataConfig, ModelConfig, RunConfig
+from ticketlab.config import (
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    REFILL_CRITERIA,
+    SCHEDULES,
+    STRUCTURES,
+    TTA_MODES,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+)
 from ticketlab.errors import TicketlabError
-from ticketlab.sparsity.structure import REFILL_CRITERIA
-from ticketlab.tickets.structured import STRUCTURES
 
 
 class _Parser(argparse.ArgumentParser):

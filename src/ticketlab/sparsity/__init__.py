@@ -7,6 +7,7 @@ and masks (dict[param_name -> bool tensor], True = kept).
     masks = prune_at_init("snip", model, weights, 0.1, batch=(x, y))
 """
 
+from ticketlab.config import REFILL_CRITERIA
 from ticketlab.sparsity.budgets import BUDGETS, check_density, er, erdos_renyi, erk, uniform
 from ticketlab.sparsity.criteria import (
     CRITERIA,
@@ -39,7 +40,6 @@ from ticketlab.sparsity.prunable import density, prunable_parameters, select_pru
 from ticketlab.sparsity.regroup import Block, dense_blocks, partition_rows, regroup, regroup_layer
 from ticketlab.sparsity.semistructured import semi_structured_support, to_semi_structured
 from ticketlab.sparsity.structure import (
-    REFILL_CRITERIA,
     channel_counts,
     channel_scores,
     is_channel_structured,

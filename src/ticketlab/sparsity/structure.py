@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketlab.config import REFILL_CRITERIA
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks, check_masks
-
-REFILL_CRITERIA: tuple[str, ...] = ("count", "l1", "activation", "taylor")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

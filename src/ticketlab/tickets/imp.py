@@ -24,21 +24,20 @@ import torch
 from torch import nn
 
 from ticketlab.compact.training import TRAIN_MULTIPLE
-from ticketlab.config import DataConfig, RunConfig, TrainConfig, run_id
+from ticketlab.config import REFILL_CRITERIA, STRUCTURES, DataConfig, RunConfig, TrainConfig, run_id
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import steps_per_epoch, stream_seed
 from ticketlab.data.split import check_held_out, train_validation_split
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
-from ticketlab.sparsity.structure import REFILL_CRITERIA
 from ticketlab.store import RunStore, read_tensors, write_json
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.constant_units import constant_units, drop_constant_units
 from ticketlab.tickets.earlybird import EarlyBird
 from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions, scaled_train
 from ticketlab.tickets.rewind import rewind_iteration
-from ticketlab.tickets.structured import STRUCTURES, Structure, parse_nm
+from ticketlab.tickets.structured import Structure, parse_nm
 from ticketlab.tickets.ticketfile import save_ticket
 from ticketlab.tickets.verdict import summarise
 from ticketlab.train.records import ExampleRecords

@@ -21,7 +21,6 @@ from ticketlab.sparsity import Masks, apply_masks, magnitude, nm_masks, prunable
 from ticketlab.sparsity.regroup import regroup
 from ticketlab.sparsity.structure import channel_scores, refill
 
-STRUCTURES = ("none", "channel", "group", "nm")
 # the speed figure: compacted/dense throughput at batch 64 on CPU
 SPEED_BATCH = 64
 

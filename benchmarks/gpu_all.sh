@@ -8,8 +8,9 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-# 1. the CUDA paths: channels-last, autocast, compile, stacked, 2:4 (skipped on CPU machines)
-python3 -m pytest tests -q -p no:warnings -k cuda 2>&1 | tee "$out/cuda_tests.txt" | tail -3
+# 1. the tests marked gpu (skipped on CPU machines): masked training at fp32/bf16/fp16, CUDA against CPU,
+#    resume on CUDA, torch.compile, stacked networks, compacted training, 2:4 conversion
+python3 -m pytest tests -q -p no:warnings -m gpu -rs 2>&1 | tee "$out/gpu_tests.txt" | tail -5
 # 2. fastnet against airbench94, 5 runs each, in turns (issue 2: >= 94.0% mean, time ratio <= 1.0)
 python3 benchmarks/fastnet_airbench.py --data-dir "$data" --runs 5 --precision bf16 | tee "$out/fastnet_airbench.json"
 # 3. several networks in one batched step on the GPU
@@ -24,3 +25,6 @@ python3 benchmarks/stacked_find.py --data-dir "$data" --model cifar_resnet_20 --
 # 6. channel tickets trained compacted against masked, on the GPU (widths exact, padded to 8 or 16)
 python3 benchmarks/compact_training.py --data-dir "$data" --device cuda --steps 30 --repeats 3 \
     --out "$out/compact_training_cuda.json" | tee "$out/compact_training_cuda.txt"
+# 7. 2:4 semi-structured Linear layers against dense fp16 (issue 4: report where they are faster and where not)
+python3 benchmarks/two_four_speed.py --dims 1024,4096 --batch-sizes 256,4096,16384 --repeats 7 \
+    --out "$out/two_four_cuda.json" | tee "$out/two_four_cuda.txt"

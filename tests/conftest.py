@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # The real-data folder lent to this project's machines; a user's machine has none,
 # so tests that need it skip. TICKETLAB_TEST_DATA overrides the location.
@@ -23,3 +24,13 @@ def need(shared: Path, *relative: str) -> None:
     for rel in relative:
         if not (shared / rel).exists():
             pytest.skip(f"{shared / rel} is absent")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip with a reason on a machine without CUDA (CI, most laptops)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

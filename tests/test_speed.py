@@ -37,6 +37,21 @@ def test_non_image_inputs_keep_their_layout():
     assert timings[0].ratio == 1.0 and timings[0].throughput > 0
 
 
+class _Unmovable(nn.Linear):
+    """Like a Linear with 2:4 semi-structured weights: built on its device, never moved again."""
+
+    def _apply(self, fn, recurse=True):
+        raise AssertionError("measure moved a model that was already in place")
+
+
+def test_a_model_already_in_place_is_not_moved_again():
+    timings = measure({"mlp": _Unmovable(8, 2)}, (8,), (4,), repeats=1, warmup=0, min_seconds=0.0)
+    assert timings[0].throughput > 0
+    probe = _Probe()  # NCHW weights asked to run channels-last: moved, as before
+    measure({"conv": probe}, (3, 8, 8), (2,), repeats=1, warmup=0, min_seconds=0.0, channels_last=True)
+    assert probe.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_masked_variant_computes_the_masked_function():
     model = _Probe()
     mask = (torch.rand_like(model.conv.weight) < 0.5).float()

@@ -69,6 +69,18 @@ def _time_once(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return (time.perf_counter() - start) / calls
 
 
+def _placed(model: nn.Module, device: torch.device, layout: torch.memory_format) -> nn.Module:
+    """The model in eval mode on `device` in `layout`, moved only when it is not there already: a
+    network with 2:4 semi-structured weights is built in place and cannot be moved again."""
+    def placed(t: torch.Tensor) -> bool:
+        on_device = t.device.type == device.type and device.index in (None, t.device.index)
+        return on_device and (t.dim() != 4 or t.is_contiguous(memory_format=layout))
+
+    if all(placed(t) for t in (*model.parameters(), *model.buffers())):
+        return model.eval()
+    return model.to(device, memory_format=layout).eval()
+
+
 def measure(
     variants: Mapping[str, nn.Module],
     input_shape: Sequence[int],
@@ -96,7 +108,7 @@ def measure(
         raise TicketlabError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     dev = torch.device(device)
     layout = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
-    models = {name: m.to(dev, memory_format=layout).eval() for name, m in variants.items()}
+    models = {name: _placed(m, dev, layout) for name, m in variants.items()}
     generator = torch.Generator().manual_seed(0)
     timings: list[Timing] = []
     with torch.inference_mode():

@@ -124,7 +124,7 @@ def test_compacted_training_refuses_what_it_cannot_do(tmp_path):
     assert RunStore(tmp_path).list() == []  # nothing half-written
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_compacted_training_on_cuda_matches_masked_training(tmp_path):
     model, masks = ticket("cifar_resnet_20")
     ds = tiny_dataset(n=96, channels=3, size=8)

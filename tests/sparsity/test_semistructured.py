@@ -115,8 +115,9 @@ def test_only_exact_two_four_linears_the_kernels_accept_are_converted(monkeypatc
     assert not model.hidden.weight.requires_grad and model.other.weight.requires_grad
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or not semi_structured_support("cuda")[0],
+    torch.cuda.is_available() and not semi_structured_support("cuda")[0],
     reason="needs a CUDA GPU of compute capability >= 8.0 with cuSPARSELt",
 )
 def test_converted_linear_matches_the_dense_masked_layer():

@@ -111,7 +111,7 @@ def test_stacked_keeps_frozen_parameters_frozen():
     assert isinstance(stacked.unstack()[1].bn.weight, nn.Parameter)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_stacked_networks_train_on_cuda():
     ds = tiny_dataset()
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", Augment(crop_padding=1, flip=True))

@@ -13,9 +13,9 @@ from ticketlab.train import Hook, MaskHook, Trainer
 from helpers import InterruptAt, TinyNet, tiny_dataset
 
 
-def _trainer(tmp_path=None, *, cfg=None, hooks=(), seed=0, save_at=(), model=None):
+def _trainer(tmp_path=None, *, cfg=None, hooks=(), seed=0, save_at=(), model=None, device="cpu"):
     ds = tiny_dataset()
-    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True, cutout=2))
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, device, Augment(crop_padding=1, flip=True, cutout=2))
     cfg = cfg or TrainConfig(epochs=3, batch_size=16, lr=0.05, seed=seed, schedule="cosine", warmup_epochs=0.5)
     torch.manual_seed(seed)
     model = model or TinyNet()
@@ -337,3 +337,77 @@ class _NanInEval(TinyNet):
 def test_non_finite_evaluation_is_divergence_though_the_training_loss_is_finite():
     with pytest.raises(TicketlabError, match="diverged: the network's evaluation loss is nan.*BatchNorm"):
         _trainer(model=_NanInEval()).fit()
+
+
+# ---- the CUDA paths (marked gpu: skipped without one) ----------------------------------------
+# Each runs on the CPU as well, so the test itself is checked on every machine.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture
+def exact_cuda():
+    """fp32 convolutions without TF32 and deterministic cuDNN algorithms, restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])  # the CPU ignores it and trains in fp32
+@pytest.mark.parametrize("device", DEVICES)
+def test_masked_training_learns_at_every_precision(device, precision):
+    torch.manual_seed(0)  # an initial state known to learn this task on the CPU
+    model = TinyNet()
+    masks = _masks(model, density=0.5)
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=0.1, precision=precision, tta="flip")
+    t = _trainer(cfg=cfg, hooks=[MaskHook(masks)], model=model, device=device)
+    result = t.fit()
+    assert t.model.conv.weight.device.type == device
+    assert (t.scaler is not None) == (device == "cuda" and precision == "fp16")  # fp16 needs loss scaling
+    assert result.test["accuracy"] >= 0.9 and torch.isfinite(torch.tensor(result.test["loss"]))
+    params = dict(t.model.named_parameters())
+    for name, mask in masks.items():
+        assert params[name].dtype == torch.float32, "autocast keeps fp32 master weights"
+        assert torch.all(params[name][mask.to(device) == 0] == 0), name
+
+
+@pytest.mark.gpu
+def test_cuda_training_computes_what_cpu_training_computes(exact_cuda):
+    """Data order and augmentation come from CPU generators, so the devices differ by float rounding only."""
+    runs = [_trainer(device=device, hooks=[MaskHook(_masks(TinyNet()))]) for device in ("cpu", "cuda")]
+    results = [t.fit() for t in runs]
+    cpu, cuda = (t.model.state_dict() for t in runs)
+    for key, value in cpu.items():
+        torch.testing.assert_close(cuda[key].cpu(), value, rtol=1e-3, atol=1e-4, msg=key)
+    assert abs(results[0].test["loss"] - results[1].test["loss"]) < 1e-3
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_equals_uninterrupted_bitwise_on_each_device(tmp_path, device, exact_cuda):
+    """Checkpoints carry the CUDA RNG state and the fp16 loss scaler, so resuming changes no bit."""
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, precision="fp16", ema_decay=0.9, warmup_epochs=0.5)
+    reference = _trainer(tmp_path / "ref", cfg=cfg, device=device)
+    reference.fit()
+    first = _trainer(tmp_path / "run", cfg=cfg, hooks=[InterruptAt(8)], device=device)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = _trainer(tmp_path / "run", cfg=cfg, model=TinyNet(), device=device)
+    resumed.fit()
+    for k, v in reference.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    if reference.scaler is not None:
+        assert reference.scaler.get_scale() == resumed.scaler.get_scale()
+
+
+@pytest.mark.gpu
+def test_compiled_training_matches_eager_training(exact_cuda):
+    """torch.compile (a CUDA option here: on the CPU it needs a C++ toolchain) changes the kernels, not the maths."""
+    runs = [_trainer(cfg=TrainConfig(epochs=2, batch_size=16, lr=0.05, compile=flag), device="cuda")
+            for flag in (False, True)]
+    for t in runs:
+        t.fit()
+    eager, compiled = (t.model.state_dict() for t in runs)
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-3, atol=1e-4, msg=key)

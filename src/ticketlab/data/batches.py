@@ -70,9 +70,3 @@ class DeviceData:
         else:
             inputs = normalize(x, self.mean, self.std)
         return inputs, self.y[idx], idx
-
-    def plain_batches(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
-        """Unaugmented evaluation batches of any uint8 image set, in order."""
-        for i in range(0, len(y), batch_size):
-            xb = x[i : i + batch_size].to(self.device, non_blocking=True)
-            yield normalize(xb, self.mean, self.std), y[i : i + batch_size].to(self.device, non_blocking=True)

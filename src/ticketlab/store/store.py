@@ -137,10 +137,6 @@ class RunStore:
             )
         return self.get(config.run_id)  # type: ignore[return-value]
 
-    def touch(self, run_id: str) -> None:
-        with self._connect() as con:
-            con.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (time.time(), run_id))
-
     def finish(self, run_id: str, summary: dict[str, Any]) -> RunRecord:
         write_json(self.folder(run_id) / "summary.json", summary)
         with self._connect() as con:

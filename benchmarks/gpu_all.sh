@@ -28,3 +28,8 @@ python3 benchmarks/compact_training.py --data-dir "$data" --device cuda --steps 
 # 7. 2:4 semi-structured Linear layers against dense fp16 (issue 4: report where they are faster and where not)
 python3 benchmarks/two_four_speed.py --dims 1024,4096 --batch-sizes 256,4096,16384 --repeats 7 \
     --out "$out/two_four_cuda.json" | tee "$out/two_four_cuda.txt"
+# 8. the same through the CLI on a zoo ticket: conv_2's two hidden Linear layers (16384 -> 256 -> 256) as 2:4
+python3 -m ticketlab.cli.main find --model conv_2 --dataset cifar10 --data-dir "$data" --epochs 1 --levels 1 \
+    --structure nm --baselines= --store /tmp/nm-store --device cuda --quiet --json > "$out/conv2_nm_find.json"
+python3 -m ticketlab.cli.main bench --model-file "$(ls /tmp/nm-store/runs/*/seed_0/level_1/ticket.safetensors)" \
+    --two-four --device cuda --batch-sizes 64,256,1024 --json | tee "$out/conv2_two_four_bench.txt"

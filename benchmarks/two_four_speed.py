@@ -4,8 +4,9 @@
       [--device cuda] [--out results.json]
 
 The network is a transformer's feed-forward block, Linear(d, 4d) -> GELU -> Linear(4d, d), the
-shape where 2:4 kernels are meant to pay; no model of ticketlab's zoo has Linear layers large
-enough (or shaped for the kernels), so `ticketlab bench --two-four` on a zoo ticket only says why.
+shape the 2:4 kernels are made for, at sizes chosen here. In the zoo only Conv-2/4/6 have Linear
+layers the kernels accept (their hidden 256-wide layers); `benchmarks/gpu_all.sh` benches a conv_2
+2:4 ticket through `ticketlab bench --two-four` as well.
 Both variants hold the same 2:4-masked weights: "dense" multiplies the zeros, "2:4" skips them
 (`ticketlab.sparsity.semistructured`). Timed side by side by `ticketlab.speed.measure` (medians of
 turns). On a machine without the kernels it prints the reason and measures nothing.

@@ -1,35 +1,55 @@
 #!/usr/bin/env bash
-# Every GPU figure of BENCHMARKS.md in one device call; benchmarks/GPU.md says how to get the data there.
-#   bash benchmarks/gpu_all.sh [DATA_DIR]   (default /tmp/data; results go to $OUT, else benchmarks/results)
+# Every GPU figure of BENCHMARKS.md; benchmarks/GPU.md says how to get the data onto the device.
+#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 8)
+# Results go to $OUT (else benchmarks/results). A device call is limited to 600 s, so GPU.md runs the
+# steps over two calls; each step has its own time limit, and a step that fails or runs out of time
+# does not stop the next one. Each step prints how long it took.
 set -u
 data=${1:-/tmp/data}
+shift $(($# > 0 ? 1 : 0))
+steps=${*:-1 2 3 4 5 6 7 8}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
 # 1. the tests marked gpu (skipped on CPU machines): masked training at fp32/bf16/fp16, CUDA against CPU,
 #    resume on CUDA, torch.compile, stacked networks, compacted training, 2:4 conversion
-python3 -m pytest tests -q -p no:warnings -m gpu -rs 2>&1 | tee "$out/gpu_tests.txt" | tail -5
+step1() { python3 -m pytest tests -q -p no:warnings -m gpu -rs 2>&1 | tee "$out/gpu_tests.txt" | tail -8; }
 # 2. fastnet against airbench94, 5 runs each, in turns (issue 2: >= 94.0% mean, time ratio <= 1.0)
-python3 benchmarks/fastnet_airbench.py --data-dir "$data" --runs 5 --precision bf16 | tee "$out/fastnet_airbench.json"
+step2() { python3 benchmarks/fastnet_airbench.py --data-dir "$data" --runs 5 --precision bf16 \
+    | tee "$out/fastnet_airbench.json"; }
 # 3. several networks in one batched step on the GPU
-python3 benchmarks/stacked_speed.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --count 8 \
-    --batch-size 128 --steps 50 --repeats 5 --device cuda | tee "$out/stacked_cuda.json"
+step3() { python3 benchmarks/stacked_speed.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --count 8 \
+    --batch-size 128 --steps 50 --repeats 5 --device cuda | tee "$out/stacked_cuda.json"; }
 # 4. compacted channel tickets at batch 256 (issue 4: >= 1.6x dense)
-python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 --repeats 7 \
-    --out "$out/structured_cuda.json" | tee "$out/structured_cuda.txt"
+step4() { python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 --repeats 7 \
+    --out "$out/structured_cuda.json" | tee "$out/structured_cuda.txt"; }
 # 5. a whole ticket study, stacked (--stack) against one by one: 2 seeds, 3 baselines, 2 short levels
-python3 benchmarks/stacked_find.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --epochs 2 \
-    --levels 2 --seeds 2 --repeats 1 --device cuda | tee "$out/stacked_find_cuda.json"
+step5() { python3 benchmarks/stacked_find.py --data-dir "$data" --model cifar_resnet_20 --dataset cifar10 --epochs 2 \
+    --levels 2 --seeds 2 --repeats 1 --device cuda | tee "$out/stacked_find_cuda.json"; }
 # 6. channel tickets trained compacted against masked, on the GPU (widths exact, padded to 8 or 16)
-python3 benchmarks/compact_training.py --data-dir "$data" --device cuda --steps 30 --repeats 3 \
-    --out "$out/compact_training_cuda.json" | tee "$out/compact_training_cuda.txt"
+step6() { python3 benchmarks/compact_training.py --data-dir "$data" --device cuda --steps 30 --repeats 3 \
+    --out "$out/compact_training_cuda.json" | tee "$out/compact_training_cuda.txt"; }
 # 7. 2:4 semi-structured Linear layers against dense fp16 (issue 4: report where they are faster and where not)
-python3 benchmarks/two_four_speed.py --dims 1024,4096 --batch-sizes 256,4096,16384 --repeats 7 \
-    --out "$out/two_four_cuda.json" | tee "$out/two_four_cuda.txt"
+step7() { python3 benchmarks/two_four_speed.py --dims 1024,4096 --batch-sizes 256,4096,16384 --repeats 7 \
+    --out "$out/two_four_cuda.json" | tee "$out/two_four_cuda.txt"; }
 # 8. the same through the CLI on a zoo ticket: conv_2's two hidden Linear layers (16384 -> 256 -> 256) as 2:4
-python3 -m ticketlab.cli.main find --model conv_2 --dataset cifar10 --data-dir "$data" --epochs 1 --levels 1 \
-    --structure nm --baselines= --store /tmp/nm-store --device cuda --quiet --json > "$out/conv2_nm_find.json"
-python3 -m ticketlab.cli.main bench --model-file "$(ls /tmp/nm-store/runs/*/seed_0/level_1/ticket.safetensors)" \
-    --two-four --device cuda --batch-sizes 64,256,1024 --json | tee "$out/conv2_two_four_bench.txt"
+step8() {
+    python3 -m ticketlab.cli.main find --model conv_2 --dataset cifar10 --data-dir "$data" --epochs 1 --levels 1 \
+        --structure nm --baselines= --store /tmp/nm-store --device cuda --quiet --json > "$out/conv2_nm_find.json" &&
+    python3 -m ticketlab.cli.main bench --model-file "$(ls /tmp/nm-store/runs/*/seed_0/level_1/ticket.safetensors)" \
+        --two-four --device cuda --batch-sizes 64,256,1024 --json | tee "$out/conv2_two_four_bench.txt"
+}
+
+# seconds each step may take at most (the estimates of GPU.md with room to spare)
+declare -A limit=([1]=180 [2]=300 [3]=150 [4]=180 [5]=420 [6]=180 [7]=120 [8]=150)
+for n in $steps; do
+    echo "== step $n (at most ${limit[$n]} s)"
+    start=$SECONDS
+    export -f "step$n"
+    export data out
+    timeout "${limit[$n]}" bash -c "set -o pipefail; step$n"
+    echo "== step $n: exit $?, $((SECONDS - start)) s" | tee -a "$out/steps.txt"
+done

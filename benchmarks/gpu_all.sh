@@ -2,7 +2,7 @@
 # Every GPU figure of BENCHMARKS.md; benchmarks/GPU.md says how to get the data onto the device.
 #   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 8)
 # Results go to $OUT (else benchmarks/results). A device call is limited to 600 s, so GPU.md runs the
-# steps over two calls; each step has its own time limit, and a step that fails or runs out of time
+# steps over three calls; each step has its own time limit, and a step that fails or runs out of time
 # does not stop the next one. Each step prints how long it took.
 set -u
 data=${1:-/tmp/data}
@@ -44,7 +44,7 @@ step8() {
 }
 
 # seconds each step may take at most (the estimates of GPU.md with room to spare)
-declare -A limit=([1]=180 [2]=300 [3]=150 [4]=180 [5]=420 [6]=180 [7]=120 [8]=150)
+declare -A limit=([1]=150 [2]=300 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150)
 for n in $steps; do
     echo "== step $n (at most ${limit[$n]} s)"
     start=$SECONDS

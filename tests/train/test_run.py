@@ -91,3 +91,15 @@ def test_a_models_recipe_can_ask_for_its_own_augmentation():
     assert default_augment(DataConfig(crop_padding=1, flip=False), colour, "fastnet") == Augment(
         crop_padding=1, flip=False, reflect=True, alternate_flip=True)  # settings given win
     assert default_augment(DataConfig(), grey, "fastnet") == Augment()  # digits are not mirror-symmetric
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fastnet_full_recipe_learns_on_each_device(tmp_path, device):
+    """Whitening fitted on the device's data, lookahead, the whitening bias frozen after its epochs,
+    bf16 autocast (CUDA only) and flip + shift TTA, through the public API in one run."""
+    ds = tiny_dataset(n=128, size=16)
+    result = ticketlab.train("fastnet", ds, store=tmp_path, epochs=4, batch_size=32, device=device,
+                             precision="bf16", progress=False, model_options={"widths": [16, 32, 32]})
+    s = result.summary
+    assert s["test_accuracy"] >= 0.8 and s["epochs"] == 4  # chance is 0.25
+    assert next(result.model.parameters()).device.type == device

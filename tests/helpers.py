@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from ticketlab.data import ImageDataset
 from ticketlab.train.hooks import Hook
+
+# a device parameter: the CUDA case is marked gpu (skipped without one), the CPU case checks the test itself
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def tiny_dataset(

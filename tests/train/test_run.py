@@ -8,7 +8,7 @@ from ticketlab.sparsity import density
 from ticketlab.train.run import default_augment
 
 from conftest import need
-from helpers import TinyNet, tiny_dataset
+from helpers import DEVICES, TinyNet, tiny_dataset
 
 
 def test_bundled_mnist_subset_trains_offline(tmp_path):
@@ -93,7 +93,7 @@ def test_a_models_recipe_can_ask_for_its_own_augmentation():
     assert default_augment(DataConfig(), grey, "fastnet") == Augment()  # digits are not mirror-symmetric
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", DEVICES)
 def test_fastnet_full_recipe_learns_on_each_device(tmp_path, device):
     """Whitening fitted on the device's data, lookahead, the whitening bias frozen after its epochs,
     bf16 autocast (CUDA only) and flip + shift TTA, through the public API in one run."""

@@ -10,7 +10,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.store import read_tensors
 from ticketlab.train import Hook, MaskHook, Trainer
 
-from helpers import InterruptAt, TinyNet, tiny_dataset
+from helpers import DEVICES, InterruptAt, TinyNet, tiny_dataset
 
 
 def _trainer(tmp_path=None, *, cfg=None, hooks=(), seed=0, save_at=(), model=None, device="cpu"):
@@ -340,8 +340,6 @@ def test_non_finite_evaluation_is_divergence_though_the_training_loss_is_finite(
 
 
 # ---- the CUDA paths (marked gpu: skipped without one) ----------------------------------------
-# Each runs on the CPU as well, so the test itself is checked on every machine.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.speed import masked_module, measure, speedup
+from ticketlab.speed import forward_flops, masked_module, measure, speedup
 
 
 class _Probe(nn.Module):
@@ -60,6 +60,23 @@ def test_masked_variant_computes_the_masked_function():
     with torch.no_grad():
         model.conv.weight.mul_(mask)
         assert torch.allclose(masked(x), model(x), atol=1e-6)
+
+
+def test_forward_flops_counts_two_per_multiply_accumulate_of_convolutions_and_matmuls():
+    # conv: width x 3 x 3 x 3 multiply-accumulates at each of 8 x 8 positions; fc: width x 2
+    for width in (2, 8):
+        assert forward_flops(_Probe(width), (3, 8, 8)) == 2 * (width * 27 * 64 + width * 2)
+    model = _Probe(8)
+    mask = torch.zeros_like(model.conv.weight)
+    assert forward_flops(masked_module(model, {"conv.weight": mask}), (3, 8, 8)) == forward_flops(model, (3, 8, 8))
+
+
+def test_forward_flops_runs_batchnorm_on_one_example_and_leaves_the_model_as_it_was():
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert forward_flops(model, (6,)) == 2 * (6 * 4 + 4 * 3)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_bad_requests_are_user_errors():

@@ -10,6 +10,12 @@ The variants of a ticket:
     forward;
   * compacted: the physically smaller network (`ticketlab.compact`), channel tickets only.
 
+Beside the clock, `forward_flops` counts the work a variant asks for. Density, FLOPs and speed
+part ways: weights and compute sit in different layers (a CIFAR ResNet's last stage holds most
+weights but a third of the work), and narrow convolutions use a CPU less well than wide ones, so
+a ticket can drop two thirds of the FLOPs and run well short of 3x. The gap between the FLOPs
+ratio and the measured one is what better kernels could still win.
+
 Image models run in the channels-last layout by default, as the Trainer trains them: it is the
 faster layout of both oneDNN and cuDNN, and in the default NCHW layout oneDNN's CPU convolutions
 are slow at some channel counts (16 channels at 32x32 takes 3x the time of 15), which would
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.utils.flop_counter import FlopCounterMode
 
 from ticketlab.errors import TicketlabError
 
@@ -53,6 +60,22 @@ def masked_module(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Mod
         module_name, _, param = name.rpartition(".")
         prune.custom_from_mask(modules[module_name], param, mask.to(next(masked.parameters()).device))
     return masked
+
+
+def forward_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Floating-point operations of one example's forward pass, as PyTorch's FlopCounterMode counts
+    them: convolutions and matrix multiplies (2 per multiply-accumulate), nearly all of a CNN's work.
+    The count follows the shapes, so a masked network counts its zeros, as dense kernels compute them."""
+    reference = next(model.parameters(), None)
+    device, dtype = (reference.device, reference.dtype) if reference is not None else ("cpu", torch.float32)
+    was_training = model.training
+    model.eval()  # BatchNorm in training mode rejects a batch of one and would update its statistics
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops()
 
 
 def _synchronize(device: torch.device) -> None:

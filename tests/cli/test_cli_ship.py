@@ -37,7 +37,7 @@ def channel_study(tmp_path_factory, grey_npz):
 def test_find_structure_json_carries_speed(channel_study, grey_npz, capsys):
     code, out, _ = _run(capsys, "find", *COMMON, "--dataset", grey_npz, "--store", channel_study, "--levels", "2",
                         "--structure", "channel", "--baselines", "random", "--json")
-    assert code == 0 and "CPU speed-up" in out and "ticket train s" in out
+    assert code == 0 and "CPU speed-up" in out and "ticket train s" in out and "FLOPs vs dense" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert all(row["speedup_cpu"] > 0 for row in summary["levels"])
 
@@ -51,6 +51,9 @@ def test_bench_and_export_a_ticket(channel_study, tmp_path, capsys):
     variants = {(t["variant"], t["batch_size"]) for t in report["timings"]}
     assert variants == {(v, b) for v in ("dense", "masked", "compacted") for b in (1, 8)}
     assert report["parameters"]["compacted"] < report["parameters"]["dense"]
+    flops = report["flops"]  # a masked network computes its zeros; the compacted one does not
+    assert flops["masked"] == flops["dense"] and 0 < flops["compacted"] < flops["dense"]
+    assert "MFLOPs/image" in out
 
     out_file = tmp_path / "small.safetensors"
     code, out, _ = _run(capsys, "export", "--model-file", ticket_file, "--out", out_file, "--json")

@@ -29,6 +29,7 @@ def test_channel_study_on_a_residual_network_compacts_and_measures(tmp_path, sta
     assert s["structure"] == "channel"
     for row in s["levels"]:
         assert row["speedup_cpu"] > 0 and row["compacted_parameters"] < row["parameters"]
+        assert 0 < row["compacted_flops"] < row["flops"]
     json.dumps(s)
     store = RunStore(tmp_path)
     per_seed = json.loads((result.folder / "per_seed.json").read_text())

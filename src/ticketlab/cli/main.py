@@ -267,22 +267,26 @@ def study_table(summary: dict[str, Any]) -> str:
     pm = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"  # noqa: E731
     on_val = summary["verdict_on"] == "validation"
     speed = any("speedup_cpu" in r for r in levels)
+    flops = any("compacted_flops" in r for r in levels)  # studies stored before FLOPs were counted lack them
     timed = "dense_seconds" in summary and all("ticket_seconds" in r for r in levels)
     rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "", "",
-             *([f"{summary['dense_seconds']:.0f}"] if timed else []), *(["1.00x"] if speed else []))]
+             *([f"{summary['dense_seconds']:.0f}"] if timed else []), *(["1.00x"] if speed else []),
+             *(["100%"] if flops else []))]
     for r in levels:
         verdict = "WIN" if r["winning"] else ("no: below dense" if not r["matches_dense"] else "no: ~reinit")
         judged = r["validation"] if on_val else r
         dense = summary["dense_validation"] if on_val else summary["dense"]
         gap = f"{100 * (judged['ticket']['mean'] - dense['mean']):+.2f} (±{100 * r['tolerance']:.2f})"
         cpu = [f"{r['speedup_cpu']:.2f}x" if r.get("speedup_cpu") else "n/a"] if speed else []
+        work = [f"{100 * r['compacted_flops'] / r['flops']:.0f}%" if r.get("compacted_flops") else "n/a"] if flops else []
         rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms],
-                     gap, verdict, *([f"{r['ticket_seconds']:.0f}"] if timed else []), *cpu))
+                     gap, verdict, *([f"{r['ticket_seconds']:.0f}"] if timed else []), *cpu, *work))
     basis = summary["verdict_on"]
     return (f"test accuracy (%), mean ± std over {summary.get('seeds', 1)} seed(s); "
             f"the verdict is judged on {basis} accuracy\n") + table(
         ("level", "density", "dense", *arms, f"ticket-dense ({basis[:3]})", "verdict",
-         *(["ticket train s"] if timed else []), *(["CPU speed-up (b64)"] if speed else [])), rows)
+         *(["ticket train s"] if timed else []), *(["CPU speed-up (b64)"] if speed else []),
+         *(["FLOPs vs dense"] if flops else [])), rows)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -59,13 +59,14 @@ def _two_four(variants: dict, masks: dict, device) -> dict:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ticketlab.speed import measure
+    from ticketlab.speed import forward_flops, measure
     from ticketlab.train.run import resolve_device
 
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants, shape, notes = _variants(args.model_file)
+    flops = {name: forward_flops(m, shape) for name, m in variants.items()}  # before --two-four swaps them
     if args.two_four:
         from ticketlab.tickets.ticketfile import load_ticket
 
@@ -76,16 +77,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
           f"{device.type}, {torch.get_num_threads()} threads, {args.layout} layout; ratios are throughput / dense")
-    print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters"),
+    print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters", "MFLOPs/image"),
                 [(t.variant, t.batch_size, f"{t.latency_ms:.3f}", f"{t.throughput:.1f}", f"{t.ratio:.2f}x",
-                  params[t.variant]) for t in timings]))
+                  params[t.variant], f"{flops[t.variant] / 1e6:.2f}" if t.variant in flops else "n/a")
+                 for t in timings]))
     for key in ("compacted", "semi_structured"):
         if isinstance(notes.get(key), str):
             print(notes[key])
     if args.json:
         print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
                           "layout": args.layout,
-                          "timings": [t.as_dict() for t in timings], "parameters": params, **notes}, sort_keys=True))
+                          "timings": [t.as_dict() for t in timings], "parameters": params, "flops": flops, **notes},
+                         sort_keys=True))
     return 0
 
 

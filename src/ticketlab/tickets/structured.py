@@ -92,13 +92,13 @@ class Structure:
 
     def speed(self, model: nn.Module, masks: Masks, input_shape: tuple[int, ...],
               repeats: int = 7) -> dict[str, Any]:
-        """Measured CPU throughput of the compacted ticket against the dense network."""
+        """Measured CPU throughput of the compacted ticket against the dense network, and each one's FLOPs."""
         if not (self.kind == "channel" and self.compactable):
             reason = (self.why_not_compactable if self.kind == "channel" else
                       f"{self.kind} masks keep the dense shapes: no compaction, and dense CPU kernels gain nothing")
             return {"speedup_cpu": None, "speed_note": reason}
         from ticketlab.compact import compact
-        from ticketlab.speed import measure, speedup
+        from ticketlab.speed import forward_flops, measure, speedup
 
         dense = model.to("cpu").eval()
         with torch.no_grad():
@@ -107,4 +107,5 @@ class Structure:
         timings = measure({"dense": dense, "compacted": small}, input_shape, (SPEED_BATCH,), repeats=repeats)
         return {"speedup_cpu": round(speedup(timings, "compacted", SPEED_BATCH), 4),
                 "parameters": sum(p.numel() for p in dense.parameters()),
-                "compacted_parameters": sum(p.numel() for p in small.parameters())}
+                "compacted_parameters": sum(p.numel() for p in small.parameters()),
+                "flops": forward_flops(dense, input_shape), "compacted_flops": forward_flops(small, input_shape)}

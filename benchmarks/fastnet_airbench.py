@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -112,6 +113,9 @@ def main() -> None:
                 accuracy, seconds = run_side(seed)
                 results[name]["accuracy"].append(accuracy)
                 results[name]["seconds"].append(round(seconds, 3))
+                # one line per run, so a run cut off at its time limit still leaves what it measured
+                print(json.dumps({"side": name, "seed": seed, "accuracy": accuracy, "seconds": round(seconds, 3)}),
+                      file=sys.stderr, flush=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})"
     out = {"runs": args.runs, "device": name,
            "precision": args.precision, "compile": args.compile, "date": str(date.today()),

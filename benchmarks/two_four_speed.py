@@ -59,7 +59,8 @@ def main() -> None:
             dense, masks = feed_forward(d, args.device)
             sparse = copy.deepcopy(dense)
             with warnings.catch_warnings():
-                warnings.simplefilter("error")  # every layer must convert: a dense leftover would flatter nothing
+                # every layer must convert: a dense leftover would flatter nothing
+                warnings.filterwarnings("error", message="layers left dense")
                 converted = to_semi_structured(sparse, masks)
             x = torch.randn(256, d, device=args.device, dtype=torch.float16)
             with torch.inference_mode():

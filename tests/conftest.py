@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real datasets are, and a skip when they are not."""
+"""Shared fixtures: where the real datasets are, a skip when they are not, and exact CUDA arithmetic."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def shared_data() -> Path:
     if not _SHARED.is_dir():
         pytest.skip(f"real datasets not found at {_SHARED} (set TICKETLAB_TEST_DATA)")
     return _SHARED
+
+
+@pytest.fixture
+def exact_cuda():
+    """fp32 convolutions without TF32 and deterministic cuDNN algorithms, restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def need(shared: Path, *relative: str) -> None:

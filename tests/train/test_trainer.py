@@ -342,16 +342,6 @@ def test_non_finite_evaluation_is_divergence_though_the_training_loss_is_finite(
 # ---- the CUDA paths (marked gpu: skipped without one) ----------------------------------------
 
 
-@pytest.fixture
-def exact_cuda():
-    """fp32 convolutions without TF32 and deterministic cuDNN algorithms, restored afterwards."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.deterministic = True
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])  # the CPU ignores it and trains in fp32
 @pytest.mark.parametrize("device", DEVICES)
 def test_masked_training_learns_at_every_precision(device, precision):

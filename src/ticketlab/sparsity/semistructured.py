@@ -76,10 +76,12 @@ def _why_dense(layer: nn.Module | None, mask: torch.Tensor) -> str | None:
 @torch.no_grad()
 def to_semi_structured(model: nn.Module, masks: Masks) -> list[str]:
     """Replace, in place, the weights of the Linear layers whose masks are exactly 2:4 by semi-structured sparse
-    tensors (masked first, so pruned weights are exact zeros); returns the names converted.
+    tensors; returns the names converted.
 
-    Converted weights are for inference: they no longer take gradients or masks. Every masked layer left dense is
-    named with its reason in one warning. Raises TicketlabError when a masked weight's device cannot run 2:4.
+    Every masked weight is masked first, the ones left dense too, so the model computes the ticket whatever
+    converts. Converted weights are for inference: they no longer take gradients or masks. Every masked layer left
+    dense is named with its reason in one warning. Raises TicketlabError when a masked weight's device cannot
+    run 2:4.
     """
     check_masks(model, masks)
     params = dict(model.named_parameters())
@@ -91,12 +93,16 @@ def to_semi_structured(model: nn.Module, masks: Masks) -> list[str]:
     converted, dense = [], []
     for name, mask in masks.items():
         reason = _why_dense(linears.get(name), mask)
+        weight = params[name]
+        if not isinstance(weight, SparseSemiStructuredTensor):
+            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
         if reason is not None:
             dense.append(f"{name}: {reason}")
             continue
-        layer = linears[name]
-        weight = layer.weight * mask.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        layer.weight = nn.Parameter(to_sparse_semi_structured(weight.contiguous()), requires_grad=False)
+        with warnings.catch_warnings():  # torch calls the API a prototype at every conversion; README says so once
+            warnings.filterwarnings("ignore", message="The PyTorch API of SparseSemiStructuredTensor")
+            sparse = to_sparse_semi_structured(weight.detach().contiguous())
+        linears[name].weight = nn.Parameter(sparse, requires_grad=False)
         converted.append(name)
     if dense:
         warnings.warn("layers left dense: " + "; ".join(dense), stacklevel=2)

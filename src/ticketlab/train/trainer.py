@@ -256,7 +256,7 @@ class Trainer:
         self._sums = state["sums"].to(self.device).reshape(-1, 3)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
+        torch.set_rng_state(state["rng_cpu"].cpu())  # checkpoints load onto the training device
         for hook, hook_state in zip(self.hooks, state["hooks"]):
             hook.load_state_dict(hook_state)
         if self.ema is not None:
@@ -264,7 +264,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         if "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is not None:

@@ -1,0 +1,104 @@
+"""Where fastnet's GPU step time goes: the recipe's training time under variants, on CIFAR-shaped random data.
+
+  python benchmarks/fastnet_variants.py [--variants eager,fused,compile] [--repeats 3] [--profile]
+
+Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
+`fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
+`compile` (TrainConfig.compile), `fp16` (fp16 autocast with loss scaling), `maxpool3` (the head's global
+max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of nn.AdaptiveMaxPool2d(1)), `airbench` (airbench 0.1.8's `train94`, side by
+side on the same random images; needs airbench installed). A variant may be named more than once. Each
+variant trains once untimed, then `--repeats` timed runs; one JSON line
+per variant with the median seconds. `--profile` adds the profiler's top operators of one eager run, by
+self CUDA time and by self CPU time, to tell a launch-bound step from a compute-bound one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ticketlab.config import DataConfig, ModelConfig, RunConfig
+from ticketlab.data import ImageDataset
+from ticketlab.data.batches import DeviceData
+from ticketlab.train import Trainer, recipe_config
+from ticketlab.train.run import default_augment, initial_model
+
+from fastnet_airbench import airbench_run, write_airbench_cache
+
+
+def random_cifar(seed: int = 0) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (50000, 3, 32, 32), generator=g, dtype=torch.uint8)
+    xt = torch.randint(0, 256, (10000, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y, yt = torch.randint(0, 10, (50000,), generator=g), torch.randint(0, 10, (10000,), generator=g)
+    return ImageDataset.create("random-cifar", x, y, xt, yt, tuple(str(i) for i in range(10)))
+
+
+def train_once(ds: ImageDataset, data: DeviceData, config: RunConfig, maxpool3: bool = False) -> tuple[float, Trainer]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model = initial_model(config, ds)
+    if maxpool3:
+        model.pool = torch.nn.MaxPool2d(3)  # the 3x3 final map of a 32x32 image
+    trainer = Trainer(model, data, config.train, progress=False)
+    trainer.fit()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, trainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default="eager,fused,compile")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile-airbench", action="store_true", help="also profile one airbench train94 run")
+    args = ap.parse_args()
+    ds = random_cifar()
+    base = RunConfig(data=DataConfig(dataset="cifar10"), model=ModelConfig("fastnet"),
+                     train=recipe_config("fastnet", precision=args.precision), device="cuda")
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", default_augment(base.data, ds, "fastnet"))
+    sgd = torch.optim.SGD
+    cache = tempfile.TemporaryDirectory()
+    if "airbench" in args.variants or args.profile_airbench:
+        write_airbench_cache(ds, Path(cache.name) / "cifar10")
+        os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
+    for variant in args.variants.split(","):
+        config = replace(base, train=replace(base.train, compile=variant == "compile",
+                                             precision="fp16" if variant == "fp16" else base.train.precision))
+        torch.optim.SGD = (lambda *a, **k: sgd(*a, fused=True, **k)) if variant == "fused" else sgd
+        if variant == "airbench":
+            times = [airbench_run(seed)[1] for seed in range(args.repeats + 1)]
+        else:
+            times = [train_once(ds, data, config, variant == "maxpool3")[0] for _ in range(args.repeats + 1)]
+        print(json.dumps({"variant": variant, "first": round(times[0], 3), "seconds": [round(t, 3) for t in times[1:]],
+                          "median_seconds": round(statistics.median(times[1:]), 3)}), flush=True)
+    torch.optim.SGD = sgd
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            seconds, trainer = train_once(ds, data, base)
+        events = prof.key_averages()
+        print(f"profiled eager run: {seconds:.3f} s, {trainer.iteration} steps", file=sys.stderr)
+        print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+        print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+    if args.profile_airbench:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            airbench_run(0)
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

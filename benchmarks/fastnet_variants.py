@@ -5,11 +5,12 @@
 Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
 `fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
 `compile` (TrainConfig.compile), `fp16` (fp16 autocast with loss scaling), `maxpool3` (the head's global
-max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of nn.AdaptiveMaxPool2d(1)), `airbench` (airbench 0.1.8's `train94`, side by
-side on the same random images; needs airbench installed). A variant may be named more than once. Each
-variant trains once untimed, then `--repeats` timed runs; one JSON line
+max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of nn.AdaptiveMaxPool2d(1)), `airbench`
+(airbench 0.1.8's `train94`, side by side on the same random images; needs airbench installed). A variant
+may be named more than once. Each variant trains once untimed, then `--repeats` timed runs; one JSON line
 per variant with the median seconds. `--profile` adds the profiler's top operators of one eager run, by
-self CUDA time and by self CPU time, to tell a launch-bound step from a compute-bound one.
+self CUDA time and by self CPU time, to tell a launch-bound step from a compute-bound one;
+`--profile-airbench` the same for one airbench run.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from fastnet_airbench import airbench_run, write_airbench_cache
 
 from ticketlab.config import DataConfig, ModelConfig, RunConfig
 from ticketlab.data import ImageDataset
 from ticketlab.data.batches import DeviceData
 from ticketlab.train import Trainer, recipe_config
 from ticketlab.train.run import default_augment, initial_model
-
-from fastnet_airbench import airbench_run, write_airbench_cache
 
 
 def random_cifar(seed: int = 0) -> ImageDataset:

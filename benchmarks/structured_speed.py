@@ -1,7 +1,7 @@
 """Speed of channel tickets after physical compaction, against the dense network.
 
   python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
-      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw]
+      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph] [--multiples 1,8]
 
 Speed depends on which channels survive, not on how well the weights are trained, so this runs
 the structure step of `ticketlab find --structure channel` (global magnitude IMP step of 20%,
@@ -39,9 +39,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU target is batch 256)")
     ap.add_argument("--layout", choices=("channels-last", "nchw"), default="channels-last",
                     help="memory layout of every variant (as `ticketlab bench --layout`)")
+    ap.add_argument("--cuda-graph", action="store_true", help="time forwards replayed from CUDA graphs (GPU)")
+    ap.add_argument("--multiples", default="1", help="compacted widths padded to each multiple (1: exact)")
     ap.add_argument("--out", default="benchmarks/results/structured_speed.json")
     args = ap.parse_args()
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
+    multiples = [int(m) for m in args.multiples.split(",")]
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -51,13 +54,15 @@ def main() -> None:
             ticket.load_state_dict(model.state_dict())
             with torch.no_grad():
                 apply_masks(ticket, masks)
-            small = compact(ticket, masks).eval()
+            smalls = {("compacted" if m == 1 else f"compacted_x{m}"): compact(ticket, masks, m).eval()
+                      for m in multiples}
+            small = next(iter(smalls.values()))
             x = torch.randn(8, 3, 32, 32)
-            with torch.no_grad():
-                err = float((small(x) - ticket(x)).abs().max())  # on the CPU, before timing moves them
-            timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), "compacted": small},
+            with torch.no_grad():  # on the CPU, before timing moves them
+                err = max(float((s(x) - ticket(x)).abs().max()) for s in smalls.values())
+            timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), **smalls},
                               (3, 32, 32), batches, device=args.device, repeats=args.repeats,
-                              channels_last=args.layout == "channels-last")
+                              channels_last=args.layout == "channels-last", cuda_graph=args.cuda_graph)
             density = density_report(weights)["total"]["density"]
             row = {"model": name, "level": level, "density": density,
                    "parameters": sum(p.numel() for p in ticket.parameters()),
@@ -67,9 +72,10 @@ def main() -> None:
             ratios = {(t.variant, t.batch_size): t.ratio for t in timings}
             print(f"{name} level {level} density {density:.3f}: params {row['compacted_parameters']:,}/"
                   f"{row['parameters']:,}, max|diff| {err:.1e}, compacted/dense " +
-                  ", ".join(f"b{b} {ratios[('compacted', b)]:.2f}x" for b in batches) +
+                  ", ".join(f"b{b} {ratios[(v, b)]:.2f}x" for v in smalls for b in batches) +
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
     result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout,
+              "cuda_graph": args.cuda_graph,
               "machine": machine(args.device), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

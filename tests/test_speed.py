@@ -86,3 +86,16 @@ def test_bad_requests_are_user_errors():
         measure({"a": _Probe()}, (3, 8, 8), (0,))
     with pytest.raises(TicketlabError, match="no timing"):
         speedup([], "compacted", 64)
+    with pytest.raises(TicketlabError, match="CUDA graphs need a CUDA device"):
+        measure({"a": _Probe()}, (3, 8, 8), (2,), cuda_graph=True)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_timings_replay_the_captured_forward():
+    """The graph runs the real forward (the probe records its captured call, not each replay)."""
+    probe, other = _Probe(), _Probe(width=8)
+    timings = measure({"a": probe, "b": other}, (3, 8, 8), (4,), device="cuda", warmup=1, repeats=2,
+                      cuda_graph=True)
+    assert [t.variant for t in timings] == ["a", "b"] and all(t.latency_ms > 0 for t in timings)
+    # warm-up, side-stream warm-up and capture each call forward once; replays do not
+    assert len(probe.channels_last_inputs) == 3

@@ -29,6 +29,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,6 +93,24 @@ def _time_once(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return (time.perf_counter() - start) / calls
 
 
+def _graphed(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """The model's forward on `x` captured in a CUDA graph (after a warm-up on a side stream, which
+    capture requires); calling the result replays it on the same input."""
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):
+        model(x)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            model(x)
+    except RuntimeError as error:
+        raise TicketlabError(f"variant {name!r} cannot be captured in a CUDA graph ({error}); "
+                             "time it without the CUDA-graph option") from None
+    return lambda _: graph.replay()
+
+
 def _placed(model: nn.Module, device: torch.device, layout: torch.memory_format) -> nn.Module:
     """The model in eval mode on `device` in `layout`, moved only when it is not there already: a
     network with 2:4 semi-structured weights is built in place and cannot be moved again."""
@@ -115,6 +134,7 @@ def measure(
     min_seconds: float = 0.05,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
+    cuda_graph: bool = False,
 ) -> list[Timing]:
     """Median forward latency of each variant (eval mode, no autograd) at each batch size.
 
@@ -122,6 +142,10 @@ def measure(
     last about `min_seconds`, so sub-millisecond batch-1 timings are not timer noise. The first
     variant is the reference of the ratios. The variants are moved (and, for image inputs with
     `channels_last`, re-laid out) in place.
+
+    `cuda_graph` times each forward replayed from a captured CUDA graph, as a deployment would run it:
+    small networks on a large GPU are bound by kernel launches, which a graph removes, so their time
+    then follows the work their kernels do.
     """
     if not variants:
         raise TicketlabError("nothing to measure: give at least one model variant")
@@ -130,6 +154,8 @@ def measure(
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise TicketlabError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     dev = torch.device(device)
+    if cuda_graph and dev.type != "cuda":
+        raise TicketlabError(f"CUDA graphs need a CUDA device, got {dev}; drop the CUDA-graph option or use --device cuda")
     layout = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     models = {name: _placed(m, dev, layout) for name, m in variants.items()}
     generator = torch.Generator().manual_seed(0)
@@ -138,15 +164,18 @@ def measure(
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, generator=generator).to(dev, dtype, memory_format=layout)
             calls = {}
+            forwards: dict[str, Callable[[torch.Tensor], Any]] = dict(models)
             for name, model in models.items():
                 for _ in range(warmup):
                     model(x)
-                once = _time_once(model, x, 1)
+                if cuda_graph:
+                    forwards[name] = _graphed(name, model, x)
+                once = _time_once(forwards[name], x, 1)
                 calls[name] = max(1, int(min_seconds / max(once, 1e-9)))
             seconds: dict[str, list[float]] = {name: [] for name in models}
             for _ in range(repeats):
-                for name, model in models.items():
-                    seconds[name].append(_time_once(model, x, calls[name]))
+                for name, forward in forwards.items():
+                    seconds[name].append(_time_once(forward, x, calls[name]))
             medians = {name: statistics.median(s) for name, s in seconds.items()}
             reference = next(iter(medians.values()))
             for name, median in medians.items():

@@ -54,6 +54,15 @@ def test_bench_and_export_a_ticket(channel_study, tmp_path, capsys):
     flops = report["flops"]  # a masked network computes its zeros; the compacted one does not
     assert flops["masked"] == flops["dense"] and 0 < flops["compacted"] < flops["dense"]
     assert "MFLOPs/image" in out
+    assert report["multiple"] == 1 and report["cuda_graph"] is False  # exact widths: fastest on CPUs
+
+    code, out, _ = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "2", "--repeats", "1",
+                        "--multiple", "8", "--json")
+    padded = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and padded["multiple"] == 8 and "padded to multiples of 8" in out
+    assert report["parameters"]["compacted"] < padded["parameters"]["compacted"] <= report["parameters"]["dense"]
+    assert all(g["channels"]["after"] % 8 == 0 or g["channels"]["after"] == g["channels"]["before"]
+               for g in padded["compaction"]["groups"])
 
     out_file = tmp_path / "small.safetensors"
     code, out, _ = _run(capsys, "export", "--model-file", ticket_file, "--out", out_file, "--json")
@@ -117,6 +126,11 @@ def test_export_refuses_an_unknown_format_or_a_directory_before_any_work(tmp_pat
     code, _, err = _run(capsys, "export", "--model-file", missing_ticket, "--out", folder)
     assert code == 2 and "is a directory" in err and "Traceback" not in err
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder.safetensors"]
+
+
+def test_bench_refuses_cuda_graphs_on_the_cpu(conv_ticket, capsys):
+    code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--cuda-graph")
+    assert code == 2 and "CUDA graphs need a CUDA device" in err and "--device cuda" in err and "Traceback" not in err
 
 
 def test_bench_refuses_negative_threads(conv_ticket, capsys):

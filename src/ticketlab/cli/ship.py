@@ -10,8 +10,9 @@ from ticketlab.cli.table import table
 from ticketlab.errors import TicketlabError
 
 
-def _variants(ticket_path: str) -> tuple[dict, tuple[int, ...], dict]:
-    """dense, masked (torch.nn.utils.prune) and, where the masks allow it, compacted."""
+def _variants(ticket_path: str, multiple: int = 1) -> tuple[dict, tuple[int, ...], dict]:
+    """dense, masked (torch.nn.utils.prune) and, where the masks allow it, compacted (widths padded to
+    `multiple`)."""
     from ticketlab.compact import compact, compaction_report
     from ticketlab.speed import masked_module
     from ticketlab.tickets.ticketfile import load_ticket
@@ -20,7 +21,7 @@ def _variants(ticket_path: str) -> tuple[dict, tuple[int, ...], dict]:
     variants = {"dense": ticket.model, "masked": masked_module(ticket.model, ticket.masks)}
     notes: dict = {}
     try:
-        small = compact(ticket.model, ticket.masks)
+        small = compact(ticket.model, ticket.masks, multiple)
         variants["compacted"] = small
         notes["compaction"] = compaction_report(ticket.model, small)
     except TicketlabError as error:
@@ -65,7 +66,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants, shape, notes = _variants(args.model_file)
+    # exact widths are fastest on CPUs; cuDNN's tensor-core kernels want multiples of 8 (BENCHMARKS.md)
+    multiple = args.multiple or (8 if device.type == "cuda" else 1)
+    variants, shape, notes = _variants(args.model_file, multiple)
+    if "compacted" in variants:
+        notes["multiple"] = multiple
     flops = {name: forward_flops(m, shape) for name, m in variants.items()}  # before --two-four swaps them
     if args.two_four:
         from ticketlab.tickets.ticketfile import load_ticket
@@ -73,10 +78,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.update(_two_four(variants, load_ticket(args.model_file).masks, device))
     half = "dense_fp16" in variants
     timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats,
-                      dtype=torch.float16 if half else torch.float32, channels_last=args.layout == "channels-last")
+                      dtype=torch.float16 if half else torch.float32, channels_last=args.layout == "channels-last",
+                      cuda_graph=args.cuda_graph)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
+    graphs = " (CUDA graphs)" if args.cuda_graph else ""
+    widths = f", compacted widths padded to multiples of {multiple}" if multiple > 1 and "compacted" in variants else ""
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
-          f"{device.type}, {torch.get_num_threads()} threads, {args.layout} layout; ratios are throughput / dense")
+          f"{device.type}{graphs}, {torch.get_num_threads()} threads, {args.layout} layout{widths}; "
+          "ratios are throughput / dense")
     print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters", "MFLOPs/image"),
                 [(t.variant, t.batch_size, f"{t.latency_ms:.3f}", f"{t.throughput:.1f}", f"{t.ratio:.2f}x",
                   params[t.variant], f"{flops[t.variant] / 1e6:.2f}" if t.variant in flops else "n/a")
@@ -86,7 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(notes[key])
     if args.json:
         print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
-                          "layout": args.layout,
+                          "layout": args.layout, "cuda_graph": args.cuda_graph,
                           "timings": [t.as_dict() for t in timings], "parameters": params, "flops": flops, **notes},
                          sort_keys=True))
     return 0
@@ -133,6 +142,12 @@ def _threads(text: str) -> int:
     return int(text)
 
 
+def _multiple(text: str) -> int:
+    if not text.strip().isdecimal():
+        raise argparse.ArgumentTypeError(f"expected 0 (8 on CUDA, 1 on CPU) or a positive width multiple, got {text!r}")
+    return int(text)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency and throughput of a ticket: dense, masked and compacted, side by side")
     p.add_argument("--model-file", required=True, help="a ticket file (level_<L>/ticket.safetensors of a study)")
@@ -147,6 +162,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--two-four", action="store_true",
                    help="2:4 tickets: time the Linear layers as semi-structured sparse tensors (CUDA, compute "
                         "capability >= 8.0) against dense fp16; elsewhere, say why not")
+    p.add_argument("--multiple", type=_multiple, default=0,
+                   help="pad compacted widths with silent channels to a multiple of this (0: 8 on CUDA, where "
+                        "tensor-core kernels want it, 1 on CPU, where exact widths are fastest)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA: time each forward replayed from a CUDA graph, as a deployment runs it; small networks "
+                        "on a large GPU are otherwise bound by kernel launches, whatever their size")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(func=cmd_bench)
 

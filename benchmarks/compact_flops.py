@@ -58,9 +58,10 @@ def main() -> None:
                "flops": flops, "speedup": {n: round(statistics.median(r), 3) for n, r in ratios.items()},
                "speedup_rounds": {n: [round(v, 3) for v in r] for n, r in ratios.items()}}
         rows.append(row)
-        print(f"{row['model']} at {100 * row['density']:.1f}%: dense {flops['dense'] / 1e6:.1f} MFLOPs; " + ", ".join(
-            f"{n} {flops[n] / 1e6:.1f} MFLOPs (ideal {flops['dense'] / flops[n]:.2f}x) measured {row['speedup'][n]:.2f}x"
-            for n in variants if n != "dense"), flush=True)
+        parts = [f"{n} {flops[n] / 1e6:.1f} MFLOPs (ideal {flops['dense'] / flops[n]:.2f}x) "
+                 f"measured {row['speedup'][n]:.2f}x" for n in variants if n != "dense"]
+        print(f"{row['model']} at {100 * row['density']:.1f}%: dense {flops['dense'] / 1e6:.1f} MFLOPs; "
+              + ", ".join(parts), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "date": str(date.today()), "batch": BATCH,

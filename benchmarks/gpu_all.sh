@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md; benchmarks/GPU.md says how to get the data onto the device.
-#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 8)
+#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 10)
 # Results go to $OUT (else benchmarks/results). A device call is limited to 600 s, so GPU.md runs the
 # steps over three calls; each step has its own time limit, and a step that fails or runs out of time
 # does not stop the next one. Each step prints how long it took.
 set -u
 data=${1:-/tmp/data}
 shift $(($# > 0 ? 1 : 0))
-steps=${*:-1 2 3 4 5 6 7 8}
+steps=${*:-1 2 3 4 5 6 7 8 9 10}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -43,8 +43,15 @@ step8() {
         --two-four --device cuda --batch-sizes 64,256,1024 --json | tee "$out/conv2_two_four_bench.txt"
 }
 
+# 9. the same tickets as step 4, every variant replayed from a CUDA graph, compacted widths exact and padded to 8
+step9() { python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 --repeats 7 --cuda-graph \
+    --multiples 1,8 --out "$out/structured_cuda_graphs.json" | tee "$out/structured_cuda_graphs.txt"; }
+# 10. where fastnet's GPU time goes: recipe variants and airbench on random images, with profiles (needs airbench)
+step10() { python3 benchmarks/fastnet_variants.py --variants airbench,eager,maxpool3,airbench,eager,maxpool3 \
+    --repeats 3 --profile --profile-airbench 2>&1 | tee "$out/fastnet_variants.txt"; }
+
 # seconds each step may take at most (the estimates of GPU.md with room to spare)
-declare -A limit=([1]=150 [2]=300 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150)
+declare -A limit=([1]=150 [2]=300 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240)
 for n in $steps; do
     echo "== step $n (at most ${limit[$n]} s)"
     start=$SECONDS

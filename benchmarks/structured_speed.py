@@ -72,7 +72,7 @@ def main() -> None:
             ratios = {(t.variant, t.batch_size): t.ratio for t in timings}
             print(f"{name} level {level} density {density:.3f}: params {row['compacted_parameters']:,}/"
                   f"{row['parameters']:,}, max|diff| {err:.1e}, compacted/dense " +
-                  ", ".join(f"b{b} {ratios[(v, b)]:.2f}x" for v in smalls for b in batches) +
+                  ", ".join(f"{v} b{b} {ratios[(v, b)]:.2f}x" for v in smalls for b in batches) +
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
     result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout,
               "cuda_graph": args.cuda_graph,

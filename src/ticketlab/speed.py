@@ -155,7 +155,8 @@ def measure(
         raise TicketlabError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     dev = torch.device(device)
     if cuda_graph and dev.type != "cuda":
-        raise TicketlabError(f"CUDA graphs need a CUDA device, got {dev}; drop the CUDA-graph option or use --device cuda")
+        raise TicketlabError(f"CUDA graphs need a CUDA device, got {dev}; "
+                             "drop the CUDA-graph option or use --device cuda")
     layout = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     models = {name: _placed(m, dev, layout) for name, m in variants.items()}
     generator = torch.Generator().manual_seed(0)

@@ -278,7 +278,8 @@ def study_table(summary: dict[str, Any]) -> str:
         dense = summary["dense_validation"] if on_val else summary["dense"]
         gap = f"{100 * (judged['ticket']['mean'] - dense['mean']):+.2f} (±{100 * r['tolerance']:.2f})"
         cpu = [f"{r['speedup_cpu']:.2f}x" if r.get("speedup_cpu") else "n/a"] if speed else []
-        work = [f"{100 * r['compacted_flops'] / r['flops']:.0f}%" if r.get("compacted_flops") else "n/a"] if flops else []
+        share = f"{100 * r['compacted_flops'] / r['flops']:.0f}%" if r.get("compacted_flops") else "n/a"
+        work = [share] if flops else []
         rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms],
                      gap, verdict, *([f"{r['ticket_seconds']:.0f}"] if timed else []), *cpu, *work))
     basis = summary["verdict_on"]

@@ -1,6 +1,6 @@
 import torch
 
-from ticketlab.data.augment import Augment, cutout_mask, draw, translate
+from ticketlab.data.augment import Augment, cutout_mask, draw, finish, normalize, shift_and_flip, translate
 from ticketlab.data.batches import DeviceData
 
 
@@ -56,3 +56,19 @@ def test_alternating_flips_invert_the_first_epochs_draw_on_odd_epochs():
     assert not torch.equal(data.epoch(8, 0).draws.flip, flips[0])  # a different seed, different first draw
     plain = DeviceData(x, torch.arange(64) % 4, (0.5,) * 3, (0.25,) * 3, "cpu", Augment(crop_padding=2, flip=True))
     assert not torch.equal(plain.epoch(7, 1).draws.flip, ~plain.epoch(7, 0).draws.flip)  # independent draws
+
+
+def test_an_epoch_augmented_at_once_gives_the_batches_of_augmenting_each_batch():
+    """Shifts and flips run over the whole epoch up front; a batch must equal its own augmentation."""
+    x = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
+    aug = Augment(crop_padding=2, flip=True, cutout=3, reflect=True, alternate_flip=True)
+    data = DeviceData(x, torch.arange(50) % 5, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), "cpu", aug)
+    for e in (0, 1):
+        ep = data.epoch(3, e)
+        for step in range(4):
+            inputs, _, idx = data.batch(ep, step, 16)
+            d = ep.draws.take(idx)
+            expected = finish(aug, shift_and_flip(aug, x[idx], d), d, data.mean, data.std)
+            assert torch.equal(inputs, expected)
+    inputs, _, idx = data.batch(data.epoch(3, 0), 0, 16)
+    assert not torch.equal(inputs, normalize(x[idx], data.mean, data.std))  # the augmentation did something

@@ -1,8 +1,10 @@
 """Augmentation as batched tensor ops on uint8 images, on whatever device holds the data.
 
-Random draws are made once per epoch for every example (`draw`), then applied per batch
-(`apply`). The draws depend only on (seed, epoch), so a run resumed mid-epoch sees exactly the
-augmentations of an uninterrupted one, and no per-worker RNG exists to save.
+Random draws are made once per epoch for every example (`draw`). Shifts and flips are applied to
+the whole epoch at once (`shift_and_flip`, uint8), so a training step only slices, normalises and,
+with cutout, masks its batch (`finish`): a few kernels per step rather than a few dozen, which is
+what a fast GPU step waits on. The draws depend only on (seed, epoch), so a run resumed mid-epoch
+sees exactly the augmentations of an uninterrupted one, and no per-worker RNG exists to save.
 """
 
 from __future__ import annotations
@@ -97,14 +99,19 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
-def apply(aug: Augment, x: torch.Tensor, d: Draws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Augment a uint8 batch with its draws and return the normalised float batch."""
-    d = d.to(x.device)  # a no-op for draws already on the data's device
+def shift_and_flip(aug: Augment, x: torch.Tensor, d: Draws) -> torch.Tensor:
+    """The uint8 images `x` shifted and flipped by their draws (the first draws, row for row)."""
     if aug.crop_padding > 0:
         x = translate(x, d.dy, d.dx, aug.crop_padding, aug.reflect)
     if aug.flip:
         x = torch.where(d.flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def finish(aug: Augment, x: torch.Tensor, d: Draws, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A shifted and flipped uint8 batch, normalised, with its cutout squares (in normalised space)."""
     out = normalize(x, mean, std)
     if aug.cutout > 0:
         out = out * cutout_mask(out.shape, d.cy, d.cx, aug.cutout, x.device)
     return out
+

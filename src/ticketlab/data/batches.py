@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ticketlab.data.augment import Augment, Draws, apply, draw, normalize
+from ticketlab.data.augment import Augment, Draws, draw, finish, normalize, shift_and_flip
 
 
 def steps_per_epoch(examples: int, batch_size: int, drop_last: bool = False) -> int:
@@ -30,6 +30,7 @@ def stream_seed(*parts: object) -> int:
 class Epoch:
     order: torch.Tensor  # a permutation of the training set, on the data's device
     draws: Draws  # augmentation choices, indexed by example
+    images: torch.Tensor | None = None  # the shifted and flipped uint8 images, in `order`
 
 
 class DeviceData:
@@ -59,14 +60,18 @@ class DeviceData:
         # drawn on the CPU (the same numbers on any device), then moved once: batches index them
         # on the device, with no per-step copy or host sync
         draws = draw(self.augment, len(self), h, w, g, epoch, first).to(self.device)
-        return Epoch(order.to(self.device), draws)
+        order = order.to(self.device)
+        # one pass over the epoch (a uint8 copy of the training set), so each step only slices it
+        images = shift_and_flip(self.augment, self.x[order], draws.take(order)) if self.augment.active else None
+        return Epoch(order, draws, images)
 
     def batch(self, ep: Epoch, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs, labels, example indices) of batch `step` of an epoch."""
-        idx = ep.order[step * batch_size : (step + 1) * batch_size]
-        x = self.x[idx]
-        if self.augment.active:
-            inputs = apply(self.augment, x, ep.draws.take(idx), self.mean, self.std)
+        rows = slice(step * batch_size, (step + 1) * batch_size)
+        idx = ep.order[rows]
+        if ep.images is not None:
+            cutout = ep.draws.take(idx) if self.augment.cutout > 0 else ep.draws
+            inputs = finish(self.augment, ep.images[rows], cutout, self.mean, self.std)
         else:
-            inputs = normalize(x, self.mean, self.std)
+            inputs = normalize(self.x[idx], self.mean, self.std)
         return inputs, self.y[idx], idx

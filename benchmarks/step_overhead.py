@@ -85,7 +85,8 @@ def main() -> None:
     trainer(counts["trainer"])
     bare(counts["bare"])
     ops = {k: round(c.count / args.steps, 1) for k, c in counts.items()}
-    print(json.dumps({"ops_per_step": ops, "median_ms_per_step": ms, "overhead_ms": round(ms["trainer"] - ms["bare"], 3),
+    print(json.dumps({"ops_per_step": ops, "median_ms_per_step": ms,
+                      "overhead_ms": round(ms["trainer"] - ms["bare"], 3),
                       "runs_ms": {k: [round(1000 * t, 3) for t in v] for k, v in times.items()}}))
 
 

@@ -342,9 +342,10 @@ class Trainer:
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
-                self._sums[:, 0] += loss.reshape(-1) * targets.shape[-1]
-                self._sums[:, 1] += (logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1)
-                self._sums[:, 2] += targets.shape[-1]
+                # add_ on the column views: `+=` on an indexed tensor would also copy each column back
+                self._sums[:, 0].add_(loss.reshape(-1) * targets.shape[-1])
+                self._sums[:, 1].add_((logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1))
+                self._sums[:, 2].add_(targets.shape[-1])
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:
                     hook.after_step(self, step)

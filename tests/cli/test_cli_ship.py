@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from ticketlab.cli.main import main
+from ticketlab.cli.main import main, study_table
 from ticketlab.compact import load_model
 from ticketlab.tickets.ticketfile import load_ticket
 
@@ -40,6 +40,11 @@ def test_find_structure_json_carries_speed(channel_study, grey_npz, capsys):
     assert code == 0 and "CPU speed-up" in out and "ticket train s" in out and "FLOPs vs dense" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert all(row["speedup_cpu"] > 0 for row in summary["levels"])
+    assert "GPU speed-up" not in out  # a CPU study has no GPU figure
+    for row, ratio in zip(summary["levels"], (1.25, 1.75)):  # as a study trained on a GPU records them
+        row["speedup_gpu"] = ratio
+    table = study_table(summary)
+    assert "GPU speed-up (b256)" in table and "1.25x" in table and "1.75x" in table
 
 
 def test_bench_and_export_a_ticket(channel_study, tmp_path, capsys):

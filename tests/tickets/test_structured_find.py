@@ -13,12 +13,21 @@ from ticketlab.tickets.ticketfile import load_ticket
 from helpers import tiny_dataset
 
 
-def _study(tmp_path, model, ds, **ticket_options):
+def _study(tmp_path, model, ds, device="cpu", **ticket_options):
     tickets = TicketConfig(levels=ticket_options.pop("levels", 2),
                            baselines=ticket_options.pop("baselines", ("random",)),
                            rewind="1it", **ticket_options)
     return find_ticket(model, ds, tickets=tickets, store=tmp_path, epochs=2, batch_size=32, lr=0.003,
-                       optimizer="adam", progress=False)
+                       optimizer="adam", progress=False, device=device)
+
+
+@pytest.mark.gpu
+def test_a_channel_study_on_cuda_measures_the_gpu_speed_up_too(tmp_path):
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    result = _study(tmp_path, "cifar_resnet_20", ds, device="cuda", structure="channel", fraction=0.5, levels=1,
+                    baselines=())
+    row = result.summary["levels"][0]
+    assert row["speedup_gpu"] > 0 and row["speedup_cpu"] > 0 and row["gpu"]
 
 
 @pytest.mark.parametrize("stack", [False, True])  # the ticket and its random baseline also trained together
@@ -30,6 +39,7 @@ def test_channel_study_on_a_residual_network_compacts_and_measures(tmp_path, sta
     for row in s["levels"]:
         assert row["speedup_cpu"] > 0 and row["compacted_parameters"] < row["parameters"]
         assert 0 < row["compacted_flops"] < row["flops"]
+        assert "speedup_gpu" not in row  # trained on the CPU: no GPU figure
     json.dumps(s)
     store = RunStore(tmp_path)
     per_seed = json.loads((result.folder / "per_seed.json").read_text())

@@ -268,10 +268,11 @@ def study_table(summary: dict[str, Any]) -> str:
     on_val = summary["verdict_on"] == "validation"
     speed = any("speedup_cpu" in r for r in levels)
     flops = any("compacted_flops" in r for r in levels)  # studies stored before FLOPs were counted lack them
+    gpu = any("speedup_gpu" in r for r in levels)  # studies trained on a GPU
     timed = "dense_seconds" in summary and all("ticket_seconds" in r for r in levels)
     rows = [(0, "100.00%", pm(summary["dense"]), *[""] * len(arms), "", "",
              *([f"{summary['dense_seconds']:.0f}"] if timed else []), *(["1.00x"] if speed else []),
-             *(["100%"] if flops else []))]
+             *(["1.00x"] if gpu else []), *(["100%"] if flops else []))]
     for r in levels:
         verdict = "WIN" if r["winning"] else ("no: below dense" if not r["matches_dense"] else "no: ~reinit")
         judged = r["validation"] if on_val else r
@@ -280,14 +281,15 @@ def study_table(summary: dict[str, Any]) -> str:
         cpu = [f"{r['speedup_cpu']:.2f}x" if r.get("speedup_cpu") else "n/a"] if speed else []
         share = f"{100 * r['compacted_flops'] / r['flops']:.0f}%" if r.get("compacted_flops") else "n/a"
         work = [share] if flops else []
+        on_gpu = [f"{r['speedup_gpu']:.2f}x" if r.get("speedup_gpu") else "n/a"] if gpu else []
         rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms],
-                     gap, verdict, *([f"{r['ticket_seconds']:.0f}"] if timed else []), *cpu, *work))
+                     gap, verdict, *([f"{r['ticket_seconds']:.0f}"] if timed else []), *cpu, *on_gpu, *work))
     basis = summary["verdict_on"]
     return (f"test accuracy (%), mean ± std over {summary.get('seeds', 1)} seed(s); "
             f"the verdict is judged on {basis} accuracy\n") + table(
         ("level", "density", "dense", *arms, f"ticket-dense ({basis[:3]})", "verdict",
          *(["ticket train s"] if timed else []), *(["CPU speed-up (b64)"] if speed else []),
-         *(["FLOPs vs dense"] if flops else [])), rows)
+         *(["GPU speed-up (b256)"] if gpu else []), *(["FLOPs vs dense"] if flops else [])), rows)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

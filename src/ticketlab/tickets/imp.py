@@ -343,7 +343,8 @@ class _Study:
         chain.results.append(self._record(lv.level, lv.density, arms, speed, lv.search, lv.constant_units_dropped))
         _log(f"{lv.what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items())
              + (f", compacted/dense CPU throughput {speed['speedup_cpu']:.2f}x"
-                if speed and speed.get("speedup_cpu") else ""))
+                if speed and speed.get("speedup_cpu") else "")
+             + (f", GPU {speed['speedup_gpu']:.2f}x" if speed and speed.get("speedup_gpu") else ""))
         chain.trained = lv.search.result.model if lv.search is not None else arms["ticket"].model
         chain.previous = chain.trained.state_dict()
         chain.masks.append(lv.masks)
@@ -357,7 +358,7 @@ class _Study:
                         model_options=run.model.kwargs_dict(), num_classes=self.dataset.num_classes,
                         in_channels=self.dataset.in_channels, image_size=self.dataset.image_size,
                         extra={"structure": self.t.structure, "density": density, "study": self.config.run_id})
-        speed = self.structure.speed(model, masks, self.input_shape)
+        speed = self.structure.speed(model, masks, self.input_shape, device=self.device)
         write_json(folder / "speed.json", speed)
         return speed
 

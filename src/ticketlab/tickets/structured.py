@@ -10,6 +10,7 @@ The classifier's outputs are classes, so it keeps its unstructured mask in every
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,8 +22,11 @@ from ticketlab.sparsity import Masks, apply_masks, magnitude, nm_masks, prunable
 from ticketlab.sparsity.regroup import regroup
 from ticketlab.sparsity.structure import channel_scores, refill
 
-# the issue's speed figure: compacted/dense throughput at batch 64 on CPU
+# the issue's speed figures: compacted/dense throughput at batch 64 on CPU and, for a study trained on a
+# GPU, at batch 256 there, timed as deployed (CUDA graphs, widths padded to 8: BENCHMARKS.md)
 SPEED_BATCH = 64
+GPU_SPEED_BATCH = 256
+GPU_MULTIPLE = 8
 
 
 def parse_nm(text: str) -> tuple[int, int]:
@@ -91,8 +95,9 @@ class Structure:
         return dict(masks)
 
     def speed(self, model: nn.Module, masks: Masks, input_shape: tuple[int, ...],
-              repeats: int = 7) -> dict[str, Any]:
-        """Measured CPU throughput of the compacted ticket against the dense network, and each one's FLOPs."""
+              repeats: int = 7, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """Measured CPU throughput of the compacted ticket against the dense network, and each one's FLOPs;
+        on a CUDA `device`, the GPU throughput ratio too (`speedup_gpu`)."""
         if not (self.kind == "channel" and self.compactable):
             reason = (self.why_not_compactable if self.kind == "channel" else
                       f"{self.kind} masks keep the dense shapes: no compaction, and dense CPU kernels gain nothing")
@@ -105,7 +110,13 @@ class Structure:
             apply_masks(dense, masks)
         small = compact(dense, masks)
         timings = measure({"dense": dense, "compacted": small}, input_shape, (SPEED_BATCH,), repeats=repeats)
-        return {"speedup_cpu": round(speedup(timings, "compacted", SPEED_BATCH), 4),
-                "parameters": sum(p.numel() for p in dense.parameters()),
-                "compacted_parameters": sum(p.numel() for p in small.parameters()),
-                "flops": forward_flops(dense, input_shape), "compacted_flops": forward_flops(small, input_shape)}
+        out = {"speedup_cpu": round(speedup(timings, "compacted", SPEED_BATCH), 4),
+               "parameters": sum(p.numel() for p in dense.parameters()),
+               "compacted_parameters": sum(p.numel() for p in small.parameters()),
+               "flops": forward_flops(dense, input_shape), "compacted_flops": forward_flops(small, input_shape)}
+        if torch.device(device).type == "cuda":
+            gpu = {"dense": copy.deepcopy(dense), "compacted": compact(dense, masks, GPU_MULTIPLE)}
+            timings = measure(gpu, input_shape, (GPU_SPEED_BATCH,), device=device, repeats=repeats, cuda_graph=True)
+            out["speedup_gpu"] = round(speedup(timings, "compacted", GPU_SPEED_BATCH), 4)
+            out["gpu"] = torch.cuda.get_device_name(device)
+        return out

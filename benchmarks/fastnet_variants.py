@@ -4,7 +4,8 @@
 
 Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
 `fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
-`compile` (TrainConfig.compile), `fp16` (fp16 autocast with loss scaling), `maxpool3` (the head's global
+`compile` (TrainConfig.compile), `fp16` (fp16 autocast with torch's dynamic loss scaling), `fp16static`
+(fp16 with a fixed loss scale of 1024, no per-step host sync; cuDNN runs BatchNorm for fp16), `maxpool3` (the head's global
 max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of nn.AdaptiveMaxPool2d(1)), `airbench`
 (airbench 0.1.8's `train94`, side by side on the same random images; needs airbench installed). A variant
 may be named more than once. Each variant trains once untimed, then `--repeats` timed runs; one JSON line
@@ -73,8 +74,10 @@ def main() -> None:
         write_airbench_cache(ds, Path(cache.name) / "cifar10")
         os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
     for variant in args.variants.split(","):
+        fp16 = variant in ("fp16", "fp16static")
         config = replace(base, train=replace(base.train, compile=variant == "compile",
-                                             precision="fp16" if variant == "fp16" else base.train.precision))
+                                             precision="fp16" if fp16 else base.train.precision,
+                                             loss_scale=1024.0 if variant == "fp16static" else 0.0))
         torch.optim.SGD = (lambda *a, **k: sgd(*a, fused=True, **k)) if variant == "fused" else sgd
         if variant == "airbench":
             times = [airbench_run(seed)[1] for seed in range(args.repeats + 1)]

@@ -79,3 +79,15 @@ def test_recipe_values_are_not_taken_for_given_options():
 def test_gamma_must_be_positive():
     with pytest.raises(TicketlabError, match="--gamma"):
         TrainConfig(schedule="step", milestones=(2.0,), gamma=-1.0).validate()
+
+
+@pytest.mark.parametrize("scale", [1000.0, -2.0, 0.3])
+def test_a_fixed_loss_scale_must_be_a_power_of_two(scale):
+    with pytest.raises(TicketlabError, match="--loss-scale must be 0 .* or a power of two"):
+        TrainConfig(precision="fp16", loss_scale=scale).validate()
+
+
+def test_a_fixed_loss_scale_enters_the_run_id_and_its_absence_does_not():
+    assert run_id(RunConfig()) == run_id(RunConfig(train=TrainConfig(loss_scale=0.0)))
+    assert run_id(RunConfig(train=TrainConfig(loss_scale=1024.0))) != run_id(RunConfig())
+    TrainConfig(precision="fp16", loss_scale=0.5).validate()  # powers of two below one are fine too

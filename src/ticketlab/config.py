@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -79,6 +80,9 @@ class TrainConfig:
     ema_every: int = 5
     tta: str = "none"
     precision: str = "fp32"  # autocast dtype on CUDA; CPU always trains in fp32
+    # fp16: 0 scales the loss dynamically (torch's GradScaler, which reads an overflow flag back every step);
+    # a power of two scales it by that constant instead, with no host sync (unscaling a power of two is exact)
+    loss_scale: float = 0.0
     compile: bool = False
     seed: int = 0
     loss: str = "ce"  # ce, sat (self-adaptive training) or sat-selective (with an abstain output)
@@ -109,6 +113,9 @@ class TrainConfig:
             raise TicketlabError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.momentum < 1:
             raise TicketlabError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.loss_scale != 0 and not (self.loss_scale > 0 and math.frexp(self.loss_scale)[0] == 0.5):
+            raise TicketlabError(f"--loss-scale must be 0 (dynamic) or a power of two such as 1024, got "
+                                 f"{self.loss_scale:g}: unscaling by a power of two is exact")
         if not 0 <= self.label_smoothing < 1:
             raise TicketlabError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:

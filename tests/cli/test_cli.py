@@ -59,6 +59,7 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--dataset", "imagenet22k"], "unknown dataset 'imagenet22k'"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--lr", "-0.1"], "--lr must be positive"),
+    (["--precision", "fp16", "--loss-scale", "1000"], "--loss-scale must be 0 (dynamic) or a power of two"),
     (["--schedule", "step"], "--milestones"),
     pytest.param(["--device", "cuda"], "no usable CUDA",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

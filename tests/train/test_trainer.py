@@ -339,20 +339,32 @@ def test_non_finite_evaluation_is_divergence_though_the_training_loss_is_finite(
         _trainer(model=_NanInEval()).fit()
 
 
+def test_a_power_of_two_loss_scale_changes_no_bit_of_fp32_training():
+    """Scaling the loss by 2^k and the gradients back by 2^-k is exact in floating point."""
+    plain = _trainer(seed=3)
+    plain.fit()
+    scaled = _trainer(seed=3, cfg=TrainConfig(epochs=3, batch_size=16, lr=0.05, seed=3, schedule="cosine",
+                                              warmup_epochs=0.5, loss_scale=1024.0))
+    scaled.fit()
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(scaled.model.state_dict()[key], value), key
+
+
 # ---- the CUDA paths (marked gpu: skipped without one) ----------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])  # the CPU ignores it and trains in fp32
-@pytest.mark.parametrize("device", DEVICES)
-def test_masked_training_learns_at_every_precision(device, precision):
+@pytest.mark.parametrize("precision,loss_scale", [("fp32", 0), ("bf16", 0), ("fp16", 0), ("fp16", 1024)])
+@pytest.mark.parametrize("device", DEVICES)  # the CPU ignores the precision and trains in fp32
+def test_masked_training_learns_at_every_precision(device, precision, loss_scale):
     torch.manual_seed(0)  # an initial state known to learn this task on the CPU
     model = TinyNet()
     masks = _masks(model, density=0.5)
-    cfg = TrainConfig(epochs=8, batch_size=16, lr=0.1, precision=precision, tta="flip")
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=0.1, precision=precision, tta="flip", loss_scale=loss_scale)
     t = _trainer(cfg=cfg, hooks=[MaskHook(masks)], model=model, device=device)
     result = t.fit()
     assert t.model.conv.weight.device.type == device
-    assert (t.scaler is not None) == (device == "cuda" and precision == "fp16")  # fp16 needs loss scaling
+    # fp16 needs loss scaling: torch's dynamic scaler, or the fixed scale given
+    assert (t.scaler is not None) == (device == "cuda" and precision == "fp16" and not loss_scale)
     assert result.test["accuracy"] >= 0.9 and torch.isfinite(torch.tensor(result.test["loss"]))
     params = dict(t.model.named_parameters())
     for name, mask in masks.items():

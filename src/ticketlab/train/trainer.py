@@ -154,7 +154,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if cuda and dtype else contextlib.nullcontext
-        self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
+        dynamic = cuda and cfg.precision == "fp16" and not cfg.loss_scale
+        self.scaler = torch.amp.GradScaler("cuda") if dynamic else None
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         # per-network batches [K, B, ...] go through StackedModels.forward_each
         self.train_forward = self.forward
@@ -216,6 +217,11 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
+        elif self.cfg.loss_scale:
+            (total * self.cfg.loss_scale).backward()
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, 1.0 / self.cfg.loss_scale)
         else:
             total.backward()
         for hook in self.hooks:

@@ -5,13 +5,13 @@
 Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
 `fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
 `compile` (TrainConfig.compile), `fp16` (fp16 autocast with torch's dynamic loss scaling), `fp16static`
-(fp16 with a fixed loss scale of 1024, no per-step host sync; cuDNN runs BatchNorm for fp16), `maxpool3` (the head's global
-max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of nn.AdaptiveMaxPool2d(1)), `airbench`
-(airbench 0.1.8's `train94`, side by side on the same random images; needs airbench installed). A variant
-may be named more than once. Each variant trains once untimed, then `--repeats` timed runs; one JSON line
-per variant with the median seconds. `--profile` adds the profiler's top operators of one eager run, by
-self CUDA time and by self CPU time, to tell a launch-bound step from a compute-bound one;
-`--profile-airbench` the same for one airbench run.
+(fp16 with a fixed loss scale of 1024, no per-step host sync; cuDNN runs BatchNorm for fp16),
+`maxpool3` (the head's global max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of
+nn.AdaptiveMaxPool2d(1)), `airbench` (airbench 0.1.8's `train94`, side by side on the same random
+images; needs airbench installed). A variant may be named more than once. Each variant trains once
+untimed, then `--repeats` timed runs; one JSON line per variant with the median seconds. `--profile`
+adds the profiler's top operators of one eager run, by self CUDA time and by self CPU time, to tell a
+launch-bound step from a compute-bound one; `--profile-airbench` the same for one airbench run.
 """
 
 from __future__ import annotations

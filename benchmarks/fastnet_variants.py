@@ -4,8 +4,9 @@
 
 Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
 `fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
-`compile` (TrainConfig.compile), `fp16` (fp16 autocast with torch's dynamic loss scaling), `fp16static`
-(fp16 with a fixed loss scale of 1024, no per-step host sync; cuDNN runs BatchNorm for fp16),
+`compile` (TrainConfig.compile; `compile-graphs` in mode "reduce-overhead", CUDA graphs), `fp16` (fp16
+autocast with torch's dynamic loss scaling), `fp16static` (fp16 with a fixed loss scale of 1024, no
+per-step host sync; cuDNN runs BatchNorm for fp16),
 `maxpool3` (the head's global max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of
 nn.AdaptiveMaxPool2d(1)), `airbench` (airbench 0.1.8's `train94`, side by side on the same random
 images; needs airbench installed). A variant may be named more than once. Each variant trains once
@@ -68,24 +69,32 @@ def main() -> None:
     base = RunConfig(data=DataConfig(dataset="cifar10"), model=ModelConfig("fastnet"),
                      train=recipe_config("fastnet", precision=args.precision), device="cuda")
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", default_augment(base.data, ds, "fastnet"))
-    sgd = torch.optim.SGD
+    sgd, compile_ = torch.optim.SGD, torch.compile
     cache = tempfile.TemporaryDirectory()
     if "airbench" in args.variants or args.profile_airbench:
         write_airbench_cache(ds, Path(cache.name) / "cifar10")
         os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
-    for variant in args.variants.split(","):
+    variants = args.variants.split(",")
+    unknown = set(variants) - {"eager", "fused", "compile", "compile-graphs", "fp16", "fp16static", "maxpool3",
+                               "airbench"}
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
+    for variant in variants:
         fp16 = variant in ("fp16", "fp16static")
-        config = replace(base, train=replace(base.train, compile=variant == "compile",
+        config = replace(base, train=replace(base.train, compile=variant in ("compile", "compile-graphs"),
                                              precision="fp16" if fp16 else base.train.precision,
                                              loss_scale=1024.0 if variant == "fp16static" else 0.0))
         torch.optim.SGD = (lambda *a, **k: sgd(*a, fused=True, **k)) if variant == "fused" else sgd
+        # "reduce-overhead" replays the compiled forward and backward from CUDA graphs
+        torch.compile = (lambda *a, **k: compile_(*a, mode="reduce-overhead", **k)) if variant == "compile-graphs" \
+            else compile_
         if variant == "airbench":
             times = [airbench_run(seed)[1] for seed in range(args.repeats + 1)]
         else:
             times = [train_once(ds, data, config, variant == "maxpool3")[0] for _ in range(args.repeats + 1)]
         print(json.dumps({"variant": variant, "first": round(times[0], 3), "seconds": [round(t, 3) for t in times[1:]],
                           "median_seconds": round(statistics.median(times[1:]), 3)}), flush=True)
-    torch.optim.SGD = sgd
+    torch.optim.SGD, torch.compile = sgd, compile_
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

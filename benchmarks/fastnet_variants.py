@@ -65,6 +65,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-airbench", action="store_true", help="also profile one airbench train94 run")
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    unknown = set(variants) - {"eager", "fused", "compile", "compile-graphs", "fp16", "fp16static", "maxpool3",
+                               "airbench"}
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     ds = random_cifar()
     base = RunConfig(data=DataConfig(dataset="cifar10"), model=ModelConfig("fastnet"),
                      train=recipe_config("fastnet", precision=args.precision), device="cuda")
@@ -74,11 +79,6 @@ def main() -> None:
     if "airbench" in args.variants or args.profile_airbench:
         write_airbench_cache(ds, Path(cache.name) / "cifar10")
         os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
-    variants = args.variants.split(",")
-    unknown = set(variants) - {"eager", "fused", "compile", "compile-graphs", "fp16", "fp16static", "maxpool3",
-                               "airbench"}
-    if unknown:
-        ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     for variant in variants:
         fp16 = variant in ("fp16", "fp16static")
         config = replace(base, train=replace(base.train, compile=variant in ("compile", "compile-graphs"),

@@ -100,7 +100,7 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 
 def shift_and_flip(aug: Augment, x: torch.Tensor, d: Draws) -> torch.Tensor:
-    """The uint8 images `x` shifted and flipped by their draws (the first draws, row for row)."""
+    """The uint8 images `x` shifted and flipped, row i by draw i of `d`."""
     if aug.crop_padding > 0:
         x = translate(x, d.dy, d.dx, aug.crop_padding, aug.reflect)
     if aug.flip:
@@ -114,4 +114,3 @@ def finish(aug: Augment, x: torch.Tensor, d: Draws, mean: torch.Tensor, std: tor
     if aug.cutout > 0:
         out = out * cutout_mask(out.shape, d.cy, d.cx, aug.cutout, x.device)
     return out
-

@@ -125,3 +125,45 @@ def test_channel_study_of_a_user_module_refills_but_says_why_it_cannot_compact(t
     assert is_channel_structured(result.masks[0]["conv.weight"])
     assert row["speedup_cpu"] is None and "TinyNet" in row["speed_note"]
     assert not (result.folder / "seed_0" / "level_1" / "ticket.safetensors").exists()
+
+
+def test_the_gpu_speed_of_a_level_is_timed_as_deployed(monkeypatch):
+    """On CUDA a level is also timed at batch 256, from CUDA graphs, with widths padded to 8. The GPU
+    itself is faked here (the real run is the gpu-marked study test): what is checked is what gets timed."""
+    import ticketlab.speed
+    from ticketlab.compact import complete_channel_masks, tied_layers
+    from ticketlab.models import build_model
+    from ticketlab.sparsity import magnitude, prune_fraction, refill, select_prunable
+    from ticketlab.speed import Timing
+    from ticketlab.tickets.structured import Structure
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet_20", num_classes=4, in_channels=3, image_size=8)
+    names = list(select_prunable(model))
+    params = dict(model.named_parameters())
+    weights = prune_fraction(magnitude({n: params[n].detach() for n in names}),
+                             {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}, 0.5)
+    masks = complete_channel_masks(model, refill(weights, tied=tied_layers(model), keep={names[-1]}))
+    real, calls = ticketlab.speed.measure, []
+
+    def measure(variants, shape, batch_sizes, **options):
+        calls.append((dict(variants), tuple(batch_sizes), options))
+        if str(options.get("device", "cpu")) == "cpu":
+            return real(variants, shape, batch_sizes, **options)
+        return [Timing("dense", 256, 2.0, 128.0, 1.0, 1), Timing("compacted", 256, 1.25, 204.8, 1.6, 1)]
+
+    monkeypatch.setattr(ticketlab.speed, "measure", measure)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a faked GPU")
+    out = Structure("channel", model, names).speed(model, masks, (3, 8, 8), repeats=1, device="cuda")
+    assert out["speedup_gpu"] == 1.6 and out["gpu"] == "a faked GPU" and out["speedup_cpu"] > 0
+    (cpu_variants, cpu_batches, cpu_options), (gpu_variants, gpu_batches, gpu_options) = calls
+    assert cpu_batches == (64,) and not cpu_options.get("cuda_graph")
+    assert gpu_batches == (256,) and gpu_options["cuda_graph"] and gpu_options["device"] == "cuda"
+    exact = {n: p.shape for n, p in cpu_variants["compacted"].named_parameters()}
+    padded = {n: p.shape for n, p in gpu_variants["compacted"].named_parameters()}
+    full = {n: p.shape for n, p in model.named_parameters()}
+    assert exact != padded  # refill left widths that are not multiples of 8; the GPU copy pads them
+    for name, shape in padded.items():
+        if name.endswith("conv1.weight") or name.endswith("conv2.weight"):
+            assert shape[0] % 8 == 0 or shape[0] == full[name][0], name
+    assert gpu_variants["dense"] is not model  # the caller's model stays where it was

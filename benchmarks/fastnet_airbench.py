@@ -1,7 +1,7 @@
 """fastnet's recipe against airbench94 (`airbench` 0.1.8's `train94`) on CIFAR-10, same GPU, in turns.
 
   python benchmarks/fastnet_airbench.py --data-dir DIR [--runs 5] [--device cuda] [--precision bf16]
-      [--compile] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
+      [--loss-scale 1024] [--compile] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
 
 Each side first trains once untimed (cuDNN autotuning, kernel caches; airbench's own `warmup94`
 does the same), then the two alternate run by run with seeds 0..R-1. The timed part of a run is
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--loss-scale", type=float, default=0.0, help="fp16: a fixed power-of-two loss scale (0: dynamic)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--model-arg", type=_model_arg, action="append", default=[])
     ap.add_argument("--no-airbench", action="store_true", help="time ticketlab only (no GPU or no airbench)")
@@ -93,7 +94,7 @@ def main() -> None:
     base = RunConfig(data=DataConfig(dataset="cifar10"),
                      model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),
                      train=recipe_config("fastnet", precision=args.precision, compile=args.compile or None,
-                                         epochs=args.epochs),
+                                         epochs=args.epochs, loss_scale=args.loss_scale or None),
                      device=args.device)
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, args.device,
                       default_augment(base.data, ds, "fastnet"))
@@ -117,8 +118,8 @@ def main() -> None:
                 print(json.dumps({"side": name, "seed": seed, "accuracy": accuracy, "seconds": round(seconds, 3)}),
                       file=sys.stderr, flush=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})"
-    out = {"runs": args.runs, "device": name,
-           "precision": args.precision, "compile": args.compile, "date": str(date.today()),
+    out = {"runs": args.runs, "device": name, "precision": args.precision, "loss_scale": args.loss_scale,
+           "compile": args.compile, "date": str(date.today()),
            "steps": base.train.epochs * data.steps_per_epoch(base.train.batch_size, base.train.drop_last)}
     for name, r in results.items():
         out[name] = {"mean_accuracy": statistics.fmean(r["accuracy"]), "min_accuracy": min(r["accuracy"]),

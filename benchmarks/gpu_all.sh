@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md; benchmarks/GPU.md says how to get the data onto the device.
-#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 10)
+#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 11)
 # Results go to $OUT (else benchmarks/results). A device call is limited to 600 s, so GPU.md runs the
 # steps over three calls; each step has its own time limit, and a step that fails or runs out of time
 # does not stop the next one. Each step prints how long it took.
 set -u
 data=${1:-/tmp/data}
 shift $(($# > 0 ? 1 : 0))
-steps=${*:-1 2 3 4 5 6 7 8 9 10}
+steps=${*:-1 2 3 4 5 6 7 8 9 10 11}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -50,8 +50,12 @@ step9() { python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,
 step10() { python3 benchmarks/fastnet_variants.py --variants airbench,eager,fp16static,compile-graphs,airbench,eager,fp16static \
     --repeats 3 --profile --profile-airbench 2>&1 | tee "$out/fastnet_variants.txt"; }
 
+# 11. step 2 with fp16 at a fixed loss scale (cuDNN's BatchNorm, no per-step host sync): accuracy and time
+step11() { python3 benchmarks/fastnet_airbench.py --data-dir "$data" --runs 5 --precision fp16 --loss-scale 1024 \
+    | tee "$out/fastnet_airbench_fp16.json"; }
+
 # seconds each step may take at most (the estimates of GPU.md with room to spare)
-declare -A limit=([1]=150 [2]=300 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=300)
+declare -A limit=([1]=150 [2]=300 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=300 [11]=300)
 for n in $steps; do
     echo "== step $n (at most ${limit[$n]} s)"
     start=$SECONDS

@@ -1,3 +1,5 @@
+import os
+import signal
 
 import pytest
 import torch
@@ -337,6 +339,31 @@ class _NanInEval(TinyNet):
 def test_non_finite_evaluation_is_divergence_though_the_training_loss_is_finite():
     with pytest.raises(TicketlabError, match="diverged: the network's evaluation loss is nan.*BatchNorm"):
         _trainer(model=_NanInEval()).fit()
+
+
+class _TerminateAt(Hook):
+    """Sends this process the SIGTERM a scheduler sends before it preempts a job."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def after_step(self, trainer, step) -> None:
+        if trainer.iteration == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_checkpoints_like_ctrl_c_and_the_run_resumes_bitwise(tmp_path):
+    reference = _trainer(tmp_path / "ref")
+    reference.fit()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "run", hooks=[_TerminateAt(7)]).fit()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+    resumed = _trainer(tmp_path / "run", model=TinyNet())
+    resumed.fit()
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
 def test_a_power_of_two_loss_scale_changes_no_bit_of_fp32_training():

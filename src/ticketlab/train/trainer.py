@@ -52,25 +52,29 @@ class TrainResult:
 
 
 class _InterruptFlag:
-    """Turns Ctrl-C into a flag checked between steps, so a checkpoint is never taken mid-update."""
+    """Turns Ctrl-C, and the SIGTERM a scheduler or `timeout` sends before it kills a job, into a flag
+    checked between steps, so a checkpoint is never taken mid-update and the job resumes later."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.raised = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_InterruptFlag":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.raised:  # a second Ctrl-C stops at once
+        if self.raised:  # a second signal stops at once
             raise KeyboardInterrupt
         self.raised = True
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class Trainer:

@@ -115,8 +115,9 @@ def test_models_and_datasets_listing(capsys):
     assert "cifar10" in out.split() and "mnist_subset" in out.split()
 
 
-def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_npz):
-    """A real SIGINT mid-run: exit 130, a checkpoint, and a resumed run equal to an uninterrupted one."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])  # Ctrl-C; a stop
+def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_npz, sig):
+    """A real SIGINT or SIGTERM mid-run: exit 130, a checkpoint, and a resumed run equal to an uninterrupted one."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     common = ["--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "30", "--batch-size", "16",
               "--lr", "0.001", "--json", "--quiet"]
@@ -135,7 +136,7 @@ def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_
     deadline = time.time() + 60
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the run finished before the interrupt arrived (machine too fast for this test)")
@@ -254,3 +255,18 @@ def test_model_arg_values_read_as_json_or_a_comma_list(text, expected):
     from ticketlab.cli.main import _model_arg
 
     assert _model_arg(text) == expected
+
+
+def test_sigterm_outside_training_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
+    import ticketlab.cli.main as cli
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler or `timeout` sends it
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(cli, "cmd_datasets", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["datasets"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called main()

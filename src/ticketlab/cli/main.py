@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import signal
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -547,7 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM (schedulers, `timeout`) ends a command as Ctrl-C does: inside training after a checkpoint
+    # (the trainer's own handler), elsewhere at once, with the same message and exit code
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # argparse would name the top-level help; the subcommand's lists the options
@@ -560,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ticketlab: interrupted; run the same command again to resume (finished runs are reused, a started "
               "one continues from its last checkpoint)", file=sys.stderr)
         return 130
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

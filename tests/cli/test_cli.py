@@ -115,7 +115,8 @@ def test_models_and_datasets_listing(capsys):
     assert "cifar10" in out.split() and "mnist_subset" in out.split()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])  # Ctrl-C; a scheduler's stop
+# Ctrl-C, and the stop a scheduler or `timeout` sends
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_checkpoints_and_rerun_resumes_to_the_same_result(tmp_path, tiny_npz, sig):
     """A real SIGINT or SIGTERM mid-run: exit 130, a checkpoint, and a resumed run equal to an uninterrupted one."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -76,7 +76,7 @@ def main() -> None:
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", default_augment(base.data, ds, "fastnet"))
     sgd, compile_ = torch.optim.SGD, torch.compile
     cache = tempfile.TemporaryDirectory()
-    if "airbench" in args.variants or args.profile_airbench:
+    if "airbench" in variants or args.profile_airbench:
         write_airbench_cache(ds, Path(cache.name) / "cifar10")
         os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
     for variant in variants:

@@ -1,6 +1,6 @@
 """Host time per training step: the Trainer against a bare PyTorch loop on the same tiny network.
 
-  python benchmarks/step_overhead.py [--model fastnet] [--steps 256] [--repeats 5]
+  python benchmarks/step_overhead.py [--steps 256] [--repeats 5]
 
 A network too small to compute anything (fastnet at widths 4/4/4, batch 8) leaves only the cost of
 issuing its operations, which is what a fast GPU step waits on when the host falls behind. The

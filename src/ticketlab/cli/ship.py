@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ticketlab.cli.table import table
@@ -134,18 +135,19 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _threads(text: str) -> int:
-    """torch.set_num_threads takes positive counts only; 0 is ours for "leave PyTorch's default"."""
-    if not text.strip().isdecimal():  # "-1" as well as "x"
-        raise argparse.ArgumentTypeError(f"expected 0 (PyTorch's default) or a positive number of threads, "
-                                         f"got {text!r}")
-    return int(text)
+def _zero_or_positive(zero_means: str, what: str) -> Callable[[str], int]:
+    """An argparse type for counts where 0 picks a default (torch.set_num_threads, for one, takes positive
+    counts only)."""
+    def parse(text: str) -> int:
+        if not text.strip().isdecimal():  # "-1" as well as "x"
+            raise argparse.ArgumentTypeError(f"expected 0 ({zero_means}) or a positive {what}, got {text!r}")
+        return int(text)
+
+    return parse
 
 
-def _multiple(text: str) -> int:
-    if not text.strip().isdecimal():
-        raise argparse.ArgumentTypeError(f"expected 0 (8 on CUDA, 1 on CPU) or a positive width multiple, got {text!r}")
-    return int(text)
+_threads = _zero_or_positive("PyTorch's default", "number of threads")
+_multiple = _zero_or_positive("8 on CUDA, 1 on CPU", "width multiple")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

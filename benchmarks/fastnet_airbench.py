@@ -1,10 +1,11 @@
 """fastnet's recipe against airbench94 (`airbench` 0.1.8's `train94`) on CIFAR-10, same GPU, in turns.
 
-  python benchmarks/fastnet_airbench.py --data-dir DIR [--runs 5] [--device cuda] [--precision bf16]
+  python benchmarks/fastnet_airbench.py --data-dir DIR [--runs 5] [--device cuda] [--precision bf16[,fp16]]
       [--loss-scale 1024] [--compile] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
 
 Each side first trains once untimed (cuDNN autotuning, kernel caches; airbench's own `warmup94`
-does the same), then the two alternate run by run with seeds 0..R-1. The timed part of a run is
+does the same), then the sides alternate run by run with seeds 0..R-1 (several precisions, e.g.
+`--precision bf16,fp16 --loss-scale 1024`, are sides of their own, each against the same airbench runs). The timed part of a run is
 what each recipe needs before it can be evaluated: building the network, the data-dependent
 whitening, and training (airbench: `train94(verbose=False)`, which also builds its test loader;
 ticketlab: `initial_model` + `Trainer.fit` without a test set). Accuracy is then measured outside
@@ -77,30 +78,46 @@ def airbench_run(seed: int) -> tuple[float, float]:
     return airbench.evaluate(model, test, tta_level=2), seconds
 
 
+def _precisions(text: str) -> list[str]:
+    names = text.split(",")
+    if not names or set(names) - {"fp32", "bf16", "fp16"} or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct fp32, bf16 or fp16, comma-separated; got {text!r}")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--precision", default="bf16", type=_precisions,
+                    help="fp32, bf16 or fp16; several, comma-separated, are timed in turns as sides of their own")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--loss-scale", type=float, default=0.0, help="fp16: a fixed power-of-two loss scale (0: dynamic)")
+    ap.add_argument("--loss-scale", type=float, default=0.0,
+                    help="the fp16 side's fixed power-of-two loss scale (0: dynamic)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--model-arg", type=_model_arg, action="append", default=[])
     ap.add_argument("--no-airbench", action="store_true", help="time ticketlab only (no GPU or no airbench)")
     args = ap.parse_args()
 
     ds = load_dataset("cifar10", data_dir=args.data_dir)
-    base = RunConfig(data=DataConfig(dataset="cifar10"),
-                     model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),
-                     train=recipe_config("fastnet", precision=args.precision, compile=args.compile or None,
-                                         epochs=args.epochs, loss_scale=args.loss_scale or None),
-                     device=args.device)
+    sides, results, configs = {}, {}, {}
+    for precision in args.precision:
+        config = RunConfig(data=DataConfig(dataset="cifar10"),
+                           model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),
+                           train=recipe_config("fastnet", precision=precision, compile=args.compile or None,
+                                               epochs=args.epochs,
+                                               loss_scale=(args.loss_scale or None) if precision == "fp16" else None),
+                           device=args.device)
+        name = "ticketlab" if len(args.precision) == 1 else f"ticketlab_{precision}"
+        configs[name] = config
+        results[name] = {"accuracy": [], "seconds": []}
+    base = next(iter(configs.values()))
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, args.device,
                       default_augment(base.data, ds, "fastnet"))
-    results: dict[str, dict[str, list[float]]] = {"ticketlab": {"accuracy": [], "seconds": []}}
-    sides = {"ticketlab": lambda seed: ticketlab_run(ds, data, replace(base, train=replace(base.train, seed=seed)),
-                                                     args.device)}
+    for name, config in configs.items():
+        sides[name] = lambda seed, c=config: ticketlab_run(ds, data, replace(c, train=replace(c.train, seed=seed)),
+                                                           args.device)
     with tempfile.TemporaryDirectory() as cache:
         if not args.no_airbench:
             write_airbench_cache(ds, Path(cache) / "cifar10")
@@ -118,14 +135,15 @@ def main() -> None:
                 print(json.dumps({"side": name, "seed": seed, "accuracy": accuracy, "seconds": round(seconds, 3)}),
                       file=sys.stderr, flush=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})"
-    out = {"runs": args.runs, "device": name, "precision": args.precision, "loss_scale": args.loss_scale,
+    out = {"runs": args.runs, "device": name, "precision": ",".join(args.precision), "loss_scale": args.loss_scale,
            "compile": args.compile, "date": str(date.today()),
            "steps": base.train.epochs * data.steps_per_epoch(base.train.batch_size, base.train.drop_last)}
     for name, r in results.items():
         out[name] = {"mean_accuracy": statistics.fmean(r["accuracy"]), "min_accuracy": min(r["accuracy"]),
                      "median_seconds": statistics.median(r["seconds"]), **r}
-    if "airbench" in results:
-        out["time_ratio"] = round(out["ticketlab"]["median_seconds"] / out["airbench"]["median_seconds"], 3)
+    if "airbench" in results:  # one ratio, or one per precision
+        ratios = {name: round(out[name]["median_seconds"] / out["airbench"]["median_seconds"], 3) for name in configs}
+        out["time_ratio"] = ratios["ticketlab"] if len(ratios) == 1 else ratios
     print(json.dumps(out))
 
 

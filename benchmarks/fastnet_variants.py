@@ -1,18 +1,19 @@
 """Where fastnet's GPU step time goes: the recipe's training time under variants, on CIFAR-shaped random data.
 
-  python benchmarks/fastnet_variants.py [--variants eager,fused,compile] [--repeats 3] [--profile]
+  python benchmarks/fastnet_variants.py [--variants eager,fused,compile] [--repeats 3] [--profile eager,fp16static]
 
 Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
 `fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
 `compile` (TrainConfig.compile; `compile-graphs` in mode "reduce-overhead", CUDA graphs), `fp16` (fp16
 autocast with torch's dynamic loss scaling), `fp16static` (fp16 with a fixed loss scale of 1024, no
-per-step host sync; cuDNN runs BatchNorm for fp16),
-`maxpool3` (the head's global max-pool as one nn.MaxPool2d(3) window, airbench's head, instead of
-nn.AdaptiveMaxPool2d(1)), `airbench` (airbench 0.1.8's `train94`, side by side on the same random
-images; needs airbench installed). A variant may be named more than once. Each variant trains once
-untimed, then `--repeats` timed runs; one JSON line per variant with the median seconds. `--profile`
-adds the profiler's top operators of one eager run, by self CUDA time and by self CPU time, to tell a
-launch-bound step from a compute-bound one; `--profile-airbench` the same for one airbench run.
+per-step host sync; cuDNN runs BatchNorm for fp16), `adaptive` (the head's global max-pool as
+nn.AdaptiveMaxPool2d(1), as before 2026-12-04, instead of one nn.MaxPool2d window over the final 3x3
+map, airbench's head), `airbench` (airbench 0.1.8's `train94`, side by side on the same random images;
+needs airbench installed). A variant may be named more than once. Each variant trains once untimed,
+then `--repeats` timed runs; one JSON line per variant with the median seconds. `--profile VARIANTS`
+adds the profiler's top operators of one run of each (eager, fp16static, adaptive), by self CUDA time
+and by self CPU time, to tell a launch-bound step from a compute-bound one; `--profile-airbench` the
+same for one airbench run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -45,12 +45,12 @@ def random_cifar(seed: int = 0) -> ImageDataset:
     return ImageDataset.create("random-cifar", x, y, xt, yt, tuple(str(i) for i in range(10)))
 
 
-def train_once(ds: ImageDataset, data: DeviceData, config: RunConfig, maxpool3: bool = False) -> tuple[float, Trainer]:
+def train_once(ds: ImageDataset, data: DeviceData, config: RunConfig, adaptive: bool = False) -> tuple[float, Trainer]:
     torch.cuda.synchronize()
     start = time.perf_counter()
     model = initial_model(config, ds)
-    if maxpool3:
-        model.pool = torch.nn.MaxPool2d(3)  # the 3x3 final map of a 32x32 image
+    if adaptive:
+        model.pool = torch.nn.AdaptiveMaxPool2d(1)
     trainer = Trainer(model, data, config.train, progress=False)
     trainer.fit()
     torch.cuda.synchronize()
@@ -62,12 +62,15 @@ def main() -> None:
     ap.add_argument("--variants", default="eager,fused,compile")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="bf16")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", default="", metavar="VARIANTS",
+                    help="profile one run of each of these (eager, fp16static, adaptive), comma-separated")
     ap.add_argument("--profile-airbench", action="store_true", help="also profile one airbench train94 run")
     args = ap.parse_args()
     variants = args.variants.split(",")
-    unknown = set(variants) - {"eager", "fused", "compile", "compile-graphs", "fp16", "fp16static", "maxpool3",
+    unknown = set(variants) - {"eager", "fused", "compile", "compile-graphs", "fp16", "fp16static", "adaptive",
                                "airbench"}
+    profiled = [v for v in args.profile.split(",") if v]
+    unknown |= set(profiled) - {"eager", "fp16static", "adaptive"}
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     ds = random_cifar()
@@ -79,11 +82,14 @@ def main() -> None:
     if "airbench" in variants or args.profile_airbench:
         write_airbench_cache(ds, Path(cache.name) / "cifar10")
         os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
-    for variant in variants:
+    def config_of(variant: str) -> RunConfig:
         fp16 = variant in ("fp16", "fp16static")
-        config = replace(base, train=replace(base.train, compile=variant in ("compile", "compile-graphs"),
-                                             precision="fp16" if fp16 else base.train.precision,
-                                             loss_scale=1024.0 if variant == "fp16static" else 0.0))
+        return replace(base, train=replace(base.train, compile=variant in ("compile", "compile-graphs"),
+                                           precision="fp16" if fp16 else base.train.precision,
+                                           loss_scale=1024.0 if variant == "fp16static" else 0.0))
+
+    for variant in variants:
+        config = config_of(variant)
         torch.optim.SGD = (lambda *a, **k: sgd(*a, fused=True, **k)) if variant == "fused" else sgd
         # "reduce-overhead" replays the compiled forward and backward from CUDA graphs
         torch.compile = (lambda *a, **k: compile_(*a, mode="reduce-overhead", **k)) if variant == "compile-graphs" \
@@ -91,17 +97,17 @@ def main() -> None:
         if variant == "airbench":
             times = [airbench_run(seed)[1] for seed in range(args.repeats + 1)]
         else:
-            times = [train_once(ds, data, config, variant == "maxpool3")[0] for _ in range(args.repeats + 1)]
+            times = [train_once(ds, data, config, variant == "adaptive")[0] for _ in range(args.repeats + 1)]
         print(json.dumps({"variant": variant, "first": round(times[0], 3), "seconds": [round(t, 3) for t in times[1:]],
                           "median_seconds": round(statistics.median(times[1:]), 3)}), flush=True)
     torch.optim.SGD, torch.compile = sgd, compile_
-    if args.profile:
+    for variant in profiled:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            seconds, trainer = train_once(ds, data, base)
+            seconds, trainer = train_once(ds, data, config_of(variant), variant == "adaptive")
         events = prof.key_averages()
-        print(f"profiled eager run: {seconds:.3f} s, {trainer.iteration} steps", file=sys.stderr)
+        print(f"profiled {variant} run: {seconds:.3f} s, {trainer.iteration} steps", flush=True)
         print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
         print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
     if args.profile_airbench:

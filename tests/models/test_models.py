@@ -186,6 +186,16 @@ def test_fastnet_layout() -> None:
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("size", [32, 28, 9])
+def test_fastnet_head_pools_the_whole_final_map(size: int) -> None:
+    """The head's one max-pool window must cover the map the groups leave, as a global max-pool does."""
+    model = build_model("fastnet", widths=(8, 16, 16), image_size=size).eval()
+    features = model.groups(model.act(model.whiten(torch.randn(2, 3, size, size))))
+    pooled = model.pool(features)
+    assert pooled.shape[-2:] == (1, 1)
+    assert torch.equal(pooled, nn.AdaptiveMaxPool2d(1)(features))
+
+
 def correlated_images(n: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """Noise with channel mixing, spatial smoothing and an offset: strongly correlated patches."""
     noise = torch.randn(n, channels, size + 2, size + 2, generator=generator)
@@ -198,7 +208,7 @@ def correlated_images(n: int, channels: int, size: int, generator: torch.Generat
 def test_fastnet_whitening(channels: int) -> None:
     gen = torch.Generator().manual_seed(0)
     x = correlated_images(200, channels, 16, gen)
-    model = build_model("fastnet", in_channels=channels)
+    model = build_model("fastnet", in_channels=channels, image_size=16)
     dims = channels * 4
     assert model.whiten.weight.requires_grad
     model.initialize_from_data(x)

@@ -60,7 +60,8 @@ class ConvGroup(nn.Sequential):
 
 
 class FastNet(nn.Module):
-    """`whiten` conv + `act`, `groups` of ConvGroups, global max `pool`, `fc` times `head_scale`."""
+    """`whiten` conv + `act`, `groups` of ConvGroups, global max `pool` (over the `final_size` map the
+    groups leave), `fc` times `head_scale`."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class FastNet(nn.Module):
         widths: Sequence[int],
         convs_per_group: int,
         head_scale: float,
+        final_size: int,
     ) -> None:
         super().__init__()
         self.whiten = nn.Conv2d(in_channels, whiten_width, PATCH, padding=0, bias=True)
@@ -80,7 +82,10 @@ class FastNet(nn.Module):
             groups.append(ConvGroup(channels, width, convs_per_group))
             channels = width
         self.groups = nn.Sequential(*groups)
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        # The global max-pool as one plain max-pool window over the final map (3x3 for CIFAR), as
+        # airbench does: the same values and gradients as nn.AdaptiveMaxPool2d(1), whose CUDA kernels
+        # (an atomic backward) took 7% of the GPU time of a fastnet run (BENCHMARKS.md).
+        self.pool = nn.MaxPool2d(final_size)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes, bias=False)
         self.head_scale = head_scale
@@ -198,4 +203,7 @@ def fastnet(
     require_image_size(
         "fastnet", image_size, 2 ** len(widths) + 1, f"its 2x2 whitening conv and {len(widths)} max-pools"
     )
-    return FastNet(num_classes, in_channels, whiten_width, widths, convs_per_group, float(head_scale))
+    final_size = image_size - PATCH + 1
+    for _ in widths:
+        final_size //= 2
+    return FastNet(num_classes, in_channels, whiten_width, widths, convs_per_group, float(head_scale), final_size)

@@ -5,7 +5,8 @@
 
 Each side first trains once untimed (cuDNN autotuning, kernel caches; airbench's own `warmup94`
 does the same), then the sides alternate run by run with seeds 0..R-1 (several precisions, e.g.
-`--precision bf16,fp16 --loss-scale 1024`, are sides of their own, each against the same airbench runs). The timed part of a run is
+`--precision bf16,fp16 --loss-scale 1024`, are sides of their own, each against the same airbench
+runs). The timed part of a run is
 what each recipe needs before it can be evaluated: building the network, the data-dependent
 whitening, and training (airbench: `train94(verbose=False)`, which also builds its test loader;
 ticketlab: `initial_model` + `Trainer.fit` without a test set). Accuracy is then measured outside

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from fastnet_airbench import airbench_run, write_airbench_cache
 
+from ticketlab.cli.main import _model_arg
 from ticketlab.config import DataConfig, ModelConfig, RunConfig
 from ticketlab.data import ImageDataset
 from ticketlab.data.batches import DeviceData
@@ -45,16 +46,47 @@ def random_cifar(seed: int = 0) -> ImageDataset:
     return ImageDataset.create("random-cifar", x, y, xt, yt, tuple(str(i) for i in range(10)))
 
 
-def train_once(ds: ImageDataset, data: DeviceData, config: RunConfig, adaptive: bool = False) -> tuple[float, Trainer]:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
+def train_once(ds: ImageDataset, data: DeviceData, config: RunConfig, adaptive: bool = False,
+               phases: dict[str, list[float]] | None = None) -> tuple[float, Trainer]:
+    """Seconds of one run (network, whitening, training); `phases` collects the parts' seconds."""
+    marks = [time.perf_counter()]
+
+    def mark() -> None:
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+
+    mark()
     model = initial_model(config, ds)
     if adaptive:
         model.pool = torch.nn.AdaptiveMaxPool2d(1)
+    mark()
     trainer = Trainer(model, data, config.train, progress=False)
+    mark()
     trainer.fit()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, trainer
+    mark()
+    if phases is not None:
+        for name, a, b in zip(("network", "trainer", "fit"), marks[1:], marks[2:]):
+            phases.setdefault(name, []).append(b - a)
+    return marks[-1] - marks[1], trainer
+
+
+def count_syncs(ds: ImageDataset, data: DeviceData, config: RunConfig) -> dict[str, int]:
+    """Where one run waits for the GPU: torch's sync debug mode warns at each synchronising call."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_once(ds, data, config)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    sites: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            site = f"{Path(w.filename).name}:{w.lineno}"
+            sites[site] = sites.get(site, 0) + 1
+    return dict(sorted(sites.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -62,6 +94,9 @@ def main() -> None:
     ap.add_argument("--variants", default="eager,fused,compile")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                    help="fastnet option, e.g. widths=[8,8,8]: a net too small to compute leaves the host's time")
+    ap.add_argument("--syncs", action="store_true", help="count the host-device synchronisations of one run")
     ap.add_argument("--profile", default="", metavar="VARIANTS",
                     help="profile one run of each of these (eager, fp16static, adaptive), comma-separated")
     ap.add_argument("--profile-airbench", action="store_true", help="also profile one airbench train94 run")
@@ -74,7 +109,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     ds = random_cifar()
-    base = RunConfig(data=DataConfig(dataset="cifar10"), model=ModelConfig("fastnet"),
+    base = RunConfig(data=DataConfig(dataset="cifar10"),
+                     model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),
                      train=recipe_config("fastnet", precision=args.precision), device="cuda")
     data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", default_augment(base.data, ds, "fastnet"))
     sgd, compile_ = torch.optim.SGD, torch.compile
@@ -95,12 +131,18 @@ def main() -> None:
         torch.compile = (lambda *a, **k: compile_(*a, mode="reduce-overhead", **k)) if variant == "compile-graphs" \
             else compile_
         if variant == "airbench":
-            times = [airbench_run(seed)[1] for seed in range(args.repeats + 1)]
+            times = [airbench_run(seed)[1] for seed in range(args.repeats + 1)][1:]
         else:
-            times = [train_once(ds, data, config, variant == "adaptive")[0] for _ in range(args.repeats + 1)]
-        print(json.dumps({"variant": variant, "first": round(times[0], 3), "seconds": [round(t, 3) for t in times[1:]],
-                          "median_seconds": round(statistics.median(times[1:]), 3)}), flush=True)
+            train_once(ds, data, config, variant == "adaptive")
+            phases: dict[str, list[float]] = {}
+            times = [train_once(ds, data, config, variant == "adaptive", phases)[0] for _ in range(args.repeats)]
+            phase_medians = {name: round(statistics.median(t), 3) for name, t in phases.items()}
+        print(json.dumps({"variant": variant, "seconds": [round(t, 3) for t in times],
+                          "median_seconds": round(statistics.median(times), 3),
+                          **({"phases": phase_medians} if variant != "airbench" else {})}), flush=True)
     torch.optim.SGD, torch.compile = sgd, compile_
+    if args.syncs:
+        print(json.dumps({"synchronisations": count_syncs(ds, data, base)}), flush=True)
     for variant in profiled:
         from torch.profiler import ProfilerActivity, profile
 

@@ -31,6 +31,7 @@ def test_lookahead_averages_and_writes_back_on_its_schedule():
     net = TinyNet()
     trainer = _fake_trainer(net)
     lookahead = Lookahead(every=5)
+    lookahead.on_start(trainer)
     _set(net, 1.0)
     lookahead.after_step(trainer, _step(3))  # not a sync step
     assert lookahead.average is None
@@ -51,6 +52,7 @@ def test_lookahead_sets_the_average_after_the_last_step_only():
     net = TinyNet()
     trainer = _fake_trainer(net, total_steps=40)
     lookahead = Lookahead(every=3)
+    lookahead.on_start(trainer)
     _set(net, 1.0)
     lookahead.after_step(trainer, _step(2))  # 3 steps done: first sync
     _set(net, 5.0)

@@ -8,7 +8,7 @@ from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
 from ticketlab.errors import TicketlabError
 from ticketlab.train import Hook, Trainer
-from ticketlab.train.optim import lr_factor, make_optimizer
+from ticketlab.train.optim import fused_on, lr_factor, make_optimizer
 
 from helpers import TinyNet, tiny_dataset
 
@@ -66,6 +66,16 @@ def test_bias_lr_scale_puts_norm_biases_in_their_own_group():
     # the decay per step (lr x weight_decay) is the same for both groups
     assert scaled["weight_decay"] * scaled["lr_scale"] == pytest.approx(plain["weight_decay"])
     assert len(make_optimizer(net, TrainConfig()).param_groups) == 1
+
+
+def test_fused_updates_only_when_every_parameter_is_on_a_gpu():
+    class OnGpu:
+        is_cuda = True
+
+    assert fused_on([OnGpu(), OnGpu()]) is True
+    assert fused_on([OnGpu(), torch.zeros(1)]) is None and fused_on([]) is None
+    for name in ("sgd", "adam", "adamw"):  # CPU parameters get torch's default kernels
+        assert make_optimizer(TinyNet(), TrainConfig(optimizer=name)).param_groups[0]["fused"] is None
 
 
 def test_trainer_steps_norm_biases_with_the_scaled_lr():

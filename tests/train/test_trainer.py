@@ -118,6 +118,18 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, stop_at):
     assert counter.steps == counter_ref.steps == 18
 
 
+def test_a_checkpoint_from_a_gpu_keeps_this_devices_optimizer_kernels():
+    """A GPU run's optimizer state says fused=True; resumed on the CPU it must use the CPU's kernels."""
+    gpu_run = _trainer()
+    state = gpu_run.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True
+    cpu_run = _trainer()
+    cpu_run.load_state_dict(state)
+    assert [g["fused"] for g in cpu_run.optimizer.param_groups] == [None] * len(cpu_run.optimizer.param_groups)
+    cpu_run.fit()
+
+
 def test_save_at_snapshots_exact_weights(tmp_path):
     seen = {}
 
@@ -390,6 +402,7 @@ def test_masked_training_learns_at_every_precision(device, precision, loss_scale
     t = _trainer(cfg=cfg, hooks=[MaskHook(masks)], model=model, device=device)
     result = t.fit()
     assert t.model.conv.weight.device.type == device
+    assert t.optimizer.param_groups[0]["fused"] is (True if device == "cuda" else None)
     # fp16 needs loss scaling: torch's dynamic scaler, or the fixed scale given
     assert (t.scaler is not None) == (device == "cuda" and precision == "fp16" and not loss_scale)
     assert result.test["accuracy"] >= 0.9 and torch.isfinite(torch.tensor(result.test["loss"]))

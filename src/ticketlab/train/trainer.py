@@ -30,7 +30,7 @@ from ticketlab.store.files import load_state, save_state, write_tensors
 from ticketlab.train.averaging import Lookahead, WeightEMA
 from ticketlab.train.evaluate import evaluate
 from ticketlab.train.hooks import Hook, Step
-from ticketlab.train.optim import lr_factor, make_optimizer
+from ticketlab.train.optim import fused_on, lr_factor, make_optimizer
 from ticketlab.train.stacked import StackedModels
 
 
@@ -266,6 +266,9 @@ class Trainer:
         self._sums = state["sums"].to(self.device).reshape(-1, 3)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        fused = fused_on([p for group in self.optimizer.param_groups for p in group["params"]])
+        for group in self.optimizer.param_groups:  # a checkpoint from another device keeps this one's kernels
+            group["fused"] = fused
         torch.set_rng_state(state["rng_cpu"].cpu())  # checkpoints load onto the training device
         for hook, hook_state in zip(self.hooks, state["hooks"]):
             hook.load_state_dict(hook_state)

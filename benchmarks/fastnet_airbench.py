@@ -1,12 +1,12 @@
 """fastnet's recipe against airbench94 (`airbench` 0.1.8's `train94`) on CIFAR-10, same GPU, in turns.
 
   python benchmarks/fastnet_airbench.py --data-dir DIR [--runs 5] [--device cuda] [--precision bf16[,fp16]]
-      [--loss-scale 1024] [--compile] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
+      [--loss-scale 1024] [--compile] [--cuda-graph] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
 
 Each side first trains once untimed (cuDNN autotuning, kernel caches; airbench's own `warmup94`
 does the same), then the sides alternate run by run with seeds 0..R-1 (several precisions, e.g.
 `--precision bf16,fp16 --loss-scale 1024`, are sides of their own, each against the same airbench
-runs). The timed part of a run is
+runs; `--cuda-graph` adds each one replayed from CUDA graphs as a side too). The timed part of a run is
 what each recipe needs before it can be evaluated: building the network, the data-dependent
 whitening, and training (airbench: `train94(verbose=False)`, which also builds its test loader;
 ticketlab: `initial_model` + `Trainer.fit` without a test set). Accuracy is then measured outside
@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", type=_precisions,
                     help="fp32, bf16 or fp16; several, comma-separated, are timed in turns as sides of their own")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time each precision with its steps' forward and backward replayed from CUDA graphs")
     ap.add_argument("--loss-scale", type=float, default=0.0,
                     help="the fp16 side's fixed power-of-two loss scale (0: dynamic)")
     ap.add_argument("--epochs", type=int)
@@ -103,14 +105,15 @@ def main() -> None:
 
     ds = load_dataset("cifar10", data_dir=args.data_dir)
     sides, results, configs = {}, {}, {}
-    for precision in args.precision:
+    variants = [(p, False) for p in args.precision] + ([(p, True) for p in args.precision] if args.cuda_graph else [])
+    for precision, graph in variants:
         config = RunConfig(data=DataConfig(dataset="cifar10"),
                            model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),
                            train=recipe_config("fastnet", precision=precision, compile=args.compile or None,
-                                               epochs=args.epochs,
+                                               cuda_graph=graph or None, epochs=args.epochs,
                                                loss_scale=(args.loss_scale or None) if precision == "fp16" else None),
                            device=args.device)
-        name = "ticketlab" if len(args.precision) == 1 else f"ticketlab_{precision}"
+        name = "ticketlab" if len(variants) == 1 else f"ticketlab_{precision}" + ("_graph" if graph else "")
         configs[name] = config
         results[name] = {"accuracy": [], "seconds": []}
     base = next(iter(configs.values()))
@@ -137,7 +140,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})"
     out = {"runs": args.runs, "device": name, "precision": ",".join(args.precision), "loss_scale": args.loss_scale,
-           "compile": args.compile, "date": str(date.today()),
+           "compile": args.compile, "cuda_graph": args.cuda_graph, "date": str(date.today()),
            "steps": base.train.epochs * data.steps_per_epoch(base.train.batch_size, base.train.drop_last)}
     for name, r in results.items():
         out[name] = {"mean_accuracy": statistics.fmean(r["accuracy"]), "min_accuracy": min(r["accuracy"]),

@@ -1,19 +1,22 @@
 """Where fastnet's GPU step time goes: the recipe's training time under variants, on CIFAR-shaped random data.
 
-  python benchmarks/fastnet_variants.py [--variants eager,fused,compile] [--repeats 3] [--profile eager,fp16static]
+  python benchmarks/fastnet_variants.py [--variants eager,foreach,graphs] [--repeats 3] [--profile eager,fp16static]
 
 Training time does not depend on what the images show, so this needs no dataset (the accuracy side is
-`fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `fused` (SGD with fused=True),
-`compile` (TrainConfig.compile; `compile-graphs` in mode "reduce-overhead", CUDA graphs), `fp16` (fp16
-autocast with torch's dynamic loss scaling), `fp16static` (fp16 with a fixed loss scale of 1024, no
-per-step host sync; cuDNN runs BatchNorm for fp16), `adaptive` (the head's global max-pool as
-nn.AdaptiveMaxPool2d(1), as before 2026-12-04, instead of one nn.MaxPool2d window over the final 3x3
-map, airbench's head), `airbench` (airbench 0.1.8's `train94`, side by side on the same random images;
-needs airbench installed). A variant may be named more than once. Each variant trains once untimed,
-then `--repeats` timed runs; one JSON line per variant with the median seconds. `--profile VARIANTS`
-adds the profiler's top operators of one run of each (eager, fp16static, adaptive), by self CUDA time
-and by self CPU time, to tell a launch-bound step from a compute-bound one; `--profile-airbench` the
-same for one airbench run.
+`fastnet_airbench.py`'s job). Variants: `eager` (the recipe as it is), `foreach` (torch's foreach SGD
+instead of the fused SGD the trainer uses on a GPU since 2026-12-04), `compile` (TrainConfig.compile;
+`compile-graphs` in mode "reduce-overhead", CUDA graphs), `graphs` (TrainConfig.cuda_graph: the eager
+step's forward and backward replayed from CUDA graphs), `fp16` (fp16 autocast with torch's dynamic
+loss scaling), `fp16static` (fp16 with a fixed loss scale of 1024, no per-step host sync; cuDNN runs
+BatchNorm for fp16), `adaptive` (the head's global max-pool as nn.AdaptiveMaxPool2d(1), as before
+2026-12-04, instead of one nn.MaxPool2d window over the final 3x3 map, airbench's head), `airbench`
+(airbench 0.1.8's `train94`, side by side on the same random images; needs airbench installed). A
+variant may be named more than once. Each variant trains once untimed, then `--repeats` timed runs;
+one JSON line per variant with the median seconds and the median seconds of its parts. `--profile
+VARIANTS` adds the profiler's top operators of one run of each (eager, fp16static, adaptive, graphs),
+by self CUDA time and by self CPU time, to tell a launch-bound step from a compute-bound one;
+`--profile-airbench` the same for one airbench run. `--model-arg widths=[8,8,8]` leaves the host's
+own time; `--syncs` lists where one run waits for the GPU.
 """
 
 from __future__ import annotations
@@ -91,21 +94,21 @@ def count_syncs(ds: ImageDataset, data: DeviceData, config: RunConfig) -> dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="eager,fused,compile")
+    ap.add_argument("--variants", default="eager,foreach,graphs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                     help="fastnet option, e.g. widths=[8,8,8]: a net too small to compute leaves the host's time")
     ap.add_argument("--syncs", action="store_true", help="count the host-device synchronisations of one run")
     ap.add_argument("--profile", default="", metavar="VARIANTS",
-                    help="profile one run of each of these (eager, fp16static, adaptive), comma-separated")
+                    help="profile one run of each of these (eager, fp16static, adaptive, graphs), comma-separated")
     ap.add_argument("--profile-airbench", action="store_true", help="also profile one airbench train94 run")
     args = ap.parse_args()
     variants = args.variants.split(",")
-    unknown = set(variants) - {"eager", "fused", "compile", "compile-graphs", "fp16", "fp16static", "adaptive",
-                               "airbench"}
+    unknown = set(variants) - {"eager", "foreach", "compile", "compile-graphs", "fp16", "fp16static", "adaptive",
+                               "graphs", "airbench"}
     profiled = [v for v in args.profile.split(",") if v]
-    unknown |= set(profiled) - {"eager", "fp16static", "adaptive"}
+    unknown |= set(profiled) - {"eager", "fp16static", "adaptive", "graphs"}
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     ds = random_cifar()
@@ -121,12 +124,13 @@ def main() -> None:
     def config_of(variant: str) -> RunConfig:
         fp16 = variant in ("fp16", "fp16static")
         return replace(base, train=replace(base.train, compile=variant in ("compile", "compile-graphs"),
+                                           cuda_graph=variant == "graphs",
                                            precision="fp16" if fp16 else base.train.precision,
                                            loss_scale=1024.0 if variant == "fp16static" else 0.0))
 
     for variant in variants:
         config = config_of(variant)
-        torch.optim.SGD = (lambda *a, **k: sgd(*a, fused=True, **k)) if variant == "fused" else sgd
+        torch.optim.SGD = (lambda *a, **k: sgd(*a, **{**k, "fused": None})) if variant == "foreach" else sgd
         # "reduce-overhead" replays the compiled forward and backward from CUDA graphs
         torch.compile = (lambda *a, **k: compile_(*a, mode="reduce-overhead", **k)) if variant == "compile-graphs" \
             else compile_

@@ -87,6 +87,12 @@ def test_a_fixed_loss_scale_must_be_a_power_of_two(scale):
         TrainConfig(precision="fp16", loss_scale=scale).validate()
 
 
+def test_cuda_graphs_enter_the_run_id_and_exclude_compile():
+    assert run_id(RunConfig(train=TrainConfig(cuda_graph=True))) != run_id(RunConfig())
+    with pytest.raises(TicketlabError, match="--cuda-graph and --compile both"):
+        TrainConfig(cuda_graph=True, compile=True).validate()
+
+
 def test_a_fixed_loss_scale_enters_the_run_id_and_its_absence_does_not():
     assert run_id(RunConfig()) == run_id(RunConfig(train=TrainConfig(loss_scale=0.0)))
     assert run_id(RunConfig(train=TrainConfig(loss_scale=1024.0))) != run_id(RunConfig())

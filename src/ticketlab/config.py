@@ -84,6 +84,9 @@ class TrainConfig:
     # a power of two scales it by that constant instead, with no host sync (unscaling a power of two is exact)
     loss_scale: float = 0.0
     compile: bool = False
+    # CUDA: replay each step's forward and backward from CUDA graphs, so the host issues two launches
+    # instead of a few hundred (the fast recipe's step is bound by the host, BENCHMARKS.md)
+    cuda_graph: bool = False
     seed: int = 0
     loss: str = "ce"  # ce, sat (self-adaptive training) or sat-selective (with an abstain output)
     sat_alpha: float = 0.9  # SAT's target momentum
@@ -116,6 +119,9 @@ class TrainConfig:
         if self.loss_scale != 0 and not (self.loss_scale > 0 and math.frexp(self.loss_scale)[0] == 0.5):
             raise TicketlabError(f"--loss-scale must be 0 (dynamic) or a power of two such as 1024, got "
                                  f"{self.loss_scale:g}: unscaling by a power of two is exact")
+        if self.cuda_graph and self.compile:
+            raise TicketlabError("--cuda-graph and --compile both remove the host's per-operation work; pass one "
+                                 "(torch.compile's mode 'reduce-overhead' makes CUDA graphs of its own)")
         if not 0 <= self.label_smoothing < 1:
             raise TicketlabError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:

@@ -60,6 +60,8 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--lr", "-0.1"], "--lr must be positive"),
     (["--precision", "fp16", "--loss-scale", "1000"], "--loss-scale must be 0 (dynamic) or a power of two"),
+    (["--cuda-graph"], "--cuda-graph replays CUDA graphs and needs --device cuda"),
+    (["--cuda-graph", "--compile"], "--cuda-graph and --compile both"),
     (["--schedule", "step"], "--milestones"),
     pytest.param(["--device", "cuda"], "no usable CUDA",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

@@ -441,6 +441,47 @@ def test_resume_equals_uninterrupted_bitwise_on_each_device(tmp_path, device, ex
         assert reference.scaler.get_scale() == resumed.scaler.get_scale()
 
 
+def test_cuda_graphs_need_a_cuda_device():
+    with pytest.raises(TicketlabError, match="--cuda-graph replays CUDA graphs and needs --device cuda"):
+        _trainer(cfg=TrainConfig(epochs=1, batch_size=16, cuda_graph=True))
+
+
+class _Unfreeze(Hook):
+    """Freezes the conv bias after the first epoch, as fastnet's whitening bias is: the captured
+    backward still computes its gradient, which autograd must then drop."""
+
+    def on_epoch_end(self, trainer, epoch):
+        trainer.model.conv.bias.requires_grad_(False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_from_cuda_graphs_matches_eager_training(exact_cuda, precision):
+    """The graphs replay the same kernels: same weights, BatchNorm statistics (the capture's own
+    passes are undone), masks and test loss; 100 examples in batches of 16 end in a smaller batch,
+    which runs eagerly on the same weights."""
+    ds = tiny_dataset(n=100)
+    runs = []
+    for graph in (False, True):
+        data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cuda", Augment(crop_padding=1, flip=True))
+        torch.manual_seed(0)
+        model = TinyNet()
+        masks = _masks(model)
+        cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, precision=precision, cuda_graph=graph)
+        t = Trainer(model, data, cfg, test=(ds.test_x, ds.test_y), hooks=[MaskHook(masks), _Unfreeze()],
+                    progress=False)
+        runs.append((t, t.fit(), masks))
+    (eager, eager_result, _), (graphed, graphed_result, masks) = runs
+    assert "forward" not in vars(graphed.model), "the model keeps its own forward"
+    tolerance = {"rtol": 1e-3, "atol": 1e-4} if precision == "fp32" else {"rtol": 2e-2, "atol": 2e-3}
+    for key, value in eager.model.state_dict().items():
+        torch.testing.assert_close(graphed.model.state_dict()[key], value, **tolerance, msg=key)
+    assert graphed.model.bn.num_batches_tracked.item() == eager.model.bn.num_batches_tracked.item() == 21
+    for name, mask in masks.items():
+        assert torch.all(dict(graphed.model.named_parameters())[name][mask.cuda() == 0] == 0), name
+    assert abs(graphed_result.test["loss"] - eager_result.test["loss"]) < 1e-2
+
+
 @pytest.mark.gpu
 def test_compiled_training_matches_eager_training(exact_cuda):
     """torch.compile (a CUDA option here: on the CPU it needs a C++ toolchain) changes the kernels, not the maths."""

@@ -107,6 +107,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss-scale", type=float,
                    help="a fixed power-of-two loss scale (fp16 without the dynamic scaler's per-step sync; 0: dynamic)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="CUDA: replay each step's forward and backward from CUDA graphs (less host work a step)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--loss", choices=LOSSES, help="ce, sat (self-adaptive training) or sat-selective (abstain output)")
     g.add_argument("--sat-alpha", type=float, help="SAT target momentum (published 0.9)")
@@ -133,7 +135,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 _TRAIN_FIELDS = (
     "epochs", "batch_size", "drop_last", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule",
     "milestones", "gamma", "warmup_epochs", "lr_start", "lr_end", "bias_lr_scale", "lookahead_every",
-    "label_smoothing", "ema_decay", "tta", "precision", "loss_scale", "compile", "seed",
+    "label_smoothing", "ema_decay", "tta", "precision", "loss_scale", "compile", "cuda_graph", "seed",
     "loss", "sat_alpha", "sat_start",
 )
 

@@ -475,7 +475,7 @@ def find_ticket(
     check_held_out(data_cfg.validation, len(ds.train_y))  # before anything is sized by the rest
     name = model if isinstance(model, str) else type(model).__name__
     train_cfg: TrainConfig = recipe_config(name if isinstance(model, str) else None, **train_options)
-    resolve_device(device)
+    resolve_device(device, train_cfg)
     run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=model_config(model, model_options),
                     train=train_cfg, device=torch.device(device).type)
     run.train.validate()

@@ -42,13 +42,16 @@ class RunResult:
     reused: bool  # True when a finished run with this configuration was loaded, not retrained
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, train: TrainConfig | None = None) -> torch.device:
+    """The torch device named, checked to exist here and to suit `train`'s CUDA-only options."""
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise TicketlabError(f"unknown device {device!r}; use cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TicketlabError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu")
+    if train is not None and train.cuda_graph and dev.type != "cuda":
+        raise TicketlabError(f"--cuda-graph replays CUDA graphs and needs --device cuda; leave it out on {dev.type}")
     if dev.type not in ("cpu", "cuda"):
         raise TicketlabError(f"unsupported device {device!r}; use cpu or cuda")
     return dev
@@ -245,7 +248,7 @@ def train_run(
     at the smaller network's cost; hooks then see the compacted network.
     """
     config.train.validate()
-    dev = resolve_device(str(device) if device is not None else config.device)
+    dev = resolve_device(str(device) if device is not None else config.device, config.train)
     config = replace(config, device=dev.type)
     config, dataset = _load_data(config, dataset, data_dir, download)
     if subset is not None:

@@ -148,6 +148,13 @@ class Trainer:
                                  "give one per network of a StackedModels")
         self.per_network = seeds is not None
         self.seeds = list(seeds) if seeds is not None else [cfg.seed]
+        if cfg.cuda_graph and self.device.type != "cuda":
+            raise TicketlabError(f"--cuda-graph replays CUDA graphs and needs --device cuda; leave it out on "
+                                 f"{self.device.type}")
+        if cfg.cuda_graph and self.per_network:
+            raise TicketlabError("--cuda-graph takes one batch for all networks; stacked networks with a data order "
+                                 "each (per-network seeds) train without it")
+        self._graphed: tuple[torch.Size, Callable[[torch.Tensor], torch.Tensor]] | None = None
         cuda = self.device.type == "cuda"
         # channels-last suits both oneDNN (CPU evaluation 1.4-2.4x faster, BENCHMARKS.md) and cuDNN's
         # tensor cores; a model opts out with `channels_last = False`. Reduced precision is CUDA-only.
@@ -157,7 +164,11 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self._autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if cuda and dtype else contextlib.nullcontext
+        # CUDA graphs replay autocast's casts and cannot use its cache of cast weights
+        self._autocast = (
+            (lambda: torch.autocast("cuda", dtype=dtype, cache_enabled=not cfg.cuda_graph)) if cuda and dtype
+            else contextlib.nullcontext
+        )
         dynamic = cuda and cfg.precision == "fp16" and not cfg.loss_scale
         self.scaler = torch.amp.GradScaler("cuda") if dynamic else None
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -206,7 +217,7 @@ class Trainer:
         inputs = inputs.contiguous(memory_format=self.layout)
         with self._autocast():
             try:
-                logits = self.train_forward(inputs)
+                logits = self._forward_for_training(inputs)
             except RuntimeError as error:
                 if self.channels_last and "view size is not compatible" in str(error):
                     raise TicketlabError(
@@ -235,7 +246,34 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        return logits.detach(), loss.detach()
+        # a graph's output buffer is overwritten by the next replay: hooks get a copy of their own
+        return (logits.detach().clone() if self.cfg.cuda_graph else logits.detach()), loss.detach()
+
+    def _forward_for_training(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.cfg.cuda_graph and self.model.training:
+            if self._graphed is None:
+                self._graphed = (inputs.shape, self._capture(inputs))
+            shape, graphed = self._graphed
+            if inputs.shape == shape:  # a smaller last batch runs eagerly, on the same weights
+                return graphed(inputs)
+        return self.train_forward(inputs)
+
+    def _capture(self, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The model's forward and backward as CUDA graphs (`torch.cuda.make_graphed_callables`),
+        captured on a copy of the first batch inside the step's autocast.
+
+        Capturing first runs a few untimed passes in training mode, so the buffers (BatchNorm
+        statistics) are put back afterwards. The graphed forward is kept here, and the model gets
+        its own forward back for evaluation, export and everything else.
+        """
+        buffers = [b.clone() for b in self.model.buffers()]
+        torch.cuda.make_graphed_callables(self.model, (sample.detach().clone(),), allow_unused_input=True)
+        graphed = self.model.forward
+        del self.model.forward  # the instance attribute make_graphed_callables set
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
+        return graphed
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -386,6 +424,7 @@ class Trainer:
                     self.train_seconds += time.perf_counter() - start
                     self.save_checkpoint()
                     raise KeyboardInterrupt
+        self._graphed = None  # frees the graphs' memory pool
         validation = self.evaluate(self.validation) if self.validation is not None else None
         test = self.evaluate(self.test) if self.test is not None else None
         return TrainResult(self.iteration, self.train_seconds, test, validation, self.history, self.stop_reason)

@@ -1,5 +1,6 @@
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -444,6 +445,42 @@ def test_resume_equals_uninterrupted_bitwise_on_each_device(tmp_path, device, ex
 def test_cuda_graphs_need_a_cuda_device():
     with pytest.raises(TicketlabError, match="--cuda-graph replays CUDA graphs and needs --device cuda"):
         _trainer(cfg=TrainConfig(epochs=1, batch_size=16, cuda_graph=True))
+
+
+def test_cuda_graph_step_with_a_stand_in_for_the_capture(monkeypatch):
+    """The trainer's side of CUDA-graph training, on the CPU: one capture on the first batch, whose
+    warm-up passes must not move BatchNorm statistics; full batches through the graphed forward, the
+    smaller last batch eagerly; the model keeps its own forward. A stand-in for
+    make_graphed_callables that computes what the graphs would lets the run match eager bitwise."""
+    calls = {"captures": 0, "graphed": 0}
+
+    def stand_in(module, sample_args, allow_unused_input=False):
+        calls["captures"] += 1
+        own = module.forward
+        for _ in range(3):  # torch's warm-up passes, in training mode
+            module(*sample_args)
+
+        def graphed(x):
+            calls["graphed"] += 1
+            return own(x)
+
+        module.forward = graphed
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
+    ds = tiny_dataset(n=100)
+    runs = []
+    for graph in (False, True):
+        data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment(crop_padding=1, flip=True))
+        torch.manual_seed(0)
+        t = Trainer(TinyNet(), data, TrainConfig(epochs=3, batch_size=16, lr=0.05), progress=False)
+        t.cfg = replace(t.cfg, cuda_graph=graph)  # past the constructor's check for a CUDA device
+        t.fit()
+        runs.append(t)
+    assert calls == {"captures": 1, "graphed": 18}  # 6 full batches of 16 an epoch, then 4 examples
+    assert "forward" not in vars(runs[1].model) and runs[1]._graphed is None
+    for key, value in runs[0].model.state_dict().items():
+        assert torch.equal(runs[1].model.state_dict()[key], value), key
 
 
 class _Unfreeze(Hook):

@@ -124,15 +124,16 @@ class FastNet(nn.Module):
                 f"initialize_from_data needs more than {dims} 2x2 patches to estimate their covariance, "
                 f"got images of shape {tuple(x.shape)}; pass a few thousand training images"
             )
-        # Accumulate in float64 over chunks: a few thousand images give millions of patches.
-        outer = torch.zeros(dims, dims, dtype=torch.float64)
-        count = 0
-        for chunk in x.detach().split(256):
-            # [n, C, H-1, W-1, 2, 2] -> [n*(H-1)*(W-1), C*2*2], flattened like the conv weight.
-            patches = chunk.unfold(2, PATCH, 1).unfold(3, PATCH, 1).permute(0, 2, 3, 1, 4, 5)
-            patches = patches.reshape(-1, dims).to("cpu", torch.float64)
-            outer += patches.T @ patches
-            count += patches.shape[0]
+        # Each image's patches as columns [C*2*2, (H-1)*(W-1)], flattened like the conv weight (im2col),
+        # its second moments summed in float32, the images' sums in float64: a few thousand images
+        # give millions of patches, and no copy of all of them is made.
+        x = x.detach().float()
+        outer = torch.zeros(dims, dims, dtype=torch.float64, device=x.device)
+        for chunk in x.split(256):
+            patches = torch.nn.functional.unfold(chunk, PATCH)
+            outer += torch.bmm(patches, patches.transpose(1, 2)).sum(0, dtype=torch.float64)
+        count = x.shape[0] * patches_per_image
+        outer = outer.cpu()
         eigenvalues, eigenvectors = torch.linalg.eigh(outer / count)  # ascending order
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
         filters = (eigenvectors / torch.sqrt(eigenvalues.clamp(min=0) + WHITEN_EPS)).T

@@ -100,9 +100,11 @@ def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init"
     if callable(init_from_data):
         g = torch.Generator().manual_seed(stream_seed(f"{stream}-data", config.train.seed))
         pick = torch.randperm(len(dataset.train_y), generator=g)[:5000]
-        mean = torch.tensor(dataset.mean, dtype=torch.float32)
-        std = torch.tensor(dataset.std, dtype=torch.float32)
-        init_from_data(normalize(dataset.train_x[pick], mean, std))
+        # on the GPU a run trains on, these statistics take a millisecond instead of a tenth of a second
+        device = torch.device("cuda" if config.device == "cuda" and torch.cuda.is_available() else "cpu")
+        mean = torch.tensor(dataset.mean, dtype=torch.float32, device=device)
+        std = torch.tensor(dataset.std, dtype=torch.float32, device=device)
+        init_from_data(normalize(dataset.train_x[pick].to(device), mean, std))
     return model
 
 

@@ -62,6 +62,7 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--precision", "fp16", "--loss-scale", "1000"], "--loss-scale must be 0 (dynamic) or a power of two"),
     (["--cuda-graph"], "--cuda-graph replays CUDA graphs and needs --device cuda"),
     (["--cuda-graph", "--compile"], "--cuda-graph and --compile both"),
+    (["--seeds", "2", "--stack", "--cuda-graph"], "pass --cuda-graph or --stack, not both"),
     (["--schedule", "step"], "--milestones"),
     pytest.param(["--device", "cuda"], "no usable CUDA",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

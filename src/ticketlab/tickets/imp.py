@@ -51,6 +51,7 @@ from ticketlab.train.run import (
     train_run,
 )
 from ticketlab.train.stacked_run import Member, train_stacked
+from ticketlab.train.trainer import STACKED_GRAPHS
 
 SCOPES = ("global", "layerwise")
 
@@ -482,6 +483,8 @@ def find_ticket(
     if tickets.stack and run.train.loss != "ce":
         raise TicketlabError(f"--stack trains a level's arms together with the cross-entropy loss only; "
                              f"drop --stack to use --loss {run.train.loss}")
+    if tickets.stack and run.train.cuda_graph:
+        raise TicketlabError(STACKED_GRAPHS)
     config = StudyConfig(run=run, tickets=tickets)
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
 

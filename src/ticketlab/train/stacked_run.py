@@ -37,7 +37,7 @@ from ticketlab.train.run import (
     train_run,
 )
 from ticketlab.train.stacked import StackedModels, stack_masks
-from ticketlab.train.trainer import TrainResult
+from ticketlab.train.trainer import STACKED_GRAPHS, TrainResult
 
 Tensors = dict[str, torch.Tensor]
 
@@ -77,6 +77,8 @@ def train_stacked(
     if config.train.loss != "ce":
         raise TicketlabError(f"stacked training supports --loss ce only, got {config.train.loss!r}; "
                              "train these runs one by one")
+    if config.train.cuda_graph:
+        raise TicketlabError(STACKED_GRAPHS)
     if not members:
         raise TicketlabError("train_stacked needs at least one member")
     dev = resolve_device(str(device) if device is not None else config.device, config.train)

@@ -77,6 +77,9 @@ class _InterruptFlag:
         self._previous = {}
 
 
+STACKED_GRAPHS = "stacked networks train without CUDA graphs: pass --cuda-graph or --stack, not both"
+
+
 class Trainer:
     """Trains `model` in place on `data` with `cfg`; see `fit`.
 
@@ -151,9 +154,8 @@ class Trainer:
         if cfg.cuda_graph and self.device.type != "cuda":
             raise TicketlabError(f"--cuda-graph replays CUDA graphs and needs --device cuda; leave it out on "
                                  f"{self.device.type}")
-        if cfg.cuda_graph and self.per_network:
-            raise TicketlabError("--cuda-graph takes one batch for all networks; stacked networks with a data order "
-                                 "each (per-network seeds) train without it")
+        if cfg.cuda_graph and isinstance(model, StackedModels):
+            raise TicketlabError(STACKED_GRAPHS)
         self._graphed: tuple[torch.Size, Callable[[torch.Tensor], torch.Tensor]] | None = None
         cuda = self.device.type == "cuda"
         # channels-last suits both oneDNN (CPU evaluation 1.4-2.4x faster, BENCHMARKS.md) and cuDNN's

@@ -30,6 +30,7 @@ def stream_seed(*parts: object) -> int:
 class Epoch:
     order: torch.Tensor  # a permutation of the training set, on the data's device
     draws: Draws  # augmentation choices, indexed by example
+    labels: torch.Tensor  # the labels in `order`: a batch's are a slice, no gather
     images: torch.Tensor | None = None  # the shifted and flipped uint8 images, in `order`
 
 
@@ -44,6 +45,7 @@ class DeviceData:
         self.y = y.to(self.device)
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
+        self._mean4, self._std4 = self.mean.view(1, -1, 1, 1), self.std.view(1, -1, 1, 1)
         self.augment = augment
 
     def __len__(self) -> int:
@@ -63,7 +65,7 @@ class DeviceData:
         order = order.to(self.device)
         # one pass over the epoch (a uint8 copy of the training set), so each step only slices it
         images = shift_and_flip(self.augment, self.x[order], draws.take(order)) if self.augment.active else None
-        return Epoch(order, draws, images)
+        return Epoch(order, draws, self.y[order], images)
 
     def batch(self, ep: Epoch, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs, labels, example indices) of batch `step` of an epoch."""
@@ -71,7 +73,7 @@ class DeviceData:
         idx = ep.order[rows]
         if ep.images is not None:
             cutout = ep.draws.take(idx) if self.augment.cutout > 0 else ep.draws
-            inputs = finish(self.augment, ep.images[rows], cutout, self.mean, self.std)
+            inputs = finish(self.augment, ep.images[rows], cutout, self._mean4, self._std4)
         else:
-            inputs = normalize(self.x[idx], self.mean, self.std)
-        return inputs, self.y[idx], idx
+            inputs = normalize(self.x[idx], self._mean4, self._std4)
+        return inputs, ep.labels[rows], idx

@@ -184,8 +184,11 @@ class Trainer:
         self.iteration = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
-        # per network: loss sum, correct, examples of this epoch
-        self._sums = torch.zeros(self.networks, 3, device=self.device)
+        # this epoch's loss sum and correct count per network, and its examples: two in-place adds a
+        # step on the device, read back only now and then (a read waits for the device)
+        self._loss_sum = torch.zeros(self.networks, device=self.device)
+        self._correct = torch.zeros(self.networks, device=self.device)
+        self._seen = 0
         self._interrupt = _InterruptFlag()
         self.stop_reason: str | None = None
 
@@ -283,7 +286,7 @@ class Trainer:
             "iteration": self.iteration,
             "train_seconds": self.train_seconds,
             "history": self.history,
-            "sums": self._sums,
+            "sums": torch.stack([self._loss_sum, self._correct, torch.full_like(self._correct, self._seen)], 1),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
@@ -303,7 +306,9 @@ class Trainer:
         self.train_seconds = state["train_seconds"]
         self.history = state["history"]
         self.stop_reason = state.get("stop_reason") or None
-        self._sums = state["sums"].to(self.device).reshape(-1, 3)
+        sums = state["sums"].to(self.device).reshape(-1, 3)
+        self._loss_sum, self._correct = sums[:, 0].clone(), sums[:, 1].clone()
+        self._seen = int(sums[0, 2].item())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         fused = fused_on([p for group in self.optimizer.param_groups for p in group["params"]])
@@ -395,10 +400,9 @@ class Trainer:
                 self.iteration += 1
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
-                # add_ on the column views: `+=` on an indexed tensor would also copy each column back
-                self._sums[:, 0].add_(loss.reshape(-1) * targets.shape[-1])
-                self._sums[:, 1].add_((logits.argmax(-1) == targets).reshape(self.networks, -1).sum(-1))
-                self._sums[:, 2].add_(targets.shape[-1])
+                self._loss_sum.add_(loss, alpha=targets.shape[-1])
+                self._correct.add_((logits.argmax(-1) == targets).sum(-1))
+                self._seen += targets.shape[-1]
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:
                     hook.after_step(self, step)
@@ -440,8 +444,9 @@ class Trainer:
 
     def _running(self) -> tuple[list[float], list[float]]:
         """This epoch's mean training loss and accuracy so far, per network."""
-        sums = self._sums.tolist()
-        return [loss / max(n, 1) for loss, _, n in sums], [correct / max(n, 1) for _, correct, n in sums]
+        losses, correct = torch.stack([self._loss_sum, self._correct]).tolist()
+        n = max(self._seen, 1)
+        return [loss / n for loss in losses], [c / n for c in correct]
 
     def _check_finite(self, loss: float, epoch: int) -> None:
         if not math.isfinite(loss):
@@ -465,7 +470,9 @@ class Trainer:
             if self.networks > 1:
                 record.update(val_losses=val["losses"], val_accuracies=val["accuracies"])
         self.history.append(record)
-        self._sums.zero_()
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._seen = 0
         for hook in self.hooks:
             hook.on_epoch_end(self, epoch)
         self.save_checkpoint()

@@ -29,7 +29,7 @@ from ticketlab.robust.outcome import sat_hook, sat_outcome
 from ticketlab.sparsity import density
 from ticketlab.store import CorruptFileError, RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import Hook, MaskHook
-from ticketlab.train.trainer import Trainer, TrainResult
+from ticketlab.train.trainer import Trainer, TrainResult, graphs_need_cuda
 
 
 @dataclass
@@ -51,7 +51,7 @@ def resolve_device(device: str, train: TrainConfig | None = None) -> torch.devic
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TicketlabError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu")
     if train is not None and train.cuda_graph and dev.type != "cuda":
-        raise TicketlabError(f"--cuda-graph replays CUDA graphs and needs --device cuda; leave it out on {dev.type}")
+        raise graphs_need_cuda(dev)
     if dev.type not in ("cpu", "cuda"):
         raise TicketlabError(f"unsupported device {device!r}; use cpu or cuda")
     return dev

@@ -80,6 +80,10 @@ class _InterruptFlag:
 STACKED_GRAPHS = "stacked networks train without CUDA graphs: pass --cuda-graph or --stack, not both"
 
 
+def graphs_need_cuda(device: torch.device) -> TicketlabError:
+    return TicketlabError(f"--cuda-graph replays CUDA graphs and needs --device cuda; leave it out on {device.type}")
+
+
 class Trainer:
     """Trains `model` in place on `data` with `cfg`; see `fit`.
 
@@ -152,8 +156,7 @@ class Trainer:
         self.per_network = seeds is not None
         self.seeds = list(seeds) if seeds is not None else [cfg.seed]
         if cfg.cuda_graph and self.device.type != "cuda":
-            raise TicketlabError(f"--cuda-graph replays CUDA graphs and needs --device cuda; leave it out on "
-                                 f"{self.device.type}")
+            raise graphs_need_cuda(self.device)
         if cfg.cuda_graph and isinstance(model, StackedModels):
             raise TicketlabError(STACKED_GRAPHS)
         self._graphed: tuple[torch.Size, Callable[[torch.Tensor], torch.Tensor]] | None = None

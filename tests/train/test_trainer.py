@@ -36,6 +36,19 @@ def _masks(model, density=0.3, seed=1):
             for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
 
 
+def test_a_model_handed_in_eval_mode_trains_in_training_mode():
+    seen = []
+
+    class Mode(Hook):
+        def after_step(self, trainer, step):
+            seen.append(trainer.model.training)
+
+    t = _trainer(cfg=TrainConfig(epochs=1, batch_size=16), hooks=[Mode()], model=TinyNet().eval())
+    t.fit()
+    assert seen and all(seen)
+    assert t.model.bn.num_batches_tracked.item() == len(seen)  # BatchNorm statistics were updated
+
+
 def test_training_learns():
     t = _trainer(cfg=TrainConfig(epochs=8, batch_size=16, lr=0.1))
     result = t.fit()

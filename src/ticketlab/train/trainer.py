@@ -375,6 +375,7 @@ class Trainer:
             # a rewound run continues the schedule and data order from its rewind point
             self.iteration = self.start_iteration
             torch.manual_seed(stream_seed("train", self.cfg.seed))  # dropout and other global-RNG users
+        self.model.train()  # whatever mode it was handed in: BatchNorm and dropout train
         for hook in self.hooks:
             hook.on_start(self)
         self._snapshot()

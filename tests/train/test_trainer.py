@@ -496,6 +496,20 @@ def test_cuda_graph_step_with_a_stand_in_for_the_capture(monkeypatch):
         assert torch.equal(runs[1].model.state_dict()[key], value), key
 
 
+def test_a_model_graphs_cannot_hold_gives_one_clear_error(monkeypatch):
+    def refuse(module, sample_args, allow_unused_input=False):
+        module.forward = lambda x: x  # what torch leaves set when it fails midway must not stay
+        raise AssertionError("Modules must not have hooks registered at the time they are passed.")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", refuse)
+    t = _trainer(cfg=TrainConfig(epochs=1, batch_size=16))
+    t.cfg = replace(t.cfg, cuda_graph=True)  # past the constructor's check for a CUDA device
+    with pytest.raises(TicketlabError, match=r"TinyNet cannot be trained from CUDA graphs \(Modules must not "
+                                             r"have hooks.*\); train it without --cuda-graph"):
+        t.fit()
+    assert "forward" not in vars(t.model)
+
+
 class _Unfreeze(Hook):
     """Freezes the conv bias after the first epoch, as fastnet's whitening bias is: the captured
     backward still computes its gradient, which autograd must then drop."""

@@ -275,12 +275,18 @@ class Trainer:
         its own forward back for evaluation, export and everything else.
         """
         buffers = [b.clone() for b in self.model.buffers()]
-        torch.cuda.make_graphed_callables(self.model, (sample.detach().clone(),), allow_unused_input=True)
-        graphed = self.model.forward
-        del self.model.forward  # the instance attribute make_graphed_callables set
-        with torch.no_grad():
-            for buffer, saved in zip(self.model.buffers(), buffers):
-                buffer.copy_(saved)
+        try:
+            torch.cuda.make_graphed_callables(self.model, (sample.detach().clone(),), allow_unused_input=True)
+            graphed = self.model.forward
+        except (RuntimeError, AssertionError) as error:  # hooks on the model, an operation graphs cannot hold
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TicketlabError(f"{type(self.model).__name__} cannot be trained from CUDA graphs ({reason}); "
+                                 "train it without --cuda-graph") from None
+        finally:
+            vars(self.model).pop("forward", None)  # the instance attribute make_graphed_callables sets
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
         return graphed
 
     # ---- state ----------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def main() -> None:
     if "airbench" in variants or args.profile_airbench:
         write_airbench_cache(ds, Path(cache.name) / "cifar10")
         os.chdir(cache.name)  # airbench looks for ./cifar10/{train,test}.pt
+
     def config_of(variant: str) -> RunConfig:
         fp16 = variant in ("fp16", "fp16static")
         return replace(base, train=replace(base.train, compile=variant in ("compile", "compile-graphs"),

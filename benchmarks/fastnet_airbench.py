@@ -1,7 +1,8 @@
 """fastnet's recipe against airbench94 (`airbench` 0.1.8's `train94`) on CIFAR-10, same GPU, in turns.
 
   python benchmarks/fastnet_airbench.py --data-dir DIR [--runs 5] [--device cuda] [--precision bf16[,fp16]]
-      [--loss-scale 1024] [--compile] [--cuda-graph] [--no-airbench] [--epochs E] [--model-arg widths=[64,256,256]]
+      [--loss-scale 1024] [--compile] [--cuda-graph [--graphs-only]] [--no-airbench] [--epochs E]
+      [--model-arg widths=[64,256,256]]
 
 Each side first trains once untimed (cuDNN autotuning, kernel caches; airbench's own `warmup94`
 does the same), then the sides alternate run by run with seeds 0..R-1 (several precisions, e.g.
@@ -96,6 +97,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also time each precision with its steps' forward and backward replayed from CUDA graphs")
+    ap.add_argument("--graphs-only", action="store_true",
+                    help="with --cuda-graph: time only the sides replayed from CUDA graphs (no eager twins)")
     ap.add_argument("--loss-scale", type=float, default=0.0,
                     help="the fp16 side's fixed power-of-two loss scale (0: dynamic)")
     ap.add_argument("--epochs", type=int)
@@ -105,7 +108,10 @@ def main() -> None:
 
     ds = load_dataset("cifar10", data_dir=args.data_dir)
     sides, results, configs = {}, {}, {}
-    variants = [(p, False) for p in args.precision] + ([(p, True) for p in args.precision] if args.cuda_graph else [])
+    if args.graphs_only and not args.cuda_graph:
+        ap.error("--graphs-only needs --cuda-graph")
+    variants = [(p, False) for p in args.precision if not args.graphs_only]
+    variants += [(p, True) for p in args.precision] if args.cuda_graph else []
     for precision, graph in variants:
         config = RunConfig(data=DataConfig(dataset="cifar10"),
                            model=ModelConfig("fastnet", tuple(sorted(dict(args.model_arg).items()))),

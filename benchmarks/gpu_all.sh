@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md; benchmarks/GPU.md says how to get the data onto the device.
-#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 11)
+#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 12)
 # Results go to $OUT (else benchmarks/results). A device call is limited to 600 s, so GPU.md runs the
 # steps over three calls; each step has its own time limit, and a step that fails or runs out of time
 # does not stop the next one. Each step prints how long it took.
 set -u
 data=${1:-/tmp/data}
 shift $(($# > 0 ? 1 : 0))
-steps=${*:-1 2 3 4 5 6 7 8 9 10 11}
+steps=${*:-1 2 3 4 5 6 7 8 9 10 11 12}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -53,9 +53,21 @@ step10() { python3 benchmarks/fastnet_variants.py --repeats 3 --variants airbenc
 # 11. torch.compile with CUDA graphs (mode "reduce-overhead") against eager, airbench beside them
 step11() { python3 benchmarks/fastnet_variants.py --variants airbench,eager,compile-graphs --repeats 3 2>&1 \
     | tee "$out/fastnet_compile_graphs.txt"; }
+# 12. ResNet-20 (the channel studies' net) in bf16 for 4 epochs, eager against --cuda-graph, 2 runs each in turns:
+#     whether graphs make the long issue-4 studies fit a session
+step12() {
+    for i in 1 2; do for g in "" --cuda-graph; do
+        start=$EPOCHREALTIME
+        python3 -m ticketlab.cli.main train --model cifar_resnet_20 --dataset cifar10 --data-dir "$data" --epochs 4 \
+            --precision bf16 --device cuda $g --store "/tmp/r20-$i$g" --quiet --json | tail -1 > /tmp/r20.json || return 1
+        python3 -c "import json,sys; r=json.load(open('/tmp/r20.json')); print(json.dumps({'side': sys.argv[1] or 'eager',
+            'wall_s': round(float(sys.argv[3]) - float(sys.argv[2]), 2), 'train_s': r['train_seconds'],
+            'test_accuracy': r['test_accuracy']}))" "$g" "$start" "$EPOCHREALTIME" | tee -a "$out/resnet20_graphs.jsonl"
+    done; done
+}
 
 # seconds each step may take at most (the estimates of GPU.md with room to spare)
-declare -A limit=([1]=150 [2]=360 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240 [11]=300)
+declare -A limit=([1]=150 [2]=360 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240 [11]=300 [12]=150)
 for n in $steps; do
     echo "== step $n (at most ${limit[$n]} s)"
     start=$SECONDS

@@ -117,4 +117,6 @@ def test_fastnet_whitening_fitted_on_the_gpu_matches_the_cpu():
     models = [initial_model(RunConfig(model=ModelConfig("fastnet", (("widths", (8, 8, 8)),)),
                                       train=recipe_config("fastnet"), device=device), ds)
               for device in ("cpu", "cuda")]
-    torch.testing.assert_close(models[1].whiten.weight.cpu(), models[0].whiten.weight, rtol=1e-4, atol=1e-4)
+    # the patch moments differ in their last float32 bits (summation order), and eigh magnifies that
+    # for close eigenvalues: 3e-4 at most on an H200 (2026-12-04)
+    torch.testing.assert_close(models[1].whiten.weight.cpu(), models[0].whiten.weight, rtol=1e-3, atol=1e-3)

@@ -455,6 +455,22 @@ def test_resume_equals_uninterrupted_bitwise_on_each_device(tmp_path, device, ex
         assert reference.scaler.get_scale() == resumed.scaler.get_scale()
 
 
+def test_resumed_optimiser_state_takes_the_parameters_layout(tmp_path):
+    """Checkpoints hold contiguous tensors; the fused CUDA SGD refuses momentum buffers whose strides
+    differ from their channels-last weights (found on an H200), so a resume restores the layout."""
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05)
+    first = _trainer(tmp_path, cfg=cfg, hooks=[InterruptAt(5)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = _trainer(tmp_path, cfg=cfg, model=TinyNet(), hooks=[InterruptAt(6)])
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit()
+    convs = [p for p in resumed.model.parameters() if p.dim() == 4]
+    assert convs and all(p.stride() != p.contiguous().stride() for p in convs)  # channels-last weights
+    for p in convs:
+        assert resumed.optimizer.state[p]["momentum_buffer"].stride() == p.stride()
+
+
 def test_cuda_graphs_need_a_cuda_device():
     with pytest.raises(TicketlabError, match="--cuda-graph replays CUDA graphs and needs --device cuda"):
         _trainer(cfg=TrainConfig(epochs=1, batch_size=16, cuda_graph=True))

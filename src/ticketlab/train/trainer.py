@@ -323,6 +323,7 @@ class Trainer:
         fused = fused_on([p for group in self.optimizer.param_groups for p in group["params"]])
         for group in self.optimizer.param_groups:  # a checkpoint from another device keeps this one's kernels
             group["fused"] = fused
+        _match_layouts(self.optimizer)
         torch.set_rng_state(state["rng_cpu"].cpu())  # checkpoints load onto the training device
         for hook, hook_state in zip(self.hooks, state["hooks"]):
             hook.load_state_dict(hook_state)
@@ -486,3 +487,16 @@ class Trainer:
         for hook in self.hooks:
             hook.on_epoch_end(self, epoch)
         self.save_checkpoint()
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimiser state its parameter's memory layout.
+
+    A checkpoint stores tensors contiguous; against channels-last convolution weights the fused
+    CUDA kernels refuse the mixed strides (and the foreach ones fall back to a slow path).
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+

@@ -32,3 +32,10 @@ def test_cli_parses_without_importing_torch():
 def test_train_is_the_function_after_its_subpackage_is_imported():
     _run("import ticketlab.train.trainer, ticketlab; from ticketlab import train; "
          "assert callable(ticketlab.train) and ticketlab.train is train and train.__module__ == 'ticketlab.train.run'")
+
+
+def test_each_subpackage_imports_first_in_a_fresh_interpreter():
+    # an import cycle shows only when its far end is imported first (`import ticketlab.robust` failed so)
+    for name in ("config", "data", "models", "sparsity", "train", "tickets", "compact", "robust", "report",
+                 "store", "speed", "errors", "registry", "cli.main"):
+        _run(f"import ticketlab.{name}")

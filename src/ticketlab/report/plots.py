@@ -58,16 +58,30 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
-    """Ticket test accuracy against measured compacted/dense CPU throughput, one point per level."""
+# Arms trained on the ticket's own masks: compacted, they run exactly as fast as the ticket.
+# (random, shuffle and oneshot draw other masks, whose speed-up was not measured.)
+_SAME_MASKS = ("ticket", "finetune", "reinit")
+
+
+def tradeoff_series(summary: dict[str, Any]) -> dict[str, list[tuple[float, float, float]]]:
+    """(measured speed-up, test accuracy mean, std) per level for each arm with the ticket's masks."""
     levels = [r for r in summary["levels"] if r.get("speedup_cpu")]
+    arms = [arm for arm in _SAME_MASKS if levels and arm in levels[0]]
+    return {arm: [(r["speedup_cpu"], r[arm]["mean"], r[arm]["std"]) for r in levels] for arm in arms}
+
+
+def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
+    """Test accuracy against measured compacted/dense CPU throughput, one point per level and arm."""
     dense = summary["dense"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     ax.errorbar([1.0], [100 * dense["mean"]], yerr=[100 * dense["std"]], color="k", marker="s", capsize=3,
                 label="dense")
-    x = [r["speedup_cpu"] for r in levels]
-    ax.errorbar(x, [100 * r["ticket"]["mean"] for r in levels], yerr=[100 * r["ticket"]["std"] for r in levels],
-                capsize=3, label=f"{summary.get('structure', '')} ticket, compacted", **_STYLE["ticket"])
+    series = tradeoff_series(summary)
+    for arm, points in series.items():
+        label = f"{summary.get('structure', '')} ticket, compacted" if arm == "ticket" else f"{arm}, same channels"
+        ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
+                    capsize=3, label=label, **_STYLE[arm])
+    levels = [r for r in summary["levels"] if r.get("speedup_cpu")]
     for r in levels:
         ax.annotate(f"{100 * r['density']:.1f}%", (r["speedup_cpu"], 100 * r["ticket"]["mean"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=7)

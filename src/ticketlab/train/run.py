@@ -25,7 +25,6 @@ from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.models import MODELS, build_model, model_augment
-from ticketlab.robust.outcome import sat_hook, sat_outcome
 from ticketlab.sparsity import density
 from ticketlab.store import CorruptFileError, RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import Hook, MaskHook
@@ -280,6 +279,8 @@ def train_run(
     if record.finished:
         return _reuse(record, model, dev)
     device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev, augment)
+    from ticketlab.robust.outcome import sat_hook, sat_outcome  # robust's hooks subclass train's: import late
+
     loss_hook = sat_hook(config.train, data.train_set)
     recorder = None
     if records:

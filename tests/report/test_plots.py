@@ -1,0 +1,31 @@
+import json
+
+from ticketlab.report.plots import plot_tradeoff, tradeoff_series
+
+
+def _summary():
+    arm = lambda mean: {"mean": mean, "std": 0.01}  # noqa: E731
+    levels = [
+        {"density": 0.69, "speedup_cpu": 1.3, "ticket": arm(0.83), "finetune": arm(0.86), "reinit": arm(0.80),
+         "random": arm(0.78)},
+        {"density": 0.47, "speedup_cpu": None, "ticket": arm(0.80), "finetune": arm(0.84), "reinit": arm(0.77),
+         "random": arm(0.75)},
+    ]
+    return {"model": "m", "dataset": "d", "structure": "channel", "dense": arm(0.85), "levels": levels}
+
+
+def test_arms_on_the_tickets_masks_share_its_measured_speed_up():
+    series = tradeoff_series(_summary())
+    # random pruning draws other masks, whose speed was not measured; a level without a measurement is left out
+    assert set(series) == {"ticket", "finetune", "reinit"}
+    assert series["finetune"] == [(1.3, 0.86, 0.01)]
+    assert series["ticket"] == [(1.3, 0.83, 0.01)]
+
+
+def test_a_study_without_baselines_plots_the_ticket_alone(tmp_path):
+    summary = json.loads(json.dumps(_summary()))
+    for level in summary["levels"]:
+        for arm in ("finetune", "reinit", "random"):
+            del level[arm]
+    assert set(tradeoff_series(summary)) == {"ticket"}
+    assert plot_tradeoff(summary, tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"

@@ -63,9 +63,13 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
 _SAME_MASKS = ("ticket", "finetune", "reinit")
 
 
+def _measured_levels(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in summary["levels"] if r.get("speedup_cpu")]
+
+
 def tradeoff_series(summary: dict[str, Any]) -> dict[str, list[tuple[float, float, float]]]:
     """(measured speed-up, test accuracy mean, std) per level for each arm with the ticket's masks."""
-    levels = [r for r in summary["levels"] if r.get("speedup_cpu")]
+    levels = _measured_levels(summary)
     arms = [arm for arm in _SAME_MASKS if levels and arm in levels[0]]
     return {arm: [(r["speedup_cpu"], r[arm]["mean"], r[arm]["std"]) for r in levels] for arm in arms}
 
@@ -81,8 +85,7 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
         label = f"{summary.get('structure', '')} ticket, compacted" if arm == "ticket" else f"{arm}, same channels"
         ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
                     capsize=3, label=label, **_STYLE[arm])
-    levels = [r for r in summary["levels"] if r.get("speedup_cpu")]
-    for r in levels:
+    for r in _measured_levels(summary):
         ax.annotate(f"{100 * r['density']:.1f}%", (r["speedup_cpu"], 100 * r["ticket"]["mean"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.axhline(100 * (dense["mean"] - 0.005), color="k", lw=0.8, ls=":", label="dense − 0.5 points")

@@ -499,4 +499,3 @@ def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-

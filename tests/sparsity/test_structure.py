@@ -243,8 +243,8 @@ def test_activation_and_taylor_scores_match_a_direct_computation_and_leave_the_m
     assert_close(activation["fc.weight"], z.detach().pow(2).sum(0).sqrt())
 
     taylor = channel_scores("taylor", model, masks, (x, y))
-    assert_close(taylor["conv.weight"], (a * ga).sum((0, 2, 3)).abs().detach())
-    assert_close(taylor["fc.weight"], (z * gz).sum(0).abs().detach())
+    assert_close(taylor["conv.weight"], (a * ga).sum((2, 3)).abs().mean(0).detach())
+    assert_close(taylor["fc.weight"], (z * gz).abs().mean(0).detach())
 
     assert model.training and all(m.training for m in model.modules())
     for name, value in model.state_dict().items():
@@ -261,7 +261,20 @@ def test_taylor_uses_the_given_loss():
     a, z = direct_outputs(model, masks, x)
     (ga,) = torch.autograd.grad(first_logit(z, y), [a])
     taylor = channel_scores("taylor", model, masks, (x, y), loss_fn=first_logit)
-    assert_close(taylor["conv.weight"], (a * ga).sum((0, 2, 3)).abs().detach())
+    assert_close(taylor["conv.weight"], (a * ga).sum((2, 3)).abs().mean(0).detach())
+
+
+def test_taylor_takes_the_absolute_value_per_example_so_opposite_examples_do_not_cancel():
+    model = nn.Sequential(nn.Linear(1, 1, bias=False))
+    nn.init.ones_(model[0].weight)
+    masks = {"0.weight": torch.ones(1, 1, dtype=torch.bool)}
+    x, sign = torch.ones(2, 1), torch.tensor([1.0, -1.0])
+
+    def signed(logits, targets):  # example 0 gains from the channel, example 1 loses the same
+        return (logits[:, 0] * targets).sum()
+
+    # summed over the batch first, the two examples' a * dL/da = +1 and -1 would give 0
+    assert channel_scores("taylor", model, masks, (x, sign), loss_fn=signed)["0.weight"].item() == 1.0
 
 
 def test_scores_see_the_conv_output_before_an_in_place_relu_even_in_a_frozen_model():
@@ -277,7 +290,7 @@ def test_scores_see_the_conv_output_before_an_in_place_relu_even_in_a_frozen_mod
     activation = channel_scores("activation", model, masks, (x, y))
     assert_close(activation["0.weight"], a.detach().pow(2).sum((0, 2, 3)).sqrt())
     taylor = channel_scores("taylor", model, masks, (x, y))
-    assert_close(taylor["0.weight"], (a * ga).sum((0, 2, 3)).abs().detach())
+    assert_close(taylor["0.weight"], (a * ga).sum((2, 3)).abs().mean(0).detach())
     assert not any(p.requires_grad for p in model.parameters())
 
 

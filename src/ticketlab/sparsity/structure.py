@@ -253,8 +253,9 @@ def _activation_norms(model: nn.Module, masks: Masks, batch: Batch) -> dict[str,
 def _taylor(
     model: nn.Module, masks: Masks, batch: Batch, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """|Σ a · ∂L/∂a| per output channel (Molchanov et al. 2017): the first-order change of the loss
-    when the channel's activation is set to zero."""
+    """Mean over examples of |Σ_positions a · ∂L/∂a| per output channel (Molchanov et al. 2017, eq. 8):
+    each example's first-order loss change when the channel is zeroed. The absolute value is taken per
+    example, as the paper does, because summed over a batch of a trained network the signed terms cancel."""
     net = _masked_copy(model, masks).requires_grad_(True)  # frozen weights would leave no graph to differentiate
     outputs = _record_outputs(net, masks)
     inputs, targets = _on_model_device(model, batch)
@@ -266,8 +267,10 @@ def _taylor(
     for (name, out, dim), grad in zip(flat, grads):
         # no gradient: the loss does not depend on this output, so its first-order change is 0
         g = torch.zeros_like(out) if grad is None else grad
-        terms[name].append(_per_channel(out.detach() * g, dim).sum(1))
-    return {name: torch.stack(t).sum(0).abs() for name, t in terms.items()}
+        per_channel = (out.detach() * g).movedim(dim, 0)  # [C, N, positions...]: batch first in every output
+        terms[name].append(per_channel.reshape(per_channel.shape[0], out.shape[0], -1).sum(2))
+    # a layer run twice changes the loss through both outputs: sum them before the per-example |.|
+    return {name: torch.stack(t).sum(0).abs().mean(1) for name, t in terms.items()}
 
 
 def channel_scores(
@@ -280,9 +283,9 @@ def channel_scores(
     """Per-layer channel scores [C_out] for the layers in `masks`, higher = keep.
 
     count: surviving weights; l1: L1 norm of the channel's masked weights; activation: L2 norm of
-    the channel's output over the batch and positions; taylor: |Σ activation · ∂loss/∂activation|
-    (loss_fn default cross-entropy). activation and taylor run an eval-mode copy of the model with
-    the masks applied, on `batch` = (inputs, targets).
+    the channel's output over the batch and positions; taylor: |Σ activation · ∂loss/∂activation| per
+    example, averaged over the batch (loss_fn default cross-entropy). activation and taylor run an
+    eval-mode copy of the model with the masks applied, on `batch` = (inputs, targets).
     """
     if criterion not in REFILL_CRITERIA:
         raise TicketlabError(f"unknown refill criterion {criterion!r}; choose one of: {', '.join(REFILL_CRITERIA)}")

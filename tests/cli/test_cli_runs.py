@@ -1,6 +1,7 @@
 """`ticketlab runs`, and what the CLI does with a store it cannot use: one-line user errors."""
 
 import json
+import threading
 
 import pytest
 
@@ -53,6 +54,31 @@ def test_runs_json_is_one_object_on_the_last_line(tmp_path, capsys):
     assert code == 0 and _last_json(out) == {"removed": [a.run_id]}
     code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
     assert [r["run_id"] for r in _last_json(out)["runs"]] == [b.run_id]
+
+
+def test_a_run_held_by_a_training_process_is_listed_as_training_and_not_removed(tmp_path, capsys):
+    cfg, held, done = RunConfig(train=TrainConfig(epochs=2)), threading.Event(), threading.Event()
+
+    def train_elsewhere():
+        with RunStore(tmp_path).claim(cfg):
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=train_elsewhere)
+    holder.start()
+    assert held.wait(30)
+    try:
+        code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
+        assert [r["status"] for r in _last_json(out)["runs"]] == ["training"]
+        code, _, err = _run(capsys, "runs", "rm", cfg.run_id, "--store", tmp_path)
+        _user_error(code, err, cfg.run_id, "being trained by another process")
+        assert RunStore(tmp_path).get(cfg.run_id) is not None
+    finally:
+        done.set()
+        holder.join(30)
+    code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
+    assert [r["status"] for r in _last_json(out)["runs"]] == ["incomplete"]  # interrupted: resumable, removable
+    assert _run(capsys, "runs", "rm", cfg.run_id, "--store", tmp_path)[0] == 0
 
 
 @pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["show", "abc"], ["rm", "abc"]])

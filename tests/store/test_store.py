@@ -1,5 +1,7 @@
 import os
 import re
+import threading
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from ticketlab.store import (
     write_tensors,
 )
 from ticketlab.train import train
+from ticketlab.train.hooks import Hook
 
 from helpers import InterruptAt, tiny_dataset
 
@@ -35,6 +38,60 @@ def test_begin_finish_list_resolve_remove(tmp_path):
     assert store.list() == [] and not rec.folder.exists()
     with pytest.raises(TicketlabError, match="no run"):
         store.resolve("ffff")
+
+
+class _Gate(Hook):
+    """Holds a training run at its start until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def on_start(self, trainer) -> None:
+        self.started.set()
+        assert self.go.wait(30)
+
+
+def _in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(target(*args, **kwargs)))
+    thread.start()
+    return thread, out
+
+
+def test_a_run_being_trained_elsewhere_is_waited_for_and_reused(tmp_path, capfd):
+    """Two commands on one store (a parallel sweep sharing its dense run) train a run once."""
+    store, data, gate = RunStore(tmp_path), tiny_dataset(), _Gate()
+    options = dict(model="conv_2", dataset=data, epochs=2, batch_size=32, progress=False)
+    first, first_out = _in_thread(train, store=store, hooks=[gate], **options)
+    assert gate.started.wait(30)
+    second, second_out = _in_thread(train, store=RunStore(tmp_path), **options)  # its own connection, as a process
+    err, deadline = "", time.monotonic() + 30
+    while "being trained by another process" not in err and time.monotonic() < deadline:
+        second.join(0.1)
+        err += capfd.readouterr().err
+    assert "being trained by another process" in err and second.is_alive()  # waiting, not training beside it
+    gate.go.set()
+    first.join(60), second.join(60)
+    [a], [b] = first_out, second_out
+    assert not a.reused and b.reused and a.run_id == b.run_id and len(store.list()) == 1
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_a_waiter_trains_a_run_its_holder_removed(tmp_path):
+    store, cfg = RunStore(tmp_path), RunConfig(train=TrainConfig(epochs=2))
+
+    def claim_elsewhere():
+        with RunStore(tmp_path).claim(cfg) as record:
+            return record
+
+    with store.claim(cfg) as held:
+        waiter, out = _in_thread(claim_elsewhere)
+        waiter.join(0.5)
+        assert waiter.is_alive() and held.status == "incomplete"
+        store.remove(cfg.run_id)  # what a run failing on a user error does
+    waiter.join(10)
+    [again] = out
+    assert again.status == "incomplete" and (again.folder / "config.json").exists()  # begun afresh, to train
 
 
 def test_store_location_order(tmp_path, monkeypatch):

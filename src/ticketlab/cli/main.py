@@ -398,14 +398,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "list":
         runs = store.list()
         runs_of = [r.config.get("run", r.config) for r in runs]  # a study keeps its runs' settings under "run"
+        status = ["training" if not r.finished and store.training(r.run_id) else r.status for r in runs]
         rows = [
-            (r.run_id, r.kind, r.status, c.get("model", {}).get("name"), c.get("data", {}).get("dataset"),
+            (r.run_id, r.kind, s, c.get("model", {}).get("name"), c.get("data", {}).get("dataset"),
              (r.summary or {}).get("test_accuracy"))
-            for r, c in zip(runs, runs_of)
+            for r, s, c in zip(runs, status, runs_of)
         ]
         if args.json:
-            print(json.dumps({"runs": [{"run_id": r.run_id, "kind": r.kind, "status": r.status, "summary": r.summary}
-                                       for r in runs]}, sort_keys=True))
+            print(json.dumps({"runs": [{"run_id": r.run_id, "kind": r.kind, "status": s, "summary": r.summary}
+                                       for r, s in zip(runs, status)]}, sort_keys=True))
         elif rows:
             print(table(("run", "kind", "status", "model", "dataset", "test_acc"), rows))
         else:
@@ -423,6 +424,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
             for run in shown:
                 print(json.dumps(run, indent=2, sort_keys=True))
         return 0
+    busy = [r.run_id for r in records if not r.finished and store.training(r.run_id)]
+    if busy:
+        raise TicketlabError(f"run {', '.join(busy)} is being trained by another process; stop that process "
+                             f"(Ctrl-C checkpoints it) before removing the run")
     for record in records:
         store.remove(record.run_id)
         print(f"removed {record.run_id}")

@@ -12,10 +12,17 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked against a second process there
+    fcntl = None  # type: ignore[assignment]
 
 from ticketlab.config import RunConfig, to_dict
 from ticketlab.errors import TicketlabError
@@ -27,7 +34,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id  TEXT PRIMARY KEY,
     kind    TEXT NOT NULL,
-    status  TEXT NOT NULL,          -- incomplete (training or interrupted) | finished
+    status  TEXT NOT NULL,          -- incomplete (training or interrupted: see `training`) | finished
     created REAL NOT NULL,
     updated REAL NOT NULL,
     config  TEXT NOT NULL,          -- the full configuration, JSON
@@ -136,6 +143,48 @@ class RunStore:
                 (config.run_id, config.kind, now, now, json.dumps(full, sort_keys=True)),
             )
         return self.get(config.run_id)  # type: ignore[return-value]
+
+    @contextmanager
+    def claim(self, config: RunConfig) -> Iterator[RunRecord]:
+        """`begin`, holding an unfinished run for this process alone until the block ends.
+
+        Two commands sharing a store (parallel sweeps share their dense run) then train each run
+        once: the second waits for the first and finds the run finished, or gone if it failed.
+        The lock is the operating system's, so a killed process frees it.
+        """
+        record = self.begin(config)
+        if record.finished or fcntl is None:
+            yield record
+            return
+        lock = self._lock(config.run_id)
+        lock.parent.mkdir(exist_ok=True)
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"run {config.run_id} is being trained by another process on {self.root}; "
+                      f"waiting for it to finish", file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield self.begin(config)  # read again: the other process may have finished or removed it
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def training(self, run_id: str) -> bool:
+        """Whether a process holds the run now: an unfinished run is training, else interrupted."""
+        lock = self._lock(run_id)
+        if fcntl is None or not lock.exists():
+            return False
+        with open(lock, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def _lock(self, run_id: str) -> Path:
+        return self.root / "locks" / run_id  # outside the run's folder, which `remove` deletes
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> RunRecord:
         write_json(self.folder(run_id) / "summary.json", summary)

@@ -275,43 +275,44 @@ def train_run(
         config = replace(config, compacted=compacted)
 
     augment = default_augment(config.data, dataset, config.model.name)
-    record = store.begin(config)
-    if record.finished:
-        return _reuse(record, model, dev)
-    device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev, augment)
-    from ticketlab.robust.outcome import sat_hook, sat_outcome  # robust's hooks subclass train's: import late
+    with store.claim(config) as record:
+        if record.finished:
+            return _reuse(record, model, dev)
+        device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, dev, augment)
+        from ticketlab.robust.outcome import sat_hook, sat_outcome  # robust's hooks subclass train's: import late
 
-    loss_hook = sat_hook(config.train, data.train_set)
-    recorder = None
-    if records:
-        from ticketlab.train.records import ExampleRecords
+        loss_hook = sat_hook(config.train, data.train_set)
+        recorder = None
+        if records:
+            from ticketlab.train.records import ExampleRecords
 
-        recorder = ExampleRecords(len(train_set.train_y), train_set.num_classes + extra_outputs, config.train.epochs)
-    net, net_masks = (shrunk.small, shrunk.masks) if shrunk else (model, masks)
-    all_hooks = ([MaskHook(net_masks)] if net_masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
-    result = _fit(
-        store, config, record, net, device_data, weights=shrunk.trained_state if shrunk else None,
-        validation=validation, test=(dataset.test_x, dataset.test_y),
-        hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, save_at=save_at,
-        start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
-        progress=progress, description=description or f"{config.model.name} on {dataset.name}",
-    )
-    if shrunk is not None:
-        model.load_state_dict(shrunk.trained_state())
-        model.to(dev)
-    if recorder is not None:
-        recorder.save(record.folder / "records.safetensors")
-    summary = _summary(config, model, result)
-    if shrunk is not None:
-        summary["trained_parameters"] = sum(p.numel() for p in net.parameters())
-    if data.noise_rate is not None:
-        summary["noise_rate"] = round(data.noise_rate, 6)
-    if loss_hook is not None:
-        summary.update(sat_outcome(loss_hook, model, dataset, data.train_set.train_y, data.clean_train_y,
-                                   record.folder, seed=config.train.seed))
-    (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
-    store.finish(config.run_id, summary)
-    return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)
+            classes = train_set.num_classes + extra_outputs
+            recorder = ExampleRecords(len(train_set.train_y), classes, config.train.epochs)
+        net, net_masks = (shrunk.small, shrunk.masks) if shrunk else (model, masks)
+        all_hooks = ([MaskHook(net_masks)] if net_masks else []) + list(hooks) + [h for h in (loss_hook, recorder) if h]
+        result = _fit(
+            store, config, record, net, device_data, weights=shrunk.trained_state if shrunk else None,
+            validation=validation, test=(dataset.test_x, dataset.test_y),
+            hooks=all_hooks, loss_fn=loss_hook.loss if loss_hook else None, save_at=save_at,
+            start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
+            progress=progress, description=description or f"{config.model.name} on {dataset.name}",
+        )
+        if shrunk is not None:
+            model.load_state_dict(shrunk.trained_state())
+            model.to(dev)
+        if recorder is not None:
+            recorder.save(record.folder / "records.safetensors")
+        summary = _summary(config, model, result)
+        if shrunk is not None:
+            summary["trained_parameters"] = sum(p.numel() for p in net.parameters())
+        if data.noise_rate is not None:
+            summary["noise_rate"] = round(data.noise_rate, 6)
+        if loss_hook is not None:
+            summary.update(sat_outcome(loss_hook, model, dataset, data.train_set.train_y, data.clean_train_y,
+                                       record.folder, seed=config.train.seed))
+        (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
+        store.finish(config.run_id, summary)
+        return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)
 
 
 def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module, data: DeviceData, *,

@@ -138,12 +138,12 @@ def _train_group(
     """Train (or resume) the group run to its finished record."""
     stacked = StackedModels(nets)
     augment = default_augment(group.data, dataset, group.model.name)  # a bad setting stops before the store
-    record = store.begin(group)
-    if not record.finished:
+    with store.claim(group) as record:
+        if record.finished:
+            return record
         data = _prepare(group, dataset, None)
         train_set = data.train_set
-        device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, device,
-                                 augment)
+        device_data = DeviceData(train_set.train_x, train_set.train_y, train_set.mean, train_set.std, device, augment)
         hooks = [MaskHook(stack_masks(_complete(masks, nets[0])))] if any(masks) else []
         result = _fit(store, group, record, stacked, device_data, validation=data.validation,
                       test=(dataset.test_x, dataset.test_y), hooks=hooks, start_iteration=group.start,
@@ -156,8 +156,7 @@ def _train_group(
         if result.validation is not None:
             summary.update(val_accuracies=result.validation["accuracies"], val_losses=result.validation["losses"])
         (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)
-        record = store.finish(group.run_id, summary)
-    return record
+        return store.finish(group.run_id, summary)
 
 
 def _group_members(record: RunRecord, net: nn.Module) -> dict[str, tuple[nn.Module, TrainResult]]:

@@ -159,9 +159,7 @@ class RunStore:
         lock = self._lock(config.run_id)
         lock.parent.mkdir(exist_ok=True)
         with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(handle):
                 print(f"run {config.run_id} is being trained by another process on {self.root}; "
                       f"waiting for it to finish", file=sys.stderr, flush=True)
                 fcntl.flock(handle, fcntl.LOCK_EX)
@@ -176,9 +174,7 @@ class RunStore:
         if fcntl is None or not lock.exists():
             return False
         with open(lock, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(handle):
                 return True
             fcntl.flock(handle, fcntl.LOCK_UN)
             return False
@@ -200,3 +196,11 @@ class RunStore:
         with self._connect() as con:
             con.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
         shutil.rmtree(self.folder(run_id), ignore_errors=True)
+
+
+def _try_lock(handle: Any) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -88,6 +88,8 @@ def test_bad_requests_are_user_errors():
         speedup([], "compacted", 64)
     with pytest.raises(TicketlabError, match="CUDA graphs need a CUDA device"):
         measure({"a": _Probe()}, (3, 8, 8), (2,), cuda_graph=True)
+    with pytest.raises(TicketlabError, match="not both"):
+        measure({"a": _Probe()}, (3, 8, 8), (2,), device="cuda", cuda_graph=True, compiled=True)
 
 
 @pytest.mark.gpu
@@ -99,3 +101,43 @@ def test_cuda_graph_timings_replay_the_captured_forward():
     assert [t.variant for t in timings] == ["a", "b"] and all(t.latency_ms > 0 for t in timings)
     # warm-up, side-stream warm-up and capture each call forward once; replays do not
     assert len(probe.channels_last_inputs) == 3
+
+
+class _Counted(nn.Module):
+    """A conv net that counts the forward passes run eagerly, that is, not from compiled code."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, 2)
+        self.eager_calls = 0
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling():
+            self.eager_calls += 1
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_compiled_timings_run_compiled_code_for_every_variant_and_batch_size():
+    # nine compilations of one forward: past dynamo's default of eight, after which it would
+    # silently run the rest eagerly
+    variants = {f"w{width}": _Counted(width) for width in (2, 3, 4)}
+    timings = measure(variants, (3, 8, 8), (1, 2, 3), repeats=2, warmup=1, min_seconds=0.0, compiled=True)
+    assert [(t.variant, t.batch_size) for t in timings][:3] == [("w2", 1), ("w3", 1), ("w4", 1)]
+    assert all(t.latency_ms > 0 for t in timings)
+    assert [m.eager_calls for m in variants.values()] == [0, 0, 0]
+    eager = _Counted(2)
+    measure({"eager": eager}, (3, 8, 8), (1,), repeats=2, warmup=1, min_seconds=0.0)
+    assert eager.eager_calls == 4  # warm-up, the call that sizes a repetition, two repetitions
+
+
+def test_a_model_that_cannot_compile_is_a_user_error(monkeypatch):
+    def broken(model, **kwargs):
+        def forward(x):
+            raise RuntimeError("Compiler: cc not found\nmore detail")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(TicketlabError, match=r"'a' cannot be compiled by torch.compile \(Compiler: cc not found\)"):
+        measure({"a": _Probe()}, (3, 8, 8), (2,), repeats=1, compiled=True)

@@ -20,10 +20,16 @@ Image models run in the channels-last layout by default, as the Trainer trains t
 faster layout of both oneDNN and cuDNN, and in the default NCHW layout oneDNN's CPU convolutions
 are slow at some channel counts (16 channels at 32x32 takes 3x the time of 15), which would
 flatter any ticket that moves off them. Every variant gets the same layout.
+
+A deployment compiles: `compiled` times each variant as `torch.compile` (TorchInductor, with weights
+frozen as constants, so BatchNorm folds into the convolutions and fused kernels replace chains of
+small ones) runs it. Narrow networks are bound by per-operation overhead more than wide ones, so the
+ratio can move either way; both figures are worth reporting side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -111,6 +117,35 @@ def _graphed(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[torch.Te
     return lambda _: graph.replay()
 
 
+def _compiling(compilations: int) -> contextlib.ExitStack:
+    """Inductor's freezing: parameters become constants of the compiled graph (BatchNorm folded into
+    the convolution before it, weights pre-packed for oneDNN), as for a model that only serves. Each
+    variant and batch size is one compilation of the same `forward` code, more than dynamo keeps by
+    default, and past that limit it would run the rest eagerly without a word: so the limit fits the
+    request, and hitting it anyway is an error rather than an eager timing labelled compiled."""
+    from torch._dynamo import config as dynamo
+    from torch._inductor import config as inductor
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(inductor.patch(freezing=True))
+    stack.enter_context(dynamo.patch(recompile_limit=max(8, compilations), fail_on_recompile_limit_hit=True))
+    return stack
+
+
+def _compiled(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """The model compiled for inputs shaped like `x`, compiled now (on its first call) so no timing pays
+    for it. Compilation needs a C++ compiler on the CPU and Triton on CUDA; a failure is the user's to
+    fix (or to time without compiling), so it is reported as such."""
+    forward = torch.compile(model, dynamic=False)
+    try:
+        forward(x)
+    except Exception as error:  # dynamo and inductor raise many types, all meaning "cannot compile"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TicketlabError(f"variant {name!r} cannot be compiled by torch.compile ({first}); "
+                             "time it without the compile option") from None
+    return forward
+
+
 def _placed(model: nn.Module, device: torch.device, layout: torch.memory_format) -> nn.Module:
     """The model in eval mode on `device` in `layout`, moved only when it is not there already: a
     network with 2:4 semi-structured weights is built in place and cannot be moved again."""
@@ -135,6 +170,7 @@ def measure(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
     cuda_graph: bool = False,
+    compiled: bool = False,
 ) -> list[Timing]:
     """Median forward latency of each variant (eval mode, no autograd) at each batch size.
 
@@ -146,6 +182,9 @@ def measure(
     `cuda_graph` times each forward replayed from a captured CUDA graph, as a deployment would run it:
     small networks on a large GPU are bound by kernel launches, which a graph removes, so their time
     then follows the work their kernels do.
+
+    `compiled` times each variant compiled by `torch.compile` with frozen weights (module docstring);
+    each batch size is compiled once, before its warm-up, and compiling is not timed.
     """
     if not variants:
         raise TicketlabError("nothing to measure: give at least one model variant")
@@ -157,18 +196,24 @@ def measure(
     if cuda_graph and dev.type != "cuda":
         raise TicketlabError(f"CUDA graphs need a CUDA device, got {dev}; "
                              "drop the CUDA-graph option or use --device cuda")
+    if cuda_graph and compiled:
+        raise TicketlabError("time with CUDA graphs or compiled, not both (as in training); "
+                             "drop one of the two options")
     layout = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     models = {name: _placed(m, dev, layout) for name, m in variants.items()}
     generator = torch.Generator().manual_seed(0)
     timings: list[Timing] = []
-    with torch.inference_mode():
+    compiling = _compiling(len(models) * len(batch_sizes)) if compiled else contextlib.nullcontext()
+    with torch.inference_mode(), compiling:
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, generator=generator).to(dev, dtype, memory_format=layout)
             calls = {}
             forwards: dict[str, Callable[[torch.Tensor], Any]] = dict(models)
             for name, model in models.items():
+                if compiled:
+                    forwards[name] = _compiled(name, model, x)
                 for _ in range(warmup):
-                    model(x)
+                    forwards[name](x)
                 if cuda_graph:
                     forwards[name] = _graphed(name, model, x)
                 once = _time_once(forwards[name], x, 1)

@@ -138,6 +138,16 @@ def test_bench_refuses_cuda_graphs_on_the_cpu(conv_ticket, capsys):
     assert code == 2 and "CUDA graphs need a CUDA device" in err and "--device cuda" in err and "Traceback" not in err
 
 
+def test_bench_compiled_times_every_variant_and_says_so(conv_ticket, capsys):
+    code, out, err = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
+                          "--compile", "--json")
+    assert code == 0 and "compiled by torch.compile with frozen weights" in out.splitlines()[0]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["compiled"] is True
+    assert [t["variant"] for t in report["timings"]] == ["dense", "masked", "compacted"]
+    assert "Traceback" not in err
+
+
 def test_bench_refuses_negative_threads(conv_ticket, capsys):
     code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--threads", "-1")
     assert code == 2 and "--threads" in err and "positive" in err and "Traceback" not in err

@@ -80,9 +80,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     half = "dense_fp16" in variants
     timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats,
                       dtype=torch.float16 if half else torch.float32, channels_last=args.layout == "channels-last",
-                      cuda_graph=args.cuda_graph)
+                      cuda_graph=args.cuda_graph, compiled=args.compile)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     graphs = " (CUDA graphs)" if args.cuda_graph else ""
+    graphs += ", compiled by torch.compile with frozen weights" if args.compile else ""
     widths = f", compacted widths padded to multiples of {multiple}" if multiple > 1 and "compacted" in variants else ""
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
           f"{device.type}{graphs}, {torch.get_num_threads()} threads, {args.layout} layout{widths}; "
@@ -96,7 +97,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(notes[key])
     if args.json:
         print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
-                          "layout": args.layout, "cuda_graph": args.cuda_graph,
+                          "layout": args.layout, "cuda_graph": args.cuda_graph, "compiled": args.compile,
                           "timings": [t.as_dict() for t in timings], "parameters": params, "flops": flops, **notes},
                          sort_keys=True))
     return 0
@@ -170,6 +171,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="CUDA: time each forward replayed from a CUDA graph, as a deployment runs it; small networks "
                         "on a large GPU are otherwise bound by kernel launches, whatever their size")
+    p.add_argument("--compile", action="store_true",
+                   help="time each variant compiled by torch.compile with its weights frozen (BatchNorm folded, "
+                        "kernels fused), as a deployment runs it; needs a C++ compiler on CPU, and compiling each "
+                        "variant and batch size takes seconds (not timed)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(func=cmd_bench)
 

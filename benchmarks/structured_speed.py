@@ -1,7 +1,7 @@
 """Speed of channel tickets after physical compaction, against the dense network.
 
   python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
-      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph] [--multiples 1,8]
+      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph | --compile] [--multiples 1,8]
 
 Speed depends on which channels survive, not on how well the weights are trained, so this runs
 the structure step of `ticketlab find --structure channel` (global magnitude IMP step of 20%,
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--layout", choices=("channels-last", "nchw"), default="channels-last",
                     help="memory layout of every variant (as `ticketlab bench --layout`)")
     ap.add_argument("--cuda-graph", action="store_true", help="time forwards replayed from CUDA graphs (GPU)")
+    ap.add_argument("--compile", action="store_true",
+                    help="time every variant compiled by torch.compile with frozen weights (as `ticketlab bench`)")
     ap.add_argument("--multiples", default="1", help="compacted widths padded to each multiple (1: exact)")
     ap.add_argument("--out", default="benchmarks/results/structured_speed.json")
     args = ap.parse_args()
@@ -62,7 +64,7 @@ def main() -> None:
                 err = max(float((s(x) - ticket(x)).abs().max()) for s in smalls.values())
             timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), **smalls},
                               (3, 32, 32), batches, device=args.device, repeats=args.repeats,
-                              channels_last=args.layout == "channels-last", cuda_graph=args.cuda_graph)
+                              channels_last=args.layout == "channels-last", cuda_graph=args.cuda_graph, compiled=args.compile)
             density = density_report(weights)["total"]["density"]
             row = {"model": name, "level": level, "density": density,
                    "parameters": sum(p.numel() for p in ticket.parameters()),
@@ -75,7 +77,7 @@ def main() -> None:
                   ", ".join(f"{v} b{b} {ratios[(v, b)]:.2f}x" for v in smalls for b in batches) +
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
     result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout,
-              "cuda_graph": args.cuda_graph,
+              "cuda_graph": args.cuda_graph, "compiled": args.compile,
               "machine": machine(args.device), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -141,3 +141,11 @@ def test_a_model_that_cannot_compile_is_a_user_error(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.raises(TicketlabError, match=r"'a' cannot be compiled by torch.compile \(Compiler: cc not found\)"):
         measure({"a": _Probe()}, (3, 8, 8), (2,), repeats=1, compiled=True)
+
+
+@pytest.mark.gpu
+def test_compiled_timings_on_cuda_run_compiled_code():
+    variants = {"a": _Counted(4), "b": _Counted(8)}
+    timings = measure(variants, (3, 8, 8), (2, 4), device="cuda", warmup=1, repeats=2, compiled=True)
+    assert all(t.latency_ms > 0 for t in timings)
+    assert [m.eager_calls for m in variants.values()] == [0, 0]

@@ -1,7 +1,8 @@
 """Speed of channel tickets after physical compaction, against the dense network.
 
   python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
-      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph | --compile] [--multiples 1,8]
+      [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph | --compile]
+      [--multiples 1,8]
 
 Speed depends on which channels survive, not on how well the weights are trained, so this runs
 the structure step of `ticketlab find --structure channel` (global magnitude IMP step of 20%,
@@ -64,7 +65,8 @@ def main() -> None:
                 err = max(float((s(x) - ticket(x)).abs().max()) for s in smalls.values())
             timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), **smalls},
                               (3, 32, 32), batches, device=args.device, repeats=args.repeats,
-                              channels_last=args.layout == "channels-last", cuda_graph=args.cuda_graph, compiled=args.compile)
+                              channels_last=args.layout == "channels-last", cuda_graph=args.cuda_graph,
+                              compiled=args.compile)
             density = density_report(weights)["total"]["density"]
             row = {"model": name, "level": level, "density": density,
                    "parameters": sum(p.numel() for p in ticket.parameters()),

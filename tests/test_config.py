@@ -2,7 +2,17 @@ import dataclasses
 
 import pytest
 
-from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, from_dict, run_id, to_dict
+from ticketlab.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    canonical_json,
+    from_dict,
+    run_id,
+    scaled_train,
+    to_dict,
+)
 from ticketlab.errors import TicketlabError
 from ticketlab.train import recipe_config
 
@@ -97,3 +107,15 @@ def test_a_fixed_loss_scale_enters_the_run_id_and_its_absence_does_not():
     assert run_id(RunConfig()) == run_id(RunConfig(train=TrainConfig(loss_scale=0.0)))
     assert run_id(RunConfig(train=TrainConfig(loss_scale=1024.0))) != run_id(RunConfig())
     TrainConfig(precision="fp16", loss_scale=0.5).validate()  # powers of two below one are fine too
+
+
+def test_a_scaled_schedule_keeps_its_shape():
+    cfg = TrainConfig(epochs=160, schedule="step", milestones=(80.0, 120.0), warmup_epochs=2.0)
+    small = scaled_train(cfg, 0.5)  # a PrAC search on half the data
+    assert small.epochs == 80 and small.milestones == (40.0, 60.0) and small.warmup_epochs == 1.0
+    tiny = scaled_train(cfg, 0.001)
+    assert tiny.epochs == 1 and tiny.milestones == (0.5, 0.75)
+    tiny.validate()
+    longer = scaled_train(cfg, 29 / 16)  # a scratch baseline's budget
+    assert longer.epochs == 290 and longer.milestones == (145.0, 217.5) and longer.warmup_epochs == 3.625
+    longer.validate()

@@ -161,6 +161,18 @@ _ONLY_WITH: dict[str, tuple[Any, str]] = {
 }
 
 
+def scaled_train(cfg: TrainConfig, fraction: float) -> TrainConfig:
+    """Epochs, milestones and warm-up scaled by `fraction` (at least one epoch), so the schedule keeps
+    its shape: a PrAC search on part of the data runs shorter, a scratch baseline's budget longer."""
+    epochs = max(1, round(cfg.epochs * fraction))
+    scale = epochs / cfg.epochs
+    milestones = tuple(m for m in (round(m * scale, 4) for m in cfg.milestones) if 0 < m < epochs)
+    schedule = cfg.schedule if milestones or cfg.schedule != "step" else "constant"
+    sat_start = min(cfg.sat_start, epochs - 1) if cfg.loss != "ce" else cfg.sat_start
+    return dataclasses.replace(cfg, epochs=epochs, milestones=milestones, schedule=schedule,
+                               warmup_epochs=min(cfg.warmup_epochs * scale, epochs * 0.5), sat_start=sat_start)
+
+
 def check_given(config: TrainConfig, given: set[str]) -> None:
     """Refuse options the user set that this configuration would silently ignore."""
     for name in sorted(given & set(_ONLY_WITH)):

@@ -13,7 +13,7 @@ from ticketlab.train import Trainer
 
 from helpers import TinyNet, tiny_dataset
 
-ALL = ("reinit", "random", "shuffle", "oneshot", "finetune")
+ALL = ("reinit", "random", "shuffle", "oneshot", "finetune", "scratch")
 
 
 def _find(tmp_path, **kw):
@@ -55,6 +55,24 @@ def test_tiny_end_to_end_study(tmp_path):
                 assert torch.all(final[name][~m] == 0), name
     # masks nest: each level prunes only weights that were still alive
     assert all(torch.all(result.masks[1][n] <= result.masks[0][n]) for n in result.masks[0])
+
+
+def test_scratch_trains_the_reinit_start_for_the_epochs_imp_spent(tmp_path):
+    tickets = TicketConfig(levels=2, baselines=("reinit", "scratch"), rewind="3it")
+    result = _find(tmp_path, tickets=tickets, schedule="step", milestones=(1.5,))
+    store = RunStore(tmp_path)
+    per_seed = json.loads((result.folder / "per_seed.json").read_text())
+    steps = store.get(per_seed[0][0]["runs"]["ticket"]).summary["iterations"] // 3
+    for level in per_seed[0][1:]:
+        ticket, reinit, scratch = (store.get(level["runs"][arm]) for arm in ("ticket", "reinit", "scratch"))
+        spent = 3 * steps + level["level"] * (3 * steps - 3)  # the dense run, then each level from iteration 3
+        epochs = -(-spent // steps)
+        assert scratch.config["train"]["epochs"] == epochs and scratch.summary["iterations"] == epochs * steps
+        assert scratch.config["train"]["milestones"] == [round(1.5 * epochs / 3, 4)]  # the schedule stretched
+        assert scratch.config["start"] == 0 and ticket.config["start"] == 3
+        assert scratch.config["init"] == reinit.config["init"] != ticket.config["init"]
+        assert scratch.config["masks"] == reinit.config["masks"] == ticket.config["masks"]
+    assert all(0 <= row["scratch"]["mean"] <= 1 for row in result.summary["levels"])
 
 
 def test_user_module_and_layerwise_rates(tmp_path):
@@ -153,8 +171,9 @@ def test_stacked_arms_give_the_one_by_one_study(tmp_path, seeds):
     for level in per_seed[0][1:]:
         runs = {arm: store.get(run) for arm, run in level["runs"].items()}
         assert all(r.finished for r in runs.values())
-        # with one seed, reinit alone starts at iteration 0 and trains the plain way; with two, its two seeds stack
-        alone = {"reinit"} if seeds == 1 else set()
+        # with one seed, reinit and scratch (each its own schedule) start at iteration 0 alone and train the
+        # plain way; with two, each one's two seeds stack
+        alone = {"reinit", "scratch"} if seeds == 1 else set()
         assert {arm for arm, r in runs.items() if r.config["stacked"]} == {"ticket", *ALL} - alone
     assert not any(r.kind == "stack" for r in store.list())  # groups are removed once their members are stored
 

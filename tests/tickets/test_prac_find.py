@@ -3,10 +3,9 @@ import json
 import pytest
 import torch
 
-from ticketlab.config import TrainConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.tickets import TicketConfig, find_ticket
-from ticketlab.tickets.prac import PracSet, load_prac, prac_indices, save_prac, scaled_train
+from ticketlab.tickets.prac import PracSet, load_prac, prac_indices, save_prac
 
 from helpers import tiny_dataset
 
@@ -18,15 +17,6 @@ def test_prac_indices_union_and_empty_set():
     assert prac_indices(hard, changed).tolist() == [0, 2, 3]
     with pytest.raises(TicketlabError, match="empty"):
         prac_indices(torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool))
-
-
-def test_schedule_shrinks_with_the_prac_fraction():
-    cfg = TrainConfig(epochs=160, schedule="step", milestones=(80.0, 120.0), warmup_epochs=2.0)
-    small = scaled_train(cfg, 0.5)
-    assert small.epochs == 80 and small.milestones == (40.0, 60.0) and small.warmup_epochs == 1.0
-    tiny = scaled_train(cfg, 0.001)
-    assert tiny.epochs == 1 and tiny.milestones == (0.5, 0.75)  # the schedule keeps its shape
-    tiny.validate()
 
 
 def test_prac_file_round_trip_and_size_check(tmp_path):

@@ -489,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer-wise scope: the classifier's own rate (LeNet paper: 0.1)")
     g.add_argument("--scope", choices=("global", "layerwise"), default="global")
     g.add_argument("--rewind", default="0", help="rewind point: 0, <n>it or <n>ep")
-    g.add_argument("--baselines", default="reinit,random", help="comma list of reinit,random,shuffle,oneshot,finetune")
+    g.add_argument("--baselines", default="reinit,random",
+                   help="comma list of reinit,random,shuffle,oneshot,finetune,scratch")
     g.add_argument("--seeds", type=int, default=1, help="repeat the study with this many seeds")
     g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")

@@ -2,7 +2,8 @@
 
 Each baseline turns a level's context into an `Arm`: starting weights, masks and the iteration
 training starts at. Everything else (schedule, data order, seeds) is the ticket's, so any
-difference in accuracy comes from the one thing the baseline changes.
+difference in accuracy comes from the one thing the baseline changes; `scratch` changes one
+more, the length of its schedule, on purpose.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Arm:
     init_state: Tensors
     masks: Tensors
     start: int
+    epochs: int | None = None  # its own schedule length (the study's schedule scaled to it); None: the study's
 
 
 @dataclass
@@ -37,6 +39,7 @@ class LevelContext:
     dense_final: Tensors  # the dense run's trained weights
     previous_final: Tensors  # trained weights the level's masks were computed from
     fresh_init: Callable[[], Tensors]  # a new random initialisation (same seed across levels)
+    spent_epochs: int  # epochs IMP trained to reach this level (the dense run, each level's retraining), rounded up
 
     def generator(self, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(stream_seed(purpose, self.seed, self.level))
@@ -80,3 +83,13 @@ def oneshot(ctx: LevelContext) -> Arm:
 def finetune(ctx: LevelContext) -> Arm:
     """Keep the trained weights instead of rewinding them, and train on with the lr rewound."""
     return Arm(ctx.previous_final, ctx.masks, ctx.rewind_iteration)
+
+
+@BASELINES.register("scratch")
+def scratch(ctx: LevelContext) -> Arm:
+    """The ticket's mask from fresh random weights, trained for the epochs IMP spent to reach it (the
+    dense run and every level's retraining), its schedule stretched to match. `reinit` asks whether
+    the ticket's starting weights matter on the ticket's own schedule; this asks whether the search
+    beats training the small network as long, the check Liu et al. (2019, "Rethinking the value of
+    network pruning") argue structured pruning needs."""
+    return Arm(ctx.fresh_init(), ctx.masks, 0, ctx.spent_epochs)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ticketlab.compact.training import TRAIN_MULTIPLE
-from ticketlab.config import REFILL_CRITERIA, STRUCTURES, DataConfig, RunConfig, TrainConfig, run_id
+from ticketlab.config import REFILL_CRITERIA, STRUCTURES, DataConfig, RunConfig, TrainConfig, run_id, scaled_train
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import steps_per_epoch, stream_seed
@@ -35,7 +35,7 @@ from ticketlab.store import RunStore, read_tensors, write_json
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.constant_units import constant_units, drop_constant_units
 from ticketlab.tickets.earlybird import EarlyBird
-from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions, scaled_train
+from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions
 from ticketlab.tickets.rewind import rewind_iteration
 from ticketlab.tickets.structured import Structure, parse_nm
 from ticketlab.tickets.ticketfile import save_ticket
@@ -186,6 +186,13 @@ def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]
     return fresh.state_dict()
 
 
+def _arm_run(run: RunConfig, arm: Arm) -> RunConfig:
+    """The run an arm trains: the study's, or its schedule scaled to the arm's own length."""
+    if arm.epochs is None or arm.epochs == run.train.epochs:
+        return run
+    return replace(run, train=scaled_train(run.train, arm.epochs / run.train.epochs))
+
+
 class _Study:
     """One study's fixed inputs, so each step below is a short method."""
 
@@ -290,15 +297,17 @@ class _Study:
         search = self._search(chain.run, what, chain.rewind_state, masks, weights, chain.trained, chain.dense,
                               chain.hard)
         to_train = {} if search is not None and not self.prac else {"ticket": Arm(chain.rewind_state, masks, self.k)}
+        full = self.steps * self.config.run.train.epochs  # the dense run; each level retrains from the rewind point
+        spent = -(-(full + level * (full - self.k)) // self.steps)  # in whole epochs, rounded up
         ctx = LevelContext(chain.s, level, self.t.scope, weights, chain.rewind_state, self.k, chain.dense_final,
-                           chain.previous, lambda: self._fresh_init(chain.run))
+                           chain.previous, lambda: self._fresh_init(chain.run), spent)
         for name in self.t.baselines:
             arm = BASELINES.get(name)(ctx)
             # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
             arm_weights = weights if arm.masks is weights else self._structured(arm.masks, chain.trained)
             arm_weights, _ = self._without_constant_units(arm_weights, arm.init_state, chain.trained)
             arm_masks = masks if arm_weights is weights else self.structure.complete(arm_weights)
-            to_train[name] = Arm(arm.init_state, arm_masks, arm.start)
+            to_train[name] = Arm(arm.init_state, arm_masks, arm.start, arm.epochs)
         if dropped:
             _log(f"{what}: dropped {dropped} kept filters that are constant at the rewind point "
                  "(BatchNorm cannot normalise them; see ticketlab.tickets.constant_units)")
@@ -314,20 +323,20 @@ class _Study:
         """The arms of one level of each chain: one by one, or (`stack`) all those that start at
         one iteration, of every chain, in one batched step."""
         if not self.t.stack:
-            return [{name: self.train(chain.run, f"{lv.what} {name}", init_state=arm.init_state, masks=arm.masks,
-                                      start_iteration=arm.start, compacted=self.compacted)
+            return [{name: self.train(_arm_run(chain.run, arm), f"{lv.what} {name}", init_state=arm.init_state,
+                                      masks=arm.masks, start_iteration=arm.start, compacted=self.compacted)
                      for name, arm in lv.to_train.items()}
                     for chain, lv in levels]
         out: list[dict[str, RunResult]] = [{} for _ in levels]
         entries = [(i, name, arm) for i, (_, lv) in enumerate(levels) for name, arm in lv.to_train.items()]
-        for start in dict.fromkeys(arm.start for _, _, arm in entries):
-            group = [(i, name, arm) for i, name, arm in entries if arm.start == start]
+        for start, epochs in dict.fromkeys((arm.start, arm.epochs) for _, _, arm in entries):
+            group = [(i, name, arm) for i, name, arm in entries if (arm.start, arm.epochs) == (start, epochs)]
             names = sorted({name for _, name, _ in group})
             what = levels[0][1].what if len(levels) == 1 else f"level {levels[0][1].level}/{self.t.levels}"
             members = [Member(arm.init_state, arm.masks, seed=levels[i][0].run.train.seed) for i, _, arm in group]
-            results = train_stacked(self.config.run, members, store=self.store, model=self.user_model,
-                                    dataset=self.dataset, start_iteration=start, device=self.device,
-                                    progress=self.progress,
+            results = train_stacked(_arm_run(self.config.run, group[0][2]), members, store=self.store,
+                                    model=self.user_model, dataset=self.dataset, start_iteration=start,
+                                    device=self.device, progress=self.progress,
                                     description=f"{what} {'+'.join(names)} x {len(levels)} seed(s) stacked")
             for (i, name, _), result in zip(group, results):
                 self.seconds += result.summary["train_seconds"]

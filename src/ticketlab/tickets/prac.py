@@ -13,7 +13,7 @@ architectures. Indices count the training examples left after the validation spl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ticketlab.config import TrainConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.store.files import write_tensors
 from ticketlab.train.evaluate import predict
@@ -60,17 +59,6 @@ def prac_indices(hard: torch.Tensor, changed: torch.Tensor | None = None) -> tor
         raise TicketlabError("the PrAC set is empty: the dense network never forgot or failed any training example "
                              "and pruning changed no prediction; train on the full data (drop --data prac)")
     return keep.nonzero().flatten()
-
-
-def scaled_train(cfg: TrainConfig, fraction: float) -> TrainConfig:
-    """Epochs, milestones and warm-up shrunk by the PrAC fraction (at least one epoch)."""
-    epochs = max(1, round(cfg.epochs * fraction))
-    scale = epochs / cfg.epochs
-    milestones = tuple(m for m in (round(m * scale, 4) for m in cfg.milestones) if 0 < m < epochs)
-    schedule = cfg.schedule if milestones or cfg.schedule != "step" else "constant"
-    sat_start = min(cfg.sat_start, epochs - 1) if cfg.loss != "ce" else cfg.sat_start
-    return replace(cfg, epochs=epochs, milestones=milestones, schedule=schedule,
-                   warmup_epochs=min(cfg.warmup_epochs * scale, epochs * 0.5), sat_start=sat_start)
 
 
 def save_prac(path: str | Path, prac: PracSet) -> Path:

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from ticketlab.cli.main import study_table
 from ticketlab.models import build_model
 from ticketlab.tickets.ticketfile import load_ticket
 
@@ -173,6 +174,16 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
                           (["--stack", "--loss", "sat", "--sat-start", "1"], "--stack trains")):
         code, _, err = _run(capsys, *base, *argv)
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_study_table_shows_every_arm_the_study_ran_in_its_order():
+    arm = lambda mean: {"mean": mean, "std": 0.0, "n": 1}  # noqa: E731
+    row = {"level": 1, "density": 0.8, "ticket": arm(0.9), "scratch": arm(0.7), "mine": arm(0.6),
+           "validation": {"ticket": arm(0.9)}, "winning": False, "matches_dense": True, "tolerance": 0.002}
+    summary = {"dense": arm(0.91), "dense_validation": arm(0.91), "levels": [row], "verdict_on": "validation"}
+    header, _, dense, level = study_table(summary).splitlines()[1:5]
+    assert header.split()[:5] == ["level", "density", "dense", "ticket", "scratch"] and header.split()[5] == "mine"
+    assert "70.00 ± 0.00" in level and "60.00 ± 0.00" in level and "validation" not in header
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "random", "snip", "grasp", "synflow"])

@@ -1,15 +1,15 @@
 import json
 
-from ticketlab.report.plots import plot_tradeoff, tradeoff_series
+from ticketlab.report.plots import plot_study, plot_tradeoff, tradeoff_series
 
 
 def _summary():
     arm = lambda mean: {"mean": mean, "std": 0.01}  # noqa: E731
     levels = [
         {"density": 0.69, "speedup_cpu": 1.3, "ticket": arm(0.83), "finetune": arm(0.86), "reinit": arm(0.80),
-         "random": arm(0.78)},
+         "random": arm(0.78), "scratch": arm(0.85)},
         {"density": 0.47, "speedup_cpu": None, "ticket": arm(0.80), "finetune": arm(0.84), "reinit": arm(0.77),
-         "random": arm(0.75)},
+         "random": arm(0.75), "scratch": arm(0.82)},
     ]
     return {"model": "m", "dataset": "d", "structure": "channel", "dense": arm(0.85), "levels": levels}
 
@@ -17,7 +17,7 @@ def _summary():
 def test_arms_on_the_tickets_masks_share_its_measured_speed_up():
     series = tradeoff_series(_summary())
     # random pruning draws other masks, whose speed was not measured; a level without a measurement is left out
-    assert set(series) == {"ticket", "finetune", "reinit"}
+    assert set(series) == {"ticket", "finetune", "reinit", "scratch"}
     assert series["finetune"] == [(1.3, 0.86, 0.01)]
     assert series["ticket"] == [(1.3, 0.83, 0.01)]
 
@@ -25,7 +25,21 @@ def test_arms_on_the_tickets_masks_share_its_measured_speed_up():
 def test_a_study_without_baselines_plots_the_ticket_alone(tmp_path):
     summary = json.loads(json.dumps(_summary()))
     for level in summary["levels"]:
-        for arm in ("finetune", "reinit", "random"):
+        for arm in ("finetune", "reinit", "random", "scratch"):
             del level[arm]
     assert set(tradeoff_series(summary)) == {"ticket"}
     assert plot_tradeoff(summary, tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_study_plot_draws_every_arm_the_study_ran(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, *a, **kw: drawn.append(kw["label"]) or real(self, *a, **kw))
+    summary = _summary()
+    for level in summary["levels"]:
+        level.update(winning=False, mine=level["ticket"])  # a baseline the user registered
+    assert plot_study(summary, tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert drawn == ["ticket", "finetune", "reinit", "random", "scratch", "mine"]

@@ -15,7 +15,8 @@ from ticketlab.store.files import atomic_write  # noqa: E402
 
 _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3", marker="s"),
           "random": dict(color="C2", marker="^"), "shuffle": dict(color="C4", marker="v"),
-          "oneshot": dict(color="C1", marker="D"), "finetune": dict(color="C5", marker="x")}
+          "oneshot": dict(color="C1", marker="D"), "finetune": dict(color="C5", marker="x"),
+          "scratch": dict(color="C6", marker="P")}
 
 
 def save_png(fig: plt.Figure, path: str | Path) -> Path:
@@ -32,13 +33,14 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
     levels = summary["levels"]
     dense = summary["dense"]
     x = [100 * row["density"] for row in levels]
-    arms = [k for k in _STYLE if levels and k in levels[0]]
+    # the ticket and every baseline the study ran, a user-registered one too
+    arms = [k for k, v in (levels[0] if levels else {}).items() if isinstance(v, dict) and "mean" in v]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.axhline(100 * dense["mean"], color="k", lw=1, ls="--", label="dense")
     ax.axhspan(100 * (dense["mean"] - dense["std"]), 100 * (dense["mean"] + dense["std"]), color="k", alpha=0.08)
     for arm in arms:
         ax.errorbar(x, [100 * r[arm]["mean"] for r in levels], yerr=[100 * r[arm]["std"] for r in levels],
-                    capsize=3, label=arm, **_STYLE[arm])
+                    capsize=3, label=arm, **_STYLE.get(arm, dict(marker=".")))
     wins = [100 * r["density"] for r in levels if r["winning"]]
     if wins:
         ax.axvline(min(wins), color="C0", lw=0.8, ls=":", label=f"sparsest winning ({min(wins):.1f}%)")
@@ -60,7 +62,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
 
 # Arms trained on the ticket's own masks: compacted, they run exactly as fast as the ticket.
 # (random, shuffle and oneshot draw other masks, whose speed-up was not measured.)
-_SAME_MASKS = ("ticket", "finetune", "reinit")
+_SAME_MASKS = ("ticket", "finetune", "reinit", "scratch")
 
 
 def _measured_levels(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -120,13 +120,16 @@ class _Counted(nn.Module):
 
 
 def test_compiled_timings_run_compiled_code_for_every_variant_and_batch_size():
-    # nine compilations of one forward: past dynamo's default of eight, after which it would
-    # silently run the rest eagerly
+    # nine compilations of one forward, then two more: past dynamo's default of eight, after which
+    # it would silently run the rest eagerly
     variants = {f"w{width}": _Counted(width) for width in (2, 3, 4)}
     timings = measure(variants, (3, 8, 8), (1, 2, 3), repeats=2, warmup=1, min_seconds=0.0, compiled=True)
     assert [(t.variant, t.batch_size) for t in timings][:3] == [("w2", 1), ("w3", 1), ("w4", 1)]
     assert all(t.latency_ms > 0 for t in timings)
     assert [m.eager_calls for m in variants.values()] == [0, 0, 0]
+    again = {"w5": _Counted(5)}  # dynamo's count per forward includes the compilations above
+    measure(again, (3, 8, 8), (1, 2), repeats=1, warmup=1, min_seconds=0.0, compiled=True)
+    assert again["w5"].eager_calls == 0
     eager = _Counted(2)
     measure({"eager": eager}, (3, 8, 8), (1,), repeats=2, warmup=1, min_seconds=0.0)
     assert eager.eager_calls == 4  # warm-up, the call that sizes a repetition, two repetitions

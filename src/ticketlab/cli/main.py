@@ -269,8 +269,9 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 def study_table(summary: dict[str, Any]) -> str:
     levels = summary["levels"]
-    # the ticket, then every baseline the study ran (its own registered ones too), in the study's order
-    arms = [k for k, v in (levels[0] if levels else {}).items() if isinstance(v, dict) and "mean" in v]
+    from ticketlab.tickets.verdict import arms_of
+
+    arms = arms_of(levels[0]) if levels else []
     pm = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"  # noqa: E731
     on_val = summary["verdict_on"] == "validation"
     speed = any("speedup_cpu" in r for r in levels)

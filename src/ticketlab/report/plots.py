@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from ticketlab.store.files import atomic_write  # noqa: E402
+from ticketlab.tickets.verdict import arms_of  # noqa: E402
 
 _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3", marker="s"),
           "random": dict(color="C2", marker="^"), "shuffle": dict(color="C4", marker="v"),
@@ -33,8 +34,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
     levels = summary["levels"]
     dense = summary["dense"]
     x = [100 * row["density"] for row in levels]
-    # the ticket and every baseline the study ran, a user-registered one too
-    arms = [k for k, v in (levels[0] if levels else {}).items() if isinstance(v, dict) and "mean" in v]
+    arms = arms_of(levels[0]) if levels else []
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.axhline(100 * dense["mean"], color="k", lw=1, ls="--", label="dense")
     ax.axhspan(100 * (dense["mean"] - dense["std"]), 100 * (dense["mean"] + dense["std"]), color="k", alpha=0.08)

@@ -56,6 +56,12 @@ def sparsest_winning(densities: Sequence[float], verdicts: Sequence[Verdict]) ->
     return min(winning) if winning else None
 
 
+def arms_of(row: dict[str, Any]) -> list[str]:
+    """The arms a study's level row holds (the ticket, then each baseline it ran, a user's own too),
+    in the study's order: those whose entry is a mean ± std."""
+    return [k for k, v in row.items() if isinstance(v, dict) and "mean" in v]
+
+
 def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], verdict_on: str) -> dict[str, Any]:
     """Mean ± std over seeds per level and arm, and each level's verdict (pure: testable alone)."""
     levels = len(per_seed[0])

@@ -203,7 +203,7 @@ class Unplanned(nn.Module):
 
 def test_unsupported_architecture_names_the_class_the_choices_and_the_fix():
     message = (
-        r"no channel plan for Unplanned; .*ConvNet, FastNet, LeNet300100, .*ResNet, VGG, WideResNet.*"
+        r"no channel plan for Unplanned: .*ConvNet, FastNet, LeNet300100, .*ResNet, VGG, WideResNet.*"
         r"register_channel_plan\(Unplanned"
     )
     with pytest.raises(TicketlabError, match=message):

@@ -39,16 +39,25 @@ def test_removing_a_channel_under_identity_filters_makes_them_constant_downstrea
     assert constant_units(model, complete_channel_masks(model, weights), trained, x) == {}
 
 
+class Untraceable(TinyNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        return self.fc(out.mean((2, 3)) if x.sum() > 0 else out.amax((2, 3)))  # control flow fx cannot record
+
+
 def test_only_filters_a_batchnorm_normalises_count():
     """A zero filter without BatchNorm after it trains normally (think of a zero-initialised head)."""
     lenet = build_model("lenet_300_100", in_channels=1, image_size=28)
     state = lenet.state_dict()
     state["hidden.fc1.weight"][7] = 0.0
     assert constant_units(lenet, _all_kept(lenet), state, torch.randn(8, 1, 28, 28)) == {}
-    net = TinyNet()  # no channel plan: which filter feeds which BatchNorm is unknown
+    net = TinyNet()  # a user module: its conv -> BatchNorm is read off its traced graph
     state = net.state_dict()
     state["conv.weight"][0] = 0.0
-    assert constant_units(net, _all_kept(net), state, torch.randn(8, 3, 8, 8)) == {}
+    found = constant_units(net, _all_kept(net), state, torch.randn(8, 3, 8, 8))
+    assert found["conv.weight"].nonzero().flatten().tolist() == [0]
+    net = Untraceable()
+    assert constant_units(net, _all_kept(net), state, torch.randn(8, 3, 8, 8)) == {}  # which BN reads what: unknown
     kept = _all_kept(net)
     assert drop_constant_units(kept, {}) is kept
 

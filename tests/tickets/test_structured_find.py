@@ -116,15 +116,37 @@ def test_channel_arms_train_compacted_unless_told_not_to(tmp_path):
         assert abs(a - b) <= 0.05
 
 
-def test_channel_study_of_a_user_module_refills_but_says_why_it_cannot_compact(tmp_path):
+def test_channel_study_of_a_user_module_compacts_it_by_its_traced_plan(tmp_path):
     from helpers import TinyNet
 
     ds = tiny_dataset(n=64, channels=3, size=8)
-    result = _study(tmp_path, TinyNet(), ds, structure="channel", levels=1, baselines=())
+    result = _study(tmp_path, TinyNet(), ds, structure="channel", levels=1, baselines=(), fraction=0.5)
+    row = result.summary["levels"][0]
+    masks = result.masks[0]
+    assert is_channel_structured(masks["conv.weight"]) and not masks["conv.weight"].flatten(1).any(1).all()
+    assert not masks["bn.bias"].all()  # its BatchNorm read off the graph, so removed channels stay silent
+    assert row["speedup_cpu"] > 0 and row["compacted_parameters"] < row["parameters"]
+    # no ticket file: rebuilding the network needs a registered model (ticketlab.register_model)
+    assert not (result.folder / "seed_0" / "level_1" / "ticket.safetensors").exists()
+
+
+class Gate(torch.nn.Module):
+    """A conv read through a sigmoid: a removed channel would still send sigmoid(0) = 0.5 on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.sigmoid(self.conv(x)).mean((2, 3)))
+
+
+def test_channel_study_of_a_user_module_without_a_plan_refills_but_says_why_it_cannot_compact(tmp_path):
+    ds = tiny_dataset(n=64, channels=3, size=8)
+    result = _study(tmp_path, Gate(), ds, structure="channel", levels=1, baselines=())
     row = result.summary["levels"][0]
     assert is_channel_structured(result.masks[0]["conv.weight"])
-    assert row["speedup_cpu"] is None and "TinyNet" in row["speed_note"]
-    assert not (result.folder / "seed_0" / "level_1" / "ticket.safetensors").exists()
+    assert row["speedup_cpu"] is None and "Gate" in row["speed_note"] and "sigmoid" in row["speed_note"]
 
 
 def test_the_gpu_speed_of_a_level_is_timed_as_deployed(monkeypatch):

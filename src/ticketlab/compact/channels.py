@@ -69,20 +69,39 @@ def register_channel_plan(cls: type[nn.Module]) -> Callable[[Plan], Plan]:
 
 
 def has_channel_plan(model: nn.Module) -> bool:
-    return type(model) in _PLANS
+    """Whether `channel_groups(model)` has an answer: a registered plan, or one read off its graph."""
+    try:
+        channel_groups(model)
+    except TicketlabError:
+        return False
+    return True
 
 
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
-    """The channel groups of `model`, checked against its parameter shapes."""
+    """The channel groups of `model`, checked against its parameter shapes.
+
+    A registered plan comes first; any other network gets the plan its torch.fx graph shows
+    (`ticketlab.compact.trace`), or an error naming the operation that prevents one.
+    """
     plan = _PLANS.get(type(model))
     if plan is None:
-        supported = ", ".join(sorted(cls.__name__ for cls in _PLANS))
-        raise TicketlabError(
-            f"no channel plan for {type(model).__name__}; channel compaction supports {supported}. "
-            f"Add one with @ticketlab.compact.register_channel_plan({type(model).__name__}) on a function "
-            "model -> list[ChannelGroup]"
-        )
-    groups = plan(model)
+        from ticketlab.compact.trace import traced_plan
+
+        try:
+            groups = traced_plan(model)
+            if not groups:
+                raise TicketlabError("no layer's output channels are read by another layer")
+        except TicketlabError as why:
+            supported = ", ".join(sorted(cls.__name__ for cls in _PLANS))
+            raise TicketlabError(
+                f"no channel plan for {type(model).__name__}: {why}. Channel compaction has plans for {supported}, "
+                "and reads one off any other network whose graph torch.fx can trace and whose channels only pass "
+                "through layers, additions, ReLU-like activations and pooling. Otherwise register one with "
+                f"@ticketlab.compact.register_channel_plan({type(model).__name__}) on a function "
+                "model -> list[ChannelGroup]"
+            ) from None
+    else:
+        groups = plan(model)
     _check_plan(model, groups)
     return groups
 

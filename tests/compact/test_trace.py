@@ -1,0 +1,169 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.compact import channel_groups, compact, complete_channel_masks
+from ticketlab.compact.channels import _PLANS
+from ticketlab.compact.trace import traced_plan
+from ticketlab.errors import TicketlabError
+from ticketlab.models import build_model
+from ticketlab.sparsity import apply_masks
+
+from helpers import COMPACTABLE
+
+
+def normalised(groups):
+    """Groups as comparable sets; a flattened channel read as one column is a plain consumer."""
+    out = set()
+    for g in groups:
+        consumers = set(g.consumers) | {name for name, block in g.flat_consumers if block == 1}
+        blocks = {(name, block) for name, block in g.flat_consumers if block != 1}
+        out.add((g.channels, frozenset(g.producers), frozenset(g.companions), frozenset(g.buffers),
+                 frozenset(consumers), frozenset(blocks)))
+    return out
+
+
+@pytest.mark.parametrize("name", COMPACTABLE)
+def test_tracing_reads_the_registered_plan_of_every_built_in_architecture(name):
+    model = build_model(name, num_classes=10, **COMPACTABLE[name][0])
+    registered = _PLANS[type(model)](model)
+    assert normalised(traced_plan(model)) == normalised(registered)
+
+
+class UserResNet(nn.Module):
+    """A user's residual net in functional style: in-place and operator additions, a scaled branch,
+    a pre-activation BatchNorm, mean pooling and a flatten by view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.a1 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.a_bn = nn.BatchNorm2d(12)
+        self.a2 = nn.Conv2d(12, 8, 3, padding=1)
+        self.pre = nn.BatchNorm2d(8)
+        self.b1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 1, stride=2)
+        self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(16, 6, 1)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.stem(x)))
+        x = x + 0.5 * self.a2(F.relu(self.a_bn(self.a1(x))))
+        x += self.b1(F.gelu(self.pre(x)))
+        x = torch.relu(self.down(x) + self.c1(x))
+        x = F.max_pool2d(F.relu(self.head(x)), 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_user_residual_network_gets_its_streams_tied_and_compacts_exactly():
+    torch.manual_seed(0)
+    model = UserResNet()
+    groups = {g.producers: g for g in channel_groups(model)}
+    assert set(groups) == {("stem.weight", "a2.weight", "b1.weight"), ("a1.weight",),
+                           ("down.weight", "c1.weight"), ("head.weight",)}
+    stream = groups["stem.weight", "a2.weight", "b1.weight"]
+    # every BatchNorm on the stream, after its writer or before a reader, must be silenced with it
+    assert set(stream.companions) == {"stem.bias", "bn0.weight", "bn0.bias", "a2.bias", "pre.weight", "pre.bias",
+                                      "b1.bias"}
+    assert set(stream.consumers) == {"a1.weight", "b1.weight", "down.weight", "c1.weight"}
+    assert groups[("head.weight",)].flat_consumers == (("fc.weight", 16),)
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(generator=g)
+                module.running_var.uniform_(0.5, 2, generator=g)
+                module.bias.normal_(generator=g)
+    params = dict(model.named_parameters())
+    masks = {}
+    for producers in groups:
+        dropped = torch.rand(params[producers[0]].shape[0], generator=g) < 0.4
+        for name in producers:
+            masks[name] = (~dropped).view(-1, 1, 1, 1).expand_as(params[name]).clone()
+    masks = complete_channel_masks(model, masks)
+    model.eval()
+    small = compact(model, masks)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        apply_masks(masked, masks)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() <= 1e-4
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert small.fc.in_features == 16 * small.head.out_channels < model.fc.in_features
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+
+class Gated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.sigmoid(self.conv(x)).mean((2, 3)))
+
+
+class Shifted(Gated):
+    def forward(self, x):
+        return self.fc((self.conv(x) + 1).mean((2, 3)))
+
+
+class ChannelMean(Gated):
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(1).flatten(1)[:, :4])
+
+
+class Twice(Gated):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.stem = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.conv(self.stem(x))).mean((2, 3)))
+
+
+class Depthwise(Gated):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=4)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.stem(x)).mean((2, 3)))
+
+
+class DataDependent(Gated):
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model, why", [
+    (Concat(), r"cat combines channel spaces, which only an addition may"),
+    (Gated(), r"sigmoid may mix channels or make a removed channel non-zero"),
+    (Shifted(), r"addition to a channel space of something no layer wrote"),
+    (ChannelMean(), r"mean over the channel dimension"),
+    (Twice(), r"conv is called twice"),
+    (Depthwise(), r"grouped convolution \(groups=4\)"),
+    (DataDependent(), r"torch.fx cannot trace DataDependent"),
+    (nn.Linear(3, 4), r"no layer's output channels are read by another layer"),
+])
+def test_networks_whose_channels_could_come_back_are_refused_with_the_operation_named(model, why):
+    with pytest.raises(TicketlabError, match=rf"no channel plan for {type(model).__name__}: .*{why}.*"
+                                             r"register_channel_plan"):
+        channel_groups(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.data import ImageDataset
@@ -57,6 +58,33 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class UserResNet(nn.Module):
+    """A user's residual net in functional style: in-place and operator additions, a scaled branch,
+    a pre-activation BatchNorm, mean pooling and a flatten by view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.a1 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.a_bn = nn.BatchNorm2d(12)
+        self.a2 = nn.Conv2d(12, 8, 3, padding=1)
+        self.pre = nn.BatchNorm2d(8)
+        self.b1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 1, stride=2)
+        self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(16, 6, 1)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.stem(x)))
+        x = x + 0.5 * self.a2(F.relu(self.a_bn(self.a1(x))))
+        x += self.b1(F.gelu(self.pre(x)))
+        x = torch.relu(self.down(x) + self.c1(x))
+        x = F.max_pool2d(F.relu(self.head(x)), 2)
+        return self.fc(x.view(x.size(0), -1))
 
 
 # the architectures compaction supports: name -> (build options, input batch shape); small inputs keep every case fast

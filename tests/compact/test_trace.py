@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.compact import channel_groups, compact, complete_channel_masks
@@ -12,7 +11,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
 from ticketlab.sparsity import apply_masks
 
-from helpers import COMPACTABLE
+from helpers import COMPACTABLE, UserResNet
 
 
 def normalised(groups):
@@ -31,33 +30,6 @@ def test_tracing_reads_the_registered_plan_of_every_built_in_architecture(name):
     model = build_model(name, num_classes=10, **COMPACTABLE[name][0])
     registered = _PLANS[type(model)](model)
     assert normalised(traced_plan(model)) == normalised(registered)
-
-
-class UserResNet(nn.Module):
-    """A user's residual net in functional style: in-place and operator additions, a scaled branch,
-    a pre-activation BatchNorm, mean pooling and a flatten by view."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=True)
-        self.bn0 = nn.BatchNorm2d(8)
-        self.a1 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
-        self.a_bn = nn.BatchNorm2d(12)
-        self.a2 = nn.Conv2d(12, 8, 3, padding=1)
-        self.pre = nn.BatchNorm2d(8)
-        self.b1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.down = nn.Conv2d(8, 16, 1, stride=2)
-        self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.head = nn.Conv2d(16, 6, 1)
-        self.fc = nn.Linear(6 * 4 * 4, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn0(self.stem(x)))
-        x = x + 0.5 * self.a2(F.relu(self.a_bn(self.a1(x))))
-        x += self.b1(F.gelu(self.pre(x)))
-        x = torch.relu(self.down(x) + self.c1(x))
-        x = F.max_pool2d(F.relu(self.head(x)), 2)
-        return self.fc(x.view(x.size(0), -1))
 
 
 def test_a_user_residual_network_gets_its_streams_tied_and_compacts_exactly():

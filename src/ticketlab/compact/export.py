@@ -58,6 +58,15 @@ _MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
     "Identity": (nn.Identity, ()),
     "Dropout": (nn.Dropout, ("p", "inplace")),
+    "Dropout2d": (nn.Dropout2d, ("p", "inplace")),
+    "ReLU6": (nn.ReLU6, ("inplace",)),
+    "LeakyReLU": (nn.LeakyReLU, ("negative_slope", "inplace")),
+    "SiLU": (nn.SiLU, ("inplace",)),
+    "ELU": (nn.ELU, ("alpha", "inplace")),
+    "Tanh": (nn.Tanh, ()),
+    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val", "inplace")),
+    "Hardswish": (nn.Hardswish, ("inplace",)),
+    "Mish": (nn.Mish, ("inplace",)),
 }
 _MODULE_NAMES = {cls: name for name, (cls, _) in _MODULES.items()}
 
@@ -76,9 +85,33 @@ _FUNCTIONS = {
     "torch.nn.functional.relu": F.relu,
     "torch.nn.functional.gelu": F.gelu,
     "torch.nn.functional.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+    # what a traced channel plan lets a channel pass through (ticketlab.compact.trace), so that
+    # whatever compacts can also be saved
+    "operator.iadd": operator.iadd,
+    "operator.imul": operator.imul,
+    "operator.itruediv": operator.itruediv,
+    "torch.relu_": torch.relu_,
+    "torch.tanh": torch.tanh,
+    "torch.mean": torch.mean,
+    "torch.sum": torch.sum,
+    "torch.amax": torch.amax,
+    "torch.nn.functional.relu_": F.relu_,
+    "torch.nn.functional.relu6": F.relu6,
+    "torch.nn.functional.leaky_relu": F.leaky_relu,
+    "torch.nn.functional.silu": F.silu,
+    "torch.nn.functional.elu": F.elu,
+    "torch.nn.functional.hardtanh": F.hardtanh,
+    "torch.nn.functional.hardswish": F.hardswish,
+    "torch.nn.functional.mish": F.mish,
+    "torch.nn.functional.dropout": F.dropout,
+    "torch.nn.functional.dropout2d": F.dropout2d,
+    "torch.nn.functional.max_pool2d": F.max_pool2d,
+    "torch.nn.functional.avg_pool2d": F.avg_pool2d,
+    "torch.nn.functional.adaptive_max_pool2d": F.adaptive_max_pool2d,
 }
 _FUNCTION_NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
-_METHODS = frozenset({"add", "flatten", "mean", "mul", "relu", "reshape", "size", "view"})
+_METHODS = frozenset({"add", "add_", "amax", "clone", "contiguous", "flatten", "mean", "mul", "relu", "relu_",
+                      "reshape", "size", "sum", "tanh", "view"})
 
 # Names end up in the Python source fx generates for the graph, so a file may only use plain
 # identifiers (and digits for Sequential children): nothing in it can become code.

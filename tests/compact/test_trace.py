@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.compact import channel_groups, compact, complete_channel_masks
@@ -71,6 +72,21 @@ def test_a_user_residual_network_gets_its_streams_tied_and_compacts_exactly():
     assert small.fc.in_features == 16 * small.head.out_channels < model.fc.in_features
 
 
+class Squeezed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(F.silu(self.conv(x))).squeeze(-1).squeeze(-1) / 2)
+
+
+def test_pooled_channels_squeezed_to_a_vector_are_read_one_column_each():
+    (group,) = channel_groups(Squeezed())
+    assert group.producers == ("conv.weight",) and group.consumers == ("fc.weight",)
+    assert group.companions == ("conv.bias",) and not group.flat_consumers
+
+
 class Concat(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -92,6 +108,11 @@ class Gated(nn.Module):
 class Shifted(Gated):
     def forward(self, x):
         return self.fc((self.conv(x) + 1).mean((2, 3)))
+
+
+class Inverted(Gated):
+    def forward(self, x):
+        return self.fc((1 / self.conv(x)).mean((2, 3)))
 
 
 class ChannelMean(Gated):
@@ -129,6 +150,7 @@ class DataDependent(Gated):
     (Concat(), r"cat combines channel spaces, which only an addition may"),
     (Gated(), r"sigmoid may mix channels or make a removed channel non-zero"),
     (Shifted(), r"addition to a channel space of something no layer wrote"),
+    (Inverted(), r"truediv may mix channels or make a removed channel non-zero"),
     (ChannelMean(), r"mean over the channel dimension"),
     (Twice(), r"conv is called twice"),
     (Depthwise(), r"grouped convolution \(groups=4\)"),

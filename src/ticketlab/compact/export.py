@@ -95,6 +95,7 @@ _FUNCTIONS = {
     "torch.mean": torch.mean,
     "torch.sum": torch.sum,
     "torch.amax": torch.amax,
+    "torch.squeeze": torch.squeeze,
     "torch.nn.functional.relu_": F.relu_,
     "torch.nn.functional.relu6": F.relu6,
     "torch.nn.functional.leaky_relu": F.leaky_relu,
@@ -111,7 +112,7 @@ _FUNCTIONS = {
 }
 _FUNCTION_NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
 _METHODS = frozenset({"add", "add_", "amax", "clone", "contiguous", "flatten", "mean", "mul", "relu", "relu_",
-                      "reshape", "size", "sum", "tanh", "view"})
+                      "reshape", "size", "squeeze", "sum", "tanh", "view"})
 
 # Names end up in the Python source fx generates for the graph, so a file may only use plain
 # identifiers (and digits for Sequential children): nothing in it can become code.

@@ -148,6 +148,8 @@ class _Tracer:
             return self.flatten(flow, 1, -1)  # x.view(x.size(0), -1)
         if target in _REDUCTIONS:
             return self.reduce(node, flow)
+        if target in ("squeeze", torch.squeeze) and len(node.args) == 2:  # x.squeeze(-1): a dim named, not dim 1
+            return self.reduce(node, flow, keep=False)
         raise _Refused(f"{_describe(target)} may mix channels or make a removed channel non-zero")
 
     def layer(self, name: str, module: nn.Module, flow: _Flow) -> _Flow:
@@ -218,9 +220,10 @@ class _Tracer:
             return flow
         return _Flow(flow.space, 2, flat=True)
 
-    def reduce(self, node: fx.Node, flow: _Flow) -> _Flow:
+    def reduce(self, node: fx.Node, flow: _Flow, keep: bool | None = None) -> _Flow:
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+        keepdim = keep if keep is not None else bool(node.args[2] if len(node.args) > 2 else
+                                                     node.kwargs.get("keepdim", False))
         dims = (dims,) if isinstance(dims, int) else dims
         ndim = flow.ndim or 4
         if flow.flat or not isinstance(dims, (tuple, list)) or 1 in [d % ndim for d in dims if isinstance(d, int)]:

@@ -3,6 +3,8 @@ import json
 import pytest
 import torch
 
+from ticketlab.cli.main import main
+from ticketlab.compact import load_model
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import load_masks
 from ticketlab.sparsity.structure import is_channel_structured
@@ -116,7 +118,7 @@ def test_channel_arms_train_compacted_unless_told_not_to(tmp_path):
         assert abs(a - b) <= 0.05
 
 
-def test_channel_study_of_a_user_module_compacts_it_by_its_traced_plan(tmp_path):
+def test_channel_study_of_a_user_module_compacts_it_by_its_traced_plan_and_ships_it(tmp_path, capsys):
     from helpers import TinyNet
 
     ds = tiny_dataset(n=64, channels=3, size=8)
@@ -126,8 +128,23 @@ def test_channel_study_of_a_user_module_compacts_it_by_its_traced_plan(tmp_path)
     assert is_channel_structured(masks["conv.weight"]) and not masks["conv.weight"].flatten(1).any(1).all()
     assert not masks["bn.bias"].all()  # its BatchNorm read off the graph, so removed channels stay silent
     assert row["speedup_cpu"] > 0 and row["compacted_parameters"] < row["parameters"]
-    # no ticket file: rebuilding the network needs a registered model (ticketlab.register_model)
-    assert not (result.folder / "seed_0" / "level_1" / "ticket.safetensors").exists()
+    # its ticket file holds the module's traced graph: `bench` and `export` read it without TinyNet's code
+    path = result.folder / "seed_0" / "level_1" / "ticket.safetensors"
+    ticket = load_ticket(path)
+    assert isinstance(ticket.model, torch.fx.GraphModule) and ticket.info["model"] == "TinyNet"
+    trained = RunStore(tmp_path).get(json.loads((result.folder / "per_seed.json").read_text())[0][1]["runs"]["ticket"])
+    net = TinyNet()
+    net.load_state_dict(read_tensors(trained.folder / "final.safetensors"))
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ticket.model.eval()(x), net.eval()(x), atol=1e-6)
+    assert main(["bench", "--model-file", str(path), "--batch-sizes", "2", "--repeats", "1", "--json"]) == 0
+    timed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {t["variant"] for t in timed["timings"]} == {"dense", "masked", "compacted"}
+    assert main(["export", "--model-file", str(path), "--out", str(tmp_path / "small.safetensors")]) == 0
+    small = load_model(tmp_path / "small.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(small(x), net(x), atol=1e-5)
 
 
 class Gate(torch.nn.Module):
@@ -147,6 +164,9 @@ def test_channel_study_of_a_user_module_without_a_plan_refills_but_says_why_it_c
     row = result.summary["levels"][0]
     assert is_channel_structured(result.masks[0]["conv.weight"])
     assert row["speedup_cpu"] is None and "Gate" in row["speed_note"] and "sigmoid" in row["speed_note"]
+    # nor can its graph be stored (save_model has no sigmoid either): the row says so, and no file is half-written
+    assert row["ticket_note"].startswith("no ticket file: ") and "sigmoid" in row["ticket_note"]
+    assert not (result.folder / "seed_0" / "level_1" / "ticket.safetensors").exists()
 
 
 def test_the_gpu_speed_of_a_level_is_timed_as_deployed(monkeypatch):

@@ -120,7 +120,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.suffix == ".onnx":
         export_onnx(model, out, batch_shape)
     else:
-        save_model(out, model, batch_shape, metadata={"ticket": ticket.info})
+        info = {k: v for k, v in ticket.info.items() if k != "architecture"}  # the file stores its own graph
+        save_model(out, model, batch_shape, metadata={"ticket": info})
     report = compaction_report(ticket.model, model)
     print(f"wrote {out}: {report['parameters']['after']:,} parameters "
           f"(the ticket's dense architecture has {report['parameters']['before']:,})")

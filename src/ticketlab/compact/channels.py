@@ -2,8 +2,10 @@
 
 A channel can be removed from a network only where every layer writing it drops it: in a residual
 stage the stem (or the stage's projection shortcut) and every block's conv2 add into one stream,
-so their channels are tied (methods.md section 5). A *plan* lists these groups for one model class;
-`register_channel_plan` adds one for a new architecture.
+so their channels are tied (methods.md section 5). A *plan* lists these groups for one model class:
+the built-in architectures register theirs here, any other network gets the one its torch.fx
+graph shows (`ticketlab.compact.trace`), and `register_channel_plan` covers a network fx cannot
+read.
 
 A channel whose weights are all zero is not silent: BatchNorm still outputs its shift
 beta - gamma * mean / std (a Linear its bias). So the per-channel parameters after a producer

@@ -348,6 +348,41 @@ def _check_reproduces(model: nn.Module, rebuilt: fx.GraphModule, shape: list[int
         ) from None
 
 
+def describe_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """`model`'s graph as JSON-ready data and its weights, checked to rebuild into a network that
+    computes what `model` computes on a batch of `input_shape` (`rebuild` reads them back)."""
+    shape = _shape(input_shape)
+    model_name = type(model).__name__
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception as e:  # fx fails in many ways on Python control flow over tensor values
+        raise TicketlabError(
+            f"cannot trace {model_name} with torch.fx ({type(e).__name__}: {e}); save_model needs a forward "
+            "without Python control flow on tensor values"
+        ) from e
+    architecture = _describe(graph_module, model_name)
+    # clones: tied weights would share storage, which safetensors refuses
+    state = {name: t.detach().clone() for name, t in graph_module.state_dict().items()}
+    _check_reproduces(model, _build(architecture, state), shape)
+    return architecture, state
+
+
+def rebuild(architecture: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> fx.GraphModule:
+    """The network `describe_model` described, in eval mode, built from whitelists only; `where`
+    names the file it came from in errors."""
+    try:
+        if architecture.get("format") != FORMAT:
+            raise TicketlabError(
+                f"{where} has model format {architecture.get('format')!r}, this ticketlab reads format {FORMAT}; "
+                "load it with the ticketlab version that wrote it"
+            )
+        return _build(architecture, state)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TicketlabError(
+            f"{where} is a malformed model file ({type(e).__name__}: {e}); write it again with ticketlab"
+        ) from None
+
+
 def save_model(
     path: str | Path, model: nn.Module, input_shape: Sequence[int], metadata: dict | None = None
 ) -> None:
@@ -365,18 +400,7 @@ def save_model(
         raise TicketlabError(
             f"model metadata must be JSON-serialisable ({e}); pass numbers, strings, lists and dicts"
         ) from None
-    model_name = type(model).__name__
-    try:
-        graph_module = fx.symbolic_trace(model)
-    except Exception as e:  # fx fails in many ways on Python control flow over tensor values
-        raise TicketlabError(
-            f"cannot trace {model_name} with torch.fx ({type(e).__name__}: {e}); save_model needs a forward "
-            "without Python control flow on tensor values"
-        ) from e
-    architecture = _describe(graph_module, model_name)
-    # clones: tied weights would share storage, which safetensors refuses
-    state = {name: t.detach().clone() for name, t in graph_module.state_dict().items()}
-    _check_reproduces(model, _build(architecture, state), shape)
+    architecture, state = describe_model(model, shape)
     header = {ARCHITECTURE: json.dumps(architecture), METADATA: extra, INPUT_SHAPE: json.dumps(shape)}
     write_tensors(Path(path), state, metadata=header)
 
@@ -398,18 +422,11 @@ def load_model(path: str | Path) -> fx.GraphModule:
         raise TicketlabError(f"{path} holds no model architecture; it was not written by ticketlab.compact.save_model")
     try:
         architecture = json.loads(header[ARCHITECTURE])
-        if architecture.get("format") != FORMAT:
-            raise TicketlabError(
-                f"{path} has model format {architecture.get('format')!r}, this ticketlab reads format {FORMAT}; "
-                "load it with the ticketlab version that wrote it"
-            )
-        model = _build(architecture, state)
-        model.meta[METADATA] = json.loads(header.get(METADATA, "{}"))
-        model.meta[INPUT_SHAPE] = json.loads(header.get(INPUT_SHAPE, "null"))
-    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise TicketlabError(
-            f"{path} is a malformed model file ({type(e).__name__}: {e}); write it again with save_model"
-        ) from None
+        meta = json.loads(header.get(METADATA, "{}")), json.loads(header.get(INPUT_SHAPE, "null"))
+    except ValueError as e:
+        raise TicketlabError(f"{path} is a malformed model file ({e}); write it again with save_model") from None
+    model = rebuild(architecture, state, str(path))
+    model.meta[METADATA], model.meta[INPUT_SHAPE] = meta
     return model
 
 

@@ -363,12 +363,20 @@ class _Study:
         """Save the level's ticket as a file `ticketlab bench` reads, and measure its speed."""
         model = copy.deepcopy(model).cpu()
         run = self.config.run
-        if self.user_model is None:
-            save_ticket(folder / "ticket.safetensors", model, masks, model_name=run.model.name,
-                        model_options=run.model.kwargs_dict(), num_classes=self.dataset.num_classes,
+        user = self.user_model is not None  # no registered name rebuilds it: its traced graph is stored instead
+        unsaved = None
+        try:
+            save_ticket(folder / "ticket.safetensors", model, masks, model_name=None if user else run.model.name,
+                        model_options={} if user else run.model.kwargs_dict(), num_classes=self.dataset.num_classes,
                         in_channels=self.dataset.in_channels, image_size=self.dataset.image_size,
                         extra={"structure": self.t.structure, "density": density, "study": self.config.run_id})
+        except TicketlabError as error:
+            if not user:
+                raise
+            unsaved = f"no ticket file: {error}"
         speed = self.structure.speed(model, masks, self.input_shape, device=self.device)
+        if unsaved:
+            speed["ticket_note"] = unsaved
         write_json(folder / "speed.json", speed)
         return speed
 

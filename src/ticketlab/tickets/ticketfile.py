@@ -2,8 +2,9 @@
 
 One safetensors file holds `weight/<param>` and `mask/<param>` tensors; the metadata's
 `ticketlab.ticket` entry is JSON naming the registered model, its options and the input shape,
-so `ticketlab bench` and `compact` can rebuild the dense network without guessing anything.
-Nothing in it is ever unpickled.
+so `ticketlab bench` and `compact` can rebuild the dense network without guessing anything. A
+user's own module, which no name rebuilds, is stored as its torch.fx graph instead
+(`ticketlab.compact.export`), read back from whitelists. Nothing in it is ever unpickled.
 """
 
 from __future__ import annotations
@@ -43,15 +44,21 @@ def save_ticket(
     model: nn.Module,
     masks: Masks,
     *,
-    model_name: str,
+    model_name: str | None,
     model_options: dict[str, Any],
     num_classes: int,
     in_channels: int,
     image_size: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    info = {"model": model_name, "options": model_options, "num_classes": num_classes,
+    """`model_name` None: `model` is no registered model, so its graph is stored (an error says why
+    when it cannot be: see `ticketlab.compact.save_model`)."""
+    info = {"model": model_name or type(model).__name__, "options": model_options, "num_classes": num_classes,
             "in_channels": in_channels, "image_size": image_size, **(extra or {})}
+    if model_name is None:
+        from ticketlab.compact.export import describe_model
+
+        info["architecture"], _ = describe_model(model, (1, in_channels, image_size, image_size))
     tensors = {f"weight/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"mask/{k}": m.bool() for k, m in masks.items()})
     write_tensors(Path(path), tensors, metadata={KEY: json.dumps(info, sort_keys=True)})
@@ -74,10 +81,15 @@ def load_ticket(path: str | Path) -> Ticket:
         raise TicketlabError(f"{path} is a safetensors file but not a ticket (no {KEY!r} metadata); "
                              "pass level_<L>/ticket.safetensors from a `ticketlab find` study")
     info = json.loads(meta[KEY])
-    model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                        image_size=info["image_size"], **info["options"])
     state = {k.removeprefix("weight/"): v for k, v in tensors.items() if k.startswith("weight/")}
     masks = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
+    if "architecture" in info:  # a user's module, rebuilt from its stored graph
+        from ticketlab.compact.export import rebuild
+
+        model = rebuild(info["architecture"], state, str(path))
+    else:
+        model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                            image_size=info["image_size"], **info["options"])
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

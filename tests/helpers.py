@@ -87,6 +87,27 @@ class UserResNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class InvertedResiduals(nn.Module):
+    """MobileNetV2's blocks: 1x1 expansion, depthwise 3x3, 1x1 projection added to the stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.blocks = nn.ModuleList()
+        for _ in range(2):
+            self.blocks.append(nn.Sequential(
+                nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+                nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+                nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8)))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.bn(self.stem(x))
+        for block in self.blocks:
+            x = x + block(x)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 # the architectures compaction supports: name -> (build options, input batch shape); small inputs keep every case fast
 COMPACTABLE = {
     "cifar_resnet_20": ({"in_channels": 3, "image_size": 32}, (2, 3, 16, 16)),

@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.compact import channel_groups, compact, complete_channel_masks
+from ticketlab.compact import channel_groups, compact, complete_channel_masks, tied_layers
 from ticketlab.compact.channels import _PLANS
 from ticketlab.compact.trace import traced_plan
 from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
 from ticketlab.sparsity import apply_masks
 
-from helpers import COMPACTABLE, UserResNet
+from helpers import COMPACTABLE, InvertedResiduals, UserResNet
 
 
 def normalised(groups):
@@ -70,6 +70,48 @@ def test_a_user_residual_network_gets_its_streams_tied_and_compacts_exactly():
         assert (small(x) - masked(x)).abs().max() <= 1e-4
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert small.fc.in_features == 16 * small.head.out_channels < model.fc.in_features
+
+
+def test_depthwise_convolutions_pass_their_channels_on_and_compact_with_them():
+    torch.manual_seed(0)
+    model = InvertedResiduals().eval()
+    groups = {g.producers: g for g in channel_groups(model)}
+    assert set(groups) == {("stem.weight", "blocks.0.6.weight", "blocks.1.6.weight"), ("blocks.0.0.weight",),
+                           ("blocks.1.0.weight",)}
+    expansion = groups[("blocks.0.0.weight",)]
+    assert expansion.companions == ("blocks.0.1.weight", "blocks.0.1.bias", "blocks.0.3.weight",
+                                    "blocks.0.4.weight", "blocks.0.4.bias")
+    assert expansion.consumers == ("blocks.0.6.weight",)
+    # refill gives an expansion conv and its depthwise conv one channel set
+    assert set(tied_layers(model)) == {("stem.weight", "blocks.0.6.weight", "blocks.1.6.weight"),
+                                       ("blocks.0.0.weight", "blocks.0.3.weight"),
+                                       ("blocks.1.0.weight", "blocks.1.3.weight")}
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(generator=g)
+                module.bias.normal_(generator=g)
+    params = dict(model.named_parameters())
+    masks = {"blocks.0.3.weight": torch.rand(24, 1, 3, 3, generator=g) < 0.8}  # the depthwise layer's own mask
+    for producers in groups:
+        dropped = torch.rand(params[producers[0]].shape[0], generator=g) < 0.4
+        for name in producers:
+            masks[name] = (~dropped).view(-1, 1, 1, 1).expand_as(params[name]).clone()
+    completed = complete_channel_masks(model, masks)
+    dropped = ~masks["blocks.0.0.weight"][:, 0, 0, 0]
+    assert not completed["blocks.0.3.weight"][dropped].any()  # the dropped channels' filters go
+    kept = ~dropped
+    assert torch.equal(completed["blocks.0.3.weight"][kept], masks["blocks.0.3.weight"][kept])  # the rest as masked
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        apply_masks(masked, completed)
+    small = compact(model, completed)
+    depthwise = small.blocks[0][3]
+    assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == int(kept.sum())
+    x = torch.randn(3, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() <= 1e-4
 
 
 class Squeezed(nn.Module):
@@ -130,10 +172,10 @@ class Twice(Gated):
         return self.fc(self.conv(self.conv(self.stem(x))).mean((2, 3)))
 
 
-class Depthwise(Gated):
+class Grouped(Gated):
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=4)
+        self.stem, self.conv = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2)
 
     def forward(self, x):
         return self.fc(self.conv(self.stem(x)).mean((2, 3)))
@@ -153,7 +195,7 @@ class DataDependent(Gated):
     (Inverted(), r"truediv may mix channels or make a removed channel non-zero"),
     (ChannelMean(), r"mean over the channel dimension"),
     (Twice(), r"conv is called twice"),
-    (Depthwise(), r"grouped convolution \(groups=4\)"),
+    (Grouped(), r"grouped convolution \(groups=2\); compaction needs groups=1 or a depthwise"),
     (DataDependent(), r"torch.fx cannot trace DataDependent"),
     (nn.Linear(3, 4), r"no layer's output channels are read by another layer"),
 ])

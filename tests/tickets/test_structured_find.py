@@ -147,6 +147,18 @@ def test_channel_study_of_a_user_module_compacts_it_by_its_traced_plan_and_ships
         assert torch.allclose(small(x), net(x), atol=1e-5)
 
 
+def test_a_depthwise_user_network_refills_each_expansion_with_its_depthwise_conv(tmp_path):
+    from helpers import InvertedResiduals
+
+    ds = tiny_dataset(n=64, channels=3, size=8)
+    result = _study(tmp_path, InvertedResiduals(), ds, structure="channel", levels=1, baselines=(), fraction=0.5)
+    masks = result.masks[0]
+    for b in (0, 1):
+        expansion, depthwise = (masks[f"blocks.{b}.{k}.weight"].flatten(1).any(1) for k in (0, 3))
+        assert torch.equal(expansion, depthwise) and not expansion.all()
+    assert result.summary["levels"][0]["speedup_cpu"] > 0
+
+
 class Gate(torch.nn.Module):
     """A conv read through a sigmoid: a removed channel would still send sigmoid(0) = 0.5 on."""
 

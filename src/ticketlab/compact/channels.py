@@ -42,7 +42,8 @@ class ChannelGroup:
 
     channels: int
     producers: tuple[str, ...]  # weight param names whose dim 0 indexes these channels (conv/linear weights)
-    companions: tuple[str, ...]  # 1-D params indexed by these channels: producer biases, BN weight and bias
+    # other params whose dim 0 indexes these channels: producer biases, BN weight and bias, depthwise conv weights
+    companions: tuple[str, ...]
     buffers: tuple[str, ...]  # BN running_mean / running_var of these channels
     consumers: tuple[str, ...]  # weight param names whose dim 1 indexes these channels
     # (Linear weight name, n): read through a flatten, channel c is input columns [c * n, (c + 1) * n), n = H * W
@@ -129,8 +130,16 @@ def _check_plan(model: nn.Module, groups: list[ChannelGroup]) -> None:
 
 
 def tied_layers(model: nn.Module) -> list[tuple[str, ...]]:
-    """Producers that must drop a channel together (the residual streams)."""
-    return [group.producers for group in channel_groups(model) if len(group.producers) > 1]
+    """Layers that must keep or drop a channel together: the writers of a residual stream, and with
+    a group's producers the depthwise convs that filter its channels one by one (refilled alone, a
+    depthwise conv would pick channels of its own, which its producer still computes)."""
+    params = dict(model.named_parameters())
+    tied = []
+    for group in channel_groups(model):
+        members = group.producers + tuple(name for name in group.companions if params[name].dim() > 1)
+        if len(members) > 1:
+            tied.append(members)
+    return tied
 
 
 def pruned_channels(group: ChannelGroup, masks: Masks) -> torch.Tensor:
@@ -153,11 +162,14 @@ def complete_channel_masks(model: nn.Module, masks: Masks) -> Masks:
     channel outputs exactly zero and `compact` can remove it without changing the function.
     """
     check_masks(model, masks)
+    params = dict(model.named_parameters())
     completed = dict(masks)
     for group in channel_groups(model):
         kept = ~pruned_channels(group, masks)
         for name in group.companions:
-            completed[name] = kept.clone()
+            shape = params[name].shape
+            rows = kept.to(params[name].device).view(-1, *[1] * (len(shape) - 1)).expand(shape)
+            completed[name] = rows & masks[name].bool() if name in masks else rows.clone()
     return completed
 
 

@@ -109,13 +109,21 @@ def kept_entries(model: nn.Module, masks: Masks, multiple: int = 1) -> Kept:
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
+def _depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+
+
 def _resized(module: nn.Module, state: dict[str, torch.Tensor], like: torch.Tensor) -> nn.Module:
     """A new module of the same kind and settings, sized for the sliced `state`."""
     factory = {"device": like.device, "dtype": like.dtype}
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise TicketlabError(f"cannot compact a grouped convolution ({module}); channel compaction needs groups=1")
         out_channels, in_channels = state["weight"].shape[:2]
+        groups = 1
+        if _depthwise(module):  # one filter per channel: the channels it keeps are its groups
+            in_channels = groups = out_channels
+        elif module.groups != 1:
+            raise TicketlabError(f"cannot compact a grouped convolution ({module}); channel compaction needs groups=1 "
+                                 "or a depthwise convolution (groups = in_channels = out_channels)")
         new = nn.Conv2d(
             in_channels,
             out_channels,
@@ -123,6 +131,7 @@ def _resized(module: nn.Module, state: dict[str, torch.Tensor], like: torch.Tens
             stride=module.stride,
             padding=module.padding,
             dilation=module.dilation,
+            groups=groups,
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
             **factory,

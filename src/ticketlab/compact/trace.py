@@ -10,10 +10,11 @@ from each Conv2d/Linear (a *producer*, which starts a space of output channels) 
 - a Conv2d or Linear reading a space is a consumer (a Linear reading a flattened conv space reads
   each channel as a block of in_features / channels columns);
 - ReLU-like activations, pooling, dropout, flattening and scaling pass a space on: they map a zero
-  channel to zero, so a removed channel stays removed.
+  channel to zero, so a removed channel stays removed. So does a depthwise conv (channel c in,
+  channel c out), whose filters and biases join the companions.
 
-Anything else that touches a space (concatenation, sigmoid, adding a constant, a grouped conv, a
-layer called twice) could turn a zero channel into a non-zero one, so the plan is refused with the
+Anything else that touches a space (concatenation, sigmoid, adding a constant, a grouped conv that
+is not depthwise, a layer called twice) could turn a zero channel into a non-zero one, so the plan is refused with the
 operation named, and `register_channel_plan` remains the way out. A space that reaches the output
 (the classifier's classes) is never a group. The built-in architectures keep their registered plans;
 the tests check that tracing reads the same groups off each of them.
@@ -156,9 +157,16 @@ class _Tracer:
         if name in self.seen:
             raise _Refused(f"{name} is called twice, so its channels cannot be cut for one of the calls alone")
         self.seen.add(name)
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise _Refused(f"{name} is a grouped convolution (groups={module.groups}); compaction needs groups=1")
         space = None if flow.space is None else flow.space.root()
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            if not module.groups == module.in_channels == module.out_channels:
+                raise _Refused(f"{name} is a grouped convolution (groups={module.groups}); compaction needs groups=1 "
+                               "or a depthwise convolution")
+            if space is not None:  # depthwise: channel c in, channel c out, so the set passes on with its rows
+                if flow.flat or flow.ndim != 4:
+                    raise _Refused(f"{name} reads a flattened channel space")
+                space.companions += [f"{name}.weight"] + ([f"{name}.bias"] if module.bias is not None else [])
+            return flow
         if isinstance(module, nn.BatchNorm2d):
             if space is not None:
                 if flow.flat or flow.ndim != 4:

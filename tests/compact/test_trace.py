@@ -129,6 +129,27 @@ def test_pooled_channels_squeezed_to_a_vector_are_read_one_column_each():
     assert group.companions == ("conv.bias",) and not group.flat_consumers
 
 
+def test_an_mlp_with_batchnorm1d_compacts_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2),
+                          nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    first, second = channel_groups(model)
+    assert first.companions == ("1.bias", "2.weight", "2.bias") and first.buffers == ("2.running_mean", "2.running_var")
+    with torch.no_grad():
+        model[2].running_mean.normal_()
+        model[2].bias.normal_()
+    masks = {"1.weight": (torch.arange(16) % 2 == 0).view(-1, 1).expand(16, 12).clone()}
+    masks = complete_channel_masks(model, masks)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        apply_masks(masked, masks)
+    small = compact(model, masks)
+    assert small[2].num_features == 8 and isinstance(small[2], nn.BatchNorm1d)
+    x = torch.randn(5, 3, 2, 2)
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() <= 1e-5
+
+
 class Concat(nn.Module):
     def __init__(self) -> None:
         super().__init__()

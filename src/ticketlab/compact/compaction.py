@@ -106,7 +106,7 @@ def kept_entries(model: nn.Module, masks: Masks, multiple: int = 1) -> Kept:
     return Kept(rows, columns)
 
 
-_RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+_RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _depthwise(module: nn.Module) -> bool:
@@ -140,7 +140,7 @@ def _resized(module: nn.Module, state: dict[str, torch.Tensor], like: torch.Tens
         out_features, in_features = state["weight"].shape
         new = nn.Linear(in_features, out_features, bias=module.bias is not None, **factory)
     else:
-        new = nn.BatchNorm2d(
+        new = type(module)(
             like.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats, **factory
         )
     new.load_state_dict(state)
@@ -175,7 +175,7 @@ def compact(model: nn.Module, masks: Masks, multiple: int = 1) -> nn.Module:
         if type(module) not in _RESIZABLE:
             raise TicketlabError(
                 f"channel plan of {type(model).__name__} resizes {name}, a {type(module).__name__}; "
-                "compaction resizes only Conv2d, Linear and BatchNorm2d modules"
+                "compaction resizes only Conv2d, Linear and BatchNorm1d/2d modules"
             )
         full = module.state_dict()
         cut = kept.shrink({_qualified(name, key): full[key] for key in touched})

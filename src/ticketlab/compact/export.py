@@ -45,6 +45,7 @@ _MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
         + ("padding_mode",),
     ),
     "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "ReLU": (nn.ReLU, ("inplace",)),
     "GELU": (nn.GELU, ("approximate",)),

@@ -5,8 +5,9 @@ without writing a plan by hand. torch.fx records what `forward` computes; follow
 from each Conv2d/Linear (a *producer*, which starts a space of output channels) gives the groups:
 
 - an addition of two spaces makes them one (a channel must vanish from every addend: the tie);
-- a BatchNorm2d on a space adds its entries to the group's companions and buffers, wherever it sits
-  (after a producer, or before a reader as in pre-activation nets);
+- a BatchNorm (2d on conv channels, 1d on features) on a space adds its entries to the group's
+  companions and buffers, wherever it sits (after a producer, or before a reader as in
+  pre-activation nets);
 - a Conv2d or Linear reading a space is a consumer (a Linear reading a flattened conv space reads
   each channel as a block of in_features / channels columns);
 - ReLU-like activations, pooling, dropout, flattening and scaling pass a space on: they map a zero
@@ -121,7 +122,7 @@ class _Tracer:
         target = node.target
         if node.op == "call_module":
             module = self.modules[target]
-            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
                 return self.layer(target, module, args[0] if args else _DATA)
             if spaces and isinstance(module, nn.Flatten):
                 return self.flatten(spaces[0], module.start_dim, module.end_dim)
@@ -167,10 +168,11 @@ class _Tracer:
                     raise _Refused(f"{name} reads a flattened channel space")
                 space.companions += [f"{name}.weight"] + ([f"{name}.bias"] if module.bias is not None else [])
             return flow
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if space is not None:
-                if flow.flat or flow.ndim != 4:
-                    raise _Refused(f"BatchNorm {name} normalises a flattened channel space")
+                if flow.flat or flow.ndim != (4 if isinstance(module, nn.BatchNorm2d) else 2):
+                    raise _Refused(f"{type(module).__name__} {name} normalises a flattened channel space or one of "
+                                   "another rank")
                 space.companions += [f"{name}.weight", f"{name}.bias"] if module.affine else []
                 space.buffers += [f"{name}.running_mean", f"{name}.running_var"] if module.track_running_stats else []
             return flow

@@ -66,17 +66,18 @@ def sgd_steps(batch_size: int) -> TrainConfig:
                        nesterov=True, weight_decay=5e-4)
 
 
-def channel_tickets(model: nn.Module, levels: int, fraction: float) -> Iterator[tuple[int, Tensors, Tensors]]:
+def channel_tickets(model: nn.Module, levels: int, fraction: float,
+                    scope: str = "global") -> Iterator[tuple[int, Tensors, Tensors]]:
     """(level, weight masks, completed masks) of `find --structure channel`'s structure step on
-    `model`'s own weights: a global magnitude step of `fraction`, refill with the residual
-    streams tied, the classifier unstructured. Speed depends on which channels survive, not on
-    how well the weights are trained."""
+    `model`'s own weights: a magnitude step of `fraction` (global or per layer), refill with the
+    residual streams tied, the classifier unstructured. Speed depends on which channels survive,
+    not on how well the weights are trained."""
     names = list(select_prunable(model))
     params = dict(model.named_parameters())
     weights = {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
     tied = tied_layers(model)
     for level in range(1, levels + 1):
-        weights = prune_fraction(magnitude({n: params[n].detach() for n in names}), weights, fraction)
+        weights = prune_fraction(magnitude({n: params[n].detach() for n in names}), weights, fraction, scope)
         weights = refill(weights, tied=tied, keep={names[-1]})
         yield level, weights, complete_channel_masks(model, weights)
 

@@ -1,8 +1,12 @@
 """Speed of channel tickets after physical compaction, against the dense network.
 
   python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
+      [--fraction 0.2] [--scope global|layerwise]
       [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph | --compile]
       [--multiples 1,8]
+
+`--models` also takes the networks of benchmarks/user_nets.py (user_mobilenet_v2), which no
+registered plan describes: their channel groups come from their torch.fx graphs.
 
 Speed depends on which channels survive, not on how well the weights are trained, so this runs
 the structure step of `ticketlab find --structure channel` (global magnitude IMP step of 20%,
@@ -17,12 +21,14 @@ figures in BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from datetime import date
 from pathlib import Path
 
 import torch
 from common import channel_tickets, machine
+from user_nets import USER_MODELS
 
 from ticketlab.compact import compact
 from ticketlab.models import build_model
@@ -35,6 +41,8 @@ def main() -> None:
     ap.add_argument("--models", default="cifar_resnet_20,cifar_vgg_16")
     ap.add_argument("--levels", type=int, default=6)
     ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--scope", choices=("global", "layerwise"), default="global",
+                    help="the magnitude step's scope, as `find --scope` (layerwise: every layer keeps the same share)")
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU target is batch 256)")
@@ -51,10 +59,10 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = build_model(name, num_classes=10, in_channels=3, image_size=32).eval()
-        for level, weights, masks in channel_tickets(model, args.levels, args.fraction):
-            ticket = build_model(name, num_classes=10, in_channels=3, image_size=32).eval()
-            ticket.load_state_dict(model.state_dict())
+        model = (USER_MODELS[name](num_classes=10) if name in USER_MODELS else
+                 build_model(name, num_classes=10, in_channels=3, image_size=32)).eval()
+        for level, weights, masks in channel_tickets(model, args.levels, args.fraction, args.scope):
+            ticket = copy.deepcopy(model)
             with torch.no_grad():
                 apply_masks(ticket, masks)
             smalls = {("compacted" if m == 1 else f"compacted_x{m}"): compact(ticket, masks, m).eval()
@@ -78,7 +86,7 @@ def main() -> None:
                   f"{row['parameters']:,}, max|diff| {err:.1e}, compacted/dense " +
                   ", ".join(f"{v} b{b} {ratios[(v, b)]:.2f}x" for v in smalls for b in batches) +
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
-    result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout,
+    result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout, "scope": args.scope,
               "cuda_graph": args.cuda_graph, "compiled": args.compile,
               "machine": machine(args.device), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,27 @@ def test_bench_compiled_times_every_variant_and_says_so(conv_ticket, capsys):
     assert "Traceback" not in err
 
 
+def test_bench_times_every_variant_in_the_precision_asked_for(conv_ticket, capsys, monkeypatch):
+    import ticketlab.speed
+
+    seen = {}
+    real = ticketlab.speed.measure
+
+    def spy(variants, *args, **kwargs):
+        seen.update({name: {p.dtype for p in m.parameters()} for name, m in variants.items()}, input=kwargs["dtype"])
+        return real(variants, *args, **kwargs)
+
+    monkeypatch.setattr(ticketlab.speed, "measure", spy)
+    code, out, _ = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
+                        "--precision", "bf16", "--json")
+    assert code == 0 and ", bfloat16," in out.splitlines()[0]
+    assert json.loads(out.strip().splitlines()[-1])["precision"] == "bfloat16"
+    assert seen == {"dense": {torch.bfloat16}, "masked": {torch.bfloat16}, "compacted": {torch.bfloat16},
+                    "input": torch.bfloat16}
+    code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--two-four", "--precision", "bf16")
+    assert code == 2 and "drop --precision" in err
+
+
 def test_bench_refuses_negative_threads(conv_ticket, capsys):
     code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--threads", "-1")
     assert code == 2 and "--threads" in err and "positive" in err and "Traceback" not in err

@@ -65,6 +65,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ticketlab.train.run import resolve_device
 
     device = resolve_device(args.device)
+    if args.two_four and args.precision != "fp32":
+        raise TicketlabError("--two-four times dense and 2:4 in fp16 already (the kernels' dtype); drop --precision")
     if args.threads:
         torch.set_num_threads(args.threads)
     # exact widths are fastest on CPUs; cuDNN's tensor-core kernels want multiples of 8 (BENCHMARKS.md)
@@ -73,20 +75,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "compacted" in variants:
         notes["multiple"] = multiple
     flops = {name: forward_flops(m, shape) for name, m in variants.items()}  # before --two-four swaps them
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     if args.two_four:
         from ticketlab.tickets.ticketfile import load_ticket
 
         notes.update(_two_four(variants, load_ticket(args.model_file).masks, device))
-    half = "dense_fp16" in variants
+    if "dense_fp16" in variants:  # the 2:4 kernels' dtype
+        dtype = torch.float16
+    else:
+        for model in variants.values():
+            model.to(dtype)
     timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats,
-                      dtype=torch.float16 if half else torch.float32, channels_last=args.layout == "channels-last",
+                      dtype=dtype, channels_last=args.layout == "channels-last",
                       cuda_graph=args.cuda_graph, compiled=args.compile)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     graphs = " (CUDA graphs)" if args.cuda_graph else ""
     graphs += ", compiled by torch.compile with frozen weights" if args.compile else ""
     widths = f", compacted widths padded to multiples of {multiple}" if multiple > 1 and "compacted" in variants else ""
+    precision = str(dtype).removeprefix("torch.")
     print(f"{args.model_file}: median of {args.repeats} timed repetitions after {args.warmup} warm-up passes, "
-          f"{device.type}{graphs}, {torch.get_num_threads()} threads, {args.layout} layout{widths}; "
+          f"{device.type}{graphs}, {precision}, {torch.get_num_threads()} threads, {args.layout} layout{widths}; "
           "ratios are throughput / dense")
     print(table(("variant", "batch", "latency (ms)", "images/s", "vs dense", "parameters", "MFLOPs/image"),
                 [(t.variant, t.batch_size, f"{t.latency_ms:.3f}", f"{t.throughput:.1f}", f"{t.ratio:.2f}x",
@@ -98,6 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
                           "layout": args.layout, "cuda_graph": args.cuda_graph, "compiled": args.compile,
+                          "precision": precision,
                           "timings": [t.as_dict() for t in timings], "parameters": params, "flops": flops, **notes},
                          sort_keys=True))
     return 0
@@ -176,6 +185,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="time each variant compiled by torch.compile with its weights frozen (BatchNorm folded, "
                         "kernels fused), as a deployment runs it; needs a C++ compiler on CPU, and compiling each "
                         "variant and batch size takes seconds (not timed)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="weights and inputs of every variant in this dtype (default fp32); a GPU deployment "
+                        "serves in half precision, where tensor cores change what a narrower layer saves")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.set_defaults(func=cmd_bench)
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md; benchmarks/GPU.md says how to get the data onto the device.
-#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 13)
+#   bash benchmarks/gpu_all.sh [DATA_DIR [STEP ...]]   (default /tmp/data and every step, 1 to 14)
 # Results go to $OUT (else benchmarks/results). A device call is limited to 600 s, so GPU.md runs the
 # steps over three calls; each step has its own time limit, and a step that fails or runs out of time
 # does not stop the next one. Each step prints how long it took.
 set -u
 data=${1:-/tmp/data}
 shift $(($# > 0 ? 1 : 0))
-steps=${*:-1 2 3 4 5 6 7 8 9 10 11 12 13}
+steps=${*:-1 2 3 4 5 6 7 8 9 10 11 12 13 14}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -87,8 +87,12 @@ print('finetune' if 3 * 160 * t * 1.25 + 30 < budget else '' if 2 * 160 * t * 1.
         tee "$out/vgg16_find.json" | tail -1
 }
 
+# 14. step 9's tickets in fp16, as a GPU deployment serves them: whether tensor cores change the compacted/dense ratio
+step14() { python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64,256,1024 --repeats 7 --cuda-graph \
+    --multiples 1,8 --precision fp16 --out "$out/structured_cuda_graphs_fp16.json" | tee "$out/structured_cuda_graphs_fp16.txt"; }
+
 # seconds each step may take at most (the estimates of GPU.md with room to spare)
-declare -A limit=([1]=150 [2]=360 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240 [11]=300 [12]=150 [13]=560)
+declare -A limit=([1]=150 [2]=360 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240 [11]=300 [12]=150 [13]=560 [14]=150)
 for n in $steps; do
     echo "== step $n (at most ${limit[$n]} s)"
     start=$SECONDS

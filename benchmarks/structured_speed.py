@@ -3,7 +3,7 @@
   python benchmarks/structured_speed.py [--models cifar_resnet_20,cifar_vgg_16] [--levels 6] [--repeats 7]
       [--fraction 0.2] [--scope global|layerwise]
       [--batch-sizes 1,64,256] [--device cpu|cuda] [--layout channels-last|nchw] [--cuda-graph | --compile]
-      [--multiples 1,8]
+      [--multiples 1,8] [--precision fp32|bf16|fp16]
 
 `--models` also takes the networks of benchmarks/user_nets.py (user_mobilenet_v2), which no
 registered plan describes: their channel groups come from their torch.fx graphs.
@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="time every variant compiled by torch.compile with frozen weights (as `ticketlab bench`)")
     ap.add_argument("--multiples", default="1", help="compacted widths padded to each multiple (1: exact)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                    help="every variant's weights and inputs in this dtype (as `ticketlab bench --precision`)")
     ap.add_argument("--out", default="benchmarks/results/structured_speed.json")
     args = ap.parse_args()
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
@@ -71,8 +73,10 @@ def main() -> None:
             x = torch.randn(8, 3, 32, 32)
             with torch.no_grad():  # on the CPU, before timing moves them
                 err = max(float((s(x) - ticket(x)).abs().max()) for s in smalls.values())
-            timings = measure({"dense": ticket, "masked": masked_module(ticket, masks), **smalls},
-                              (3, 32, 32), batches, device=args.device, repeats=args.repeats,
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+            timed = {"dense": ticket, "masked": masked_module(ticket, masks), **smalls}
+            timings = measure({name: m.to(dtype) for name, m in timed.items()},
+                              (3, 32, 32), batches, device=args.device, repeats=args.repeats, dtype=dtype,
                               channels_last=args.layout == "channels-last", cuda_graph=args.cuda_graph,
                               compiled=args.compile)
             density = density_report(weights)["total"]["density"]
@@ -87,6 +91,7 @@ def main() -> None:
                   ", ".join(f"{v} b{b} {ratios[(v, b)]:.2f}x" for v in smalls for b in batches) +
                   f", masked/dense b64 {ratios.get(('masked', 64), float('nan')):.2f}x", flush=True)
     result = {"date": date.today().isoformat(), "device": args.device, "layout": args.layout, "scope": args.scope,
+              "precision": args.precision,
               "cuda_graph": args.cuda_graph, "compiled": args.compile,
               "machine": machine(args.device), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,12 @@ class MobileNetV2(nn.Module):
         self.head = nn.Conv2d(cin, 1280, 1, bias=False)
         self.bn_head = nn.BatchNorm2d(1280)
         self.fc = nn.Linear(1280, num_classes)
+        for module in self.modules():  # the usual MobileNetV2 init; PyTorch's default fades out over 50 layers
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.blocks(F.relu6(self.bn(self.stem(x))))

@@ -15,10 +15,10 @@ from each Conv2d/Linear (a *producer*, which starts a space of output channels) 
   channel c out), whose filters and biases join the companions.
 
 Anything else that touches a space (concatenation, sigmoid, adding a constant, a grouped conv that
-is not depthwise, a layer called twice) could turn a zero channel into a non-zero one, so the plan is refused with the
-operation named, and `register_channel_plan` remains the way out. A space that reaches the output
-(the classifier's classes) is never a group. The built-in architectures keep their registered plans;
-the tests check that tracing reads the same groups off each of them.
+is not depthwise, a layer called twice) could turn a zero channel into a non-zero one, so the plan
+is refused with the operation named, and `register_channel_plan` remains the way out. A space that
+reaches the output (the classifier's classes) is never a group. The built-in architectures keep
+their registered plans; the tests check that tracing reads the same groups off each of them.
 """
 
 from __future__ import annotations

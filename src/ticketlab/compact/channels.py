@@ -71,15 +71,6 @@ def register_channel_plan(cls: type[nn.Module]) -> Callable[[Plan], Plan]:
     return decorate
 
 
-def has_channel_plan(model: nn.Module) -> bool:
-    """Whether `channel_groups(model)` has an answer: a registered plan, or one read off its graph."""
-    try:
-        channel_groups(model)
-    except TicketlabError:
-        return False
-    return True
-
-
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
     """The channel groups of `model`, checked against its parameter shapes.
 

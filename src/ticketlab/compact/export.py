@@ -358,7 +358,7 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[s
         graph_module = fx.symbolic_trace(model)
     except Exception as e:  # fx fails in many ways on Python control flow over tensor values
         raise TicketlabError(
-            f"cannot trace {model_name} with torch.fx ({type(e).__name__}: {e}); save_model needs a forward "
+            f"cannot trace {model_name} with torch.fx ({type(e).__name__}: {e}); saving a model needs a forward "
             "without Python control flow on tensor values"
         ) from e
     architecture = _describe(graph_module, model_name)

@@ -20,7 +20,8 @@ import copy
 import torch
 from torch import nn
 
-from ticketlab.compact.channels import channel_groups, has_channel_plan
+from ticketlab.compact.channels import channel_groups
+from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks
 
 
@@ -30,10 +31,11 @@ def constant_units(model: nn.Module, masks: Masks, state: dict[str, torch.Tensor
     """Weight name -> bool [out units]: kept filters whose output is the same for all of `inputs`
     when `model` holds `state` under `masks` (eval mode), among those a BatchNorm normalises.
     Empty for a model without a channel plan (which filters feed a BatchNorm is unknown there)."""
-    if not has_channel_plan(model):
+    try:
+        groups = channel_groups(model)
+    except TicketlabError:
         return {}
-    normalised = [name for group in channel_groups(model) if group.buffers for name in group.producers
-                  if name in masks]
+    normalised = [name for group in groups if group.buffers for name in group.producers if name in masks]
     if not normalised:
         return {}
     probe = copy.deepcopy(model).cpu().eval()

@@ -33,7 +33,7 @@ from user_nets import USER_MODELS
 from ticketlab.compact import compact
 from ticketlab.models import build_model
 from ticketlab.sparsity import apply_masks, density_report
-from ticketlab.speed import masked_module, measure
+from ticketlab.speed import PRECISION_DTYPES, masked_module, measure
 
 
 def main() -> None:
@@ -52,12 +52,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="time every variant compiled by torch.compile with frozen weights (as `ticketlab bench`)")
     ap.add_argument("--multiples", default="1", help="compacted widths padded to each multiple (1: exact)")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    ap.add_argument("--precision", choices=tuple(PRECISION_DTYPES), default="fp32",
                     help="every variant's weights and inputs in this dtype (as `ticketlab bench --precision`)")
     ap.add_argument("--out", default="benchmarks/results/structured_speed.json")
     args = ap.parse_args()
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
     multiples = [int(m) for m in args.multiples.split(",")]
+    dtype = PRECISION_DTYPES[args.precision]
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -77,7 +78,6 @@ def main() -> None:
             x = torch.randn(8, 3, 32, 32)
             with torch.no_grad():  # on the CPU, before timing moves them
                 err = max(float((s(x) - ticket(x)).abs().max()) for s in smalls.values())
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
             timed = {"dense": ticket, "masked": masked_module(ticket, masks), **smalls}
             timings = measure({name: m.to(dtype) for name, m in timed.items()},
                               (3, 32, 32), batches, device=args.device, repeats=args.repeats, dtype=dtype,

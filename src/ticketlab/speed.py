@@ -44,6 +44,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ticketlab.errors import TicketlabError
 
+# what `--precision` names, for the variants timed (ticketlab bench, benchmarks/structured_speed.py)
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass(frozen=True)
 class Timing:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ticketlab.cli.table import table
+from ticketlab.config import PRECISIONS
 from ticketlab.errors import TicketlabError
 
 
@@ -61,7 +62,7 @@ def _two_four(variants: dict, masks: dict, device) -> dict:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ticketlab.speed import forward_flops, measure
+    from ticketlab.speed import PRECISION_DTYPES, forward_flops, measure
     from ticketlab.train.run import resolve_device
 
     device = resolve_device(args.device)
@@ -75,7 +76,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "compacted" in variants:
         notes["multiple"] = multiple
     flops = {name: forward_flops(m, shape) for name, m in variants.items()}  # before --two-four swaps them
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    dtype = PRECISION_DTYPES[args.precision]
     if args.two_four:
         from ticketlab.tickets.ticketfile import load_ticket
 
@@ -185,7 +186,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="time each variant compiled by torch.compile with its weights frozen (BatchNorm folded, "
                         "kernels fused), as a deployment runs it; needs a C++ compiler on CPU, and compiling each "
                         "variant and batch size takes seconds (not timed)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="weights and inputs of every variant in this dtype (default fp32); a GPU deployment "
                         "serves in half precision, where tensor cores change what a narrower layer saves")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

@@ -120,6 +120,11 @@ def _check_plan(model: nn.Module, groups: list[ChannelGroup]) -> None:
                 )
 
 
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv with one filter per channel: channel c in, channel c out."""
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+
+
 def tied_layers(model: nn.Module) -> list[tuple[str, ...]]:
     """Layers that must keep or drop a channel together: the writers of a residual stream, and with
     a group's producers the depthwise convs that filter its channels one by one (refilled alone, a

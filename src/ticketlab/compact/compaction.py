@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ticketlab.compact.channels import ChannelGroup, channel_groups, pruned_channels
+from ticketlab.compact.channels import ChannelGroup, channel_groups, is_depthwise, pruned_channels
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks, check_masks
 
@@ -109,17 +109,13 @@ def kept_entries(model: nn.Module, masks: Masks, multiple: int = 1) -> Kept:
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
-
-
 def _resized(module: nn.Module, state: dict[str, torch.Tensor], like: torch.Tensor) -> nn.Module:
     """A new module of the same kind and settings, sized for the sliced `state`."""
     factory = {"device": like.device, "dtype": like.dtype}
     if isinstance(module, nn.Conv2d):
         out_channels, in_channels = state["weight"].shape[:2]
         groups = 1
-        if _depthwise(module):  # one filter per channel: the channels it keeps are its groups
+        if is_depthwise(module):  # one filter per channel: the channels it keeps are its groups
             in_channels = groups = out_channels
         elif module.groups != 1:
             raise TicketlabError(f"cannot compact a grouped convolution ({module}); channel compaction needs groups=1 "

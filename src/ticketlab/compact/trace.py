@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ticketlab.compact.channels import ChannelGroup
+from ticketlab.compact.channels import ChannelGroup, is_depthwise
 from ticketlab.errors import TicketlabError
 
 # Modules and functions with f(0) = 0 channel by channel: a silent channel stays silent through them.
@@ -160,7 +160,7 @@ class _Tracer:
         self.seen.add(name)
         space = None if flow.space is None else flow.space.root()
         if isinstance(module, nn.Conv2d) and module.groups != 1:
-            if not module.groups == module.in_channels == module.out_channels:
+            if not is_depthwise(module):
                 raise _Refused(f"{name} is a grouped convolution (groups={module.groups}); compaction needs groups=1 "
                                "or a depthwise convolution")
             if space is not None:  # depthwise: channel c in, channel c out, so the set passes on with its rows

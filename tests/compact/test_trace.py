@@ -202,6 +202,49 @@ class Grouped(Gated):
         return self.fc(self.conv(self.stem(x)).mean((2, 3)))
 
 
+class Clamped(Gated):
+    def forward(self, x):
+        return self.fc(F.hardtanh(self.conv(x), 0.5, 2.0).mean((2, 3)))
+
+
+class LayerScaled(Gated):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.fc((self.gamma * self.conv(x)).mean((2, 3)))
+
+
+class WidthScaled(Gated):
+    def forward(self, x):
+        h = self.conv(x).mean((2, 3))
+        return self.fc(h / h.shape[1] ** 0.5)
+
+
+class FramesFolded(Gated):
+    """Frames folded into the batch: `view(b, -1)` lays features out frame-major, not as a flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):  # x: [B, 2, 3, H, W]
+        b = x.size(0)
+        h = self.conv(x.view(-1, 3, x.size(3), x.size(4))).mean((2, 3))
+        return self.fc(h.view(b, -1))
+
+
+class SharedWeight(Twice):
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = nn.Conv2d(4, 4, 1)
+        self.other.weight = self.conv.weight
+
+    def forward(self, x):
+        return self.fc(self.other(self.conv(self.stem(x))).mean((2, 3)))
+
+
 class DataDependent(Gated):
     def forward(self, x):
         if x.sum() > 0:
@@ -213,7 +256,12 @@ class DataDependent(Gated):
     (Concat(), r"cat combines channel spaces, which only an addition may"),
     (Gated(), r"sigmoid may mix channels or make a removed channel non-zero"),
     (Shifted(), r"addition to a channel space of something no layer wrote"),
-    (Inverted(), r"truediv may mix channels or make a removed channel non-zero"),
+    (Inverted(), r"dividing by a channel space"),
+    (Clamped(), r"hardtanh clamps to \[0.5, 2.0\], which moves a removed channel away from zero"),
+    (LayerScaled(), r"mul by the parameter gamma, which compaction does not resize"),
+    (WidthScaled(), r"pow uses a channel count, which compaction changes"),
+    (FramesFolded(), r"view\(n, -1\) with an n that is not this tensor's batch size"),
+    (SharedWeight(), r"other.weight is the same tensor as conv.weight"),
     (ChannelMean(), r"mean over the channel dimension"),
     (Twice(), r"conv is called twice"),
     (Grouped(), r"grouped convolution \(groups=2\); compaction needs groups=1 or a depthwise"),
@@ -224,3 +272,46 @@ def test_networks_whose_channels_could_come_back_are_refused_with_the_operation_
     with pytest.raises(TicketlabError, match=rf"no channel plan for {type(model).__name__}: .*{why}.*"
                                              r"register_channel_plan"):
         channel_groups(model)
+
+
+class Tolerant(nn.Module):
+    """Operations that keep a removed channel at zero, written as users write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.bn, self.up, self.act = nn.BatchNorm2d(8), nn.Upsample(scale_factor=2), nn.ReLU6()
+        self.c, self.fc = nn.Conv2d(8, 6, 3), nn.Linear(6 * 4, 3)
+        self.head = self.fc  # one module under two names: compaction must replace both
+
+    def forward(self, x):
+        b = x.size(0)
+        h = self.stem(x)
+        h = torch.add(h, self.a(h), alpha=0.5) - self.b(-h)
+        h = sum([self.act(self.bn(h)), torch.clamp(h, min=0)])
+        h = F.interpolate(self.up(h.data), size=h.shape[2:]) * 0.5
+        h = F.max_pool2d(self.c(F.pad(h, (1, 1, 1, 1))), 4)
+        return self.head(h.view(b, -1))
+
+
+def test_operations_that_keep_removed_channels_at_zero_are_traced_and_compact_exactly():
+    torch.manual_seed(0)
+    model = Tolerant().eval()
+    groups = {g.producers: g for g in channel_groups(model)}
+    assert set(groups) == {("stem.weight", "a.weight", "b.weight"), ("c.weight",)}
+    assert groups[("c.weight",)].flat_consumers == (("fc.weight", 4),)
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.bias.normal_()
+    masks = {name: (torch.arange(shape[0]) % 3 != 0).view(-1, 1, 1, 1).expand(shape).clone()
+             for name, shape in [("stem.weight", (8, 3, 3, 3)), ("a.weight", (8, 8, 3, 3)),
+                                 ("b.weight", (8, 8, 1, 1)), ("c.weight", (6, 8, 3, 3))]}
+    masks = complete_channel_masks(model, masks)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        apply_masks(masked, masks)
+    small = compact(model, masks)
+    assert small.head is small.fc and small.fc.in_features == 4 * 4
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert (small(x) - masked(x)).abs().max() <= 1e-5

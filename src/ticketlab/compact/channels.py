@@ -122,7 +122,7 @@ def _check_plan(model: nn.Module, groups: list[ChannelGroup]) -> None:
 
 def is_depthwise(module: nn.Module) -> bool:
     """A conv with one filter per channel: channel c in, channel c out."""
-    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
 
 
 def tied_layers(model: nn.Module) -> list[tuple[str, ...]]:

@@ -19,7 +19,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks, check_masks
 
 
-def _kept(group: ChannelGroup, masks: Masks, params: dict[str, nn.Parameter], multiple: int) -> torch.Tensor:
+def _kept(group: ChannelGroup, masks: Masks, tensors: dict[str, torch.Tensor], multiple: int) -> torch.Tensor:
     """Indices of the channels to keep; the rest are provably silent, so removing them is exact.
 
     `multiple` > 1 keeps some silent channels too, the lowest-numbered first, until the count is a
@@ -40,7 +40,7 @@ def _kept(group: ChannelGroup, masks: Masks, params: dict[str, nn.Parameter], mu
     if pruned.all():  # an empty layer would break the shapes; one kept channel computes the same
         pruned[0] = False
     for name in group.companions:
-        live = int((params[name].detach().cpu()[pruned] != 0).sum())
+        live = int((tensors[name].detach().cpu()[pruned] != 0).sum())
         if live:
             raise TicketlabError(
                 f"cannot remove {int(pruned.sum())} dropped channels of {group.producers[0]}: {live} of their "
@@ -48,6 +48,17 @@ def _kept(group: ChannelGroup, masks: Masks, params: dict[str, nn.Parameter], mu
                 "change the model; train with ticketlab.compact.complete_channel_masks(model, masks), which keeps "
                 "them at zero"
             )
+    for name in group.buffers:  # a BatchNorm without affine weights maps a silent channel to -mean / std
+        norm = name.removesuffix(".running_mean")
+        if name.endswith(".running_mean") and f"{norm}.weight" not in group.companions:
+            live = int((tensors[name].detach().cpu()[pruned] != 0).sum())
+            if live:
+                raise TicketlabError(
+                    f"cannot remove {int(pruned.sum())} dropped channels of {group.producers[0]}: BatchNorm {norm} "
+                    f"has no affine weights and {live} of their running means are non-zero, so in eval mode these "
+                    "channels output a constant and removing them would change the model; use an affine BatchNorm "
+                    "(its weight and bias are masked with the channel) or zero those running means"
+                )
     short = -int((~pruned).sum()) % multiple
     pruned[pruned.nonzero().squeeze(1)[:short]] = False
     return (~pruned).nonzero().squeeze(1)
@@ -94,11 +105,11 @@ def kept_entries(model: nn.Module, masks: Masks, multiple: int = 1) -> Kept:
         raise TicketlabError(f"the channel multiple must be at least 1, got {multiple}")
     groups = channel_groups(model)
     check_masks(model, masks)
-    params = dict(model.named_parameters())
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     rows: dict[str, torch.Tensor] = {}
     columns: dict[str, torch.Tensor] = {}
     for group in groups:
-        kept = _kept(group, masks, params, multiple)
+        kept = _kept(group, masks, tensors, multiple)
         rows.update(dict.fromkeys(group.producers + group.companions + group.buffers, kept))
         columns.update(dict.fromkeys(group.consumers, kept))
         for name, block in group.flat_consumers:  # channel c is the block of input columns [c * block, ...)
@@ -161,6 +172,9 @@ def compact(model: nn.Module, masks: Masks, multiple: int = 1) -> nn.Module:
     out = copy.deepcopy(model)
     apply_masks(out, masks)
     kept = kept_entries(out, masks, multiple)
+    aliases: dict[int, list[str]] = {}  # a module set as two attributes is one module, named once
+    for name, module in out.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
     for name, module in list(out.named_modules()):
         own = [key for key, _ in module.named_parameters(recurse=False)] + [
             key for key, _ in module.named_buffers(recurse=False)
@@ -183,8 +197,9 @@ def compact(model: nn.Module, masks: Masks, multiple: int = 1) -> nn.Module:
                 f"channel plan of {type(model).__name__} resizes only some tensors of {name} ({e}); "
                 "a plan must list every per-channel parameter and buffer of a layer it resizes"
             ) from None
-        parent, _, child = name.rpartition(".")
-        setattr(out.get_submodule(parent), child, new)
+        for alias in aliases[id(module)]:
+            parent, _, child = alias.rpartition(".")
+            setattr(out.get_submodule(parent), child, new)
     return out
 
 

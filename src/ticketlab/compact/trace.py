@@ -10,13 +10,16 @@ from each Conv2d/Linear (a *producer*, which starts a space of output channels) 
   pre-activation nets);
 - a Conv2d or Linear reading a space is a consumer (a Linear reading a flattened conv space reads
   each channel as a block of in_features / channels columns);
-- ReLU-like activations, pooling, dropout, flattening and scaling pass a space on: they map a zero
-  channel to zero, so a removed channel stays removed. So does a depthwise conv (channel c in,
-  channel c out), whose filters and biases join the companions.
+- ReLU-like activations, pooling, upsampling, zero padding, dropout, flattening and scaling by a
+  number pass a space on: they map a zero channel to zero, so a removed channel stays removed. So
+  does a depthwise conv (channel c in, channel c out), whose filters and biases join the companions.
+- a space's batch size and spatial sizes may be read; its channel count may not be used, since
+  compaction changes it (`view(n, -1)` is a flatten only when n is the batch size of that tensor).
 
-Anything else that touches a space (concatenation, sigmoid, adding a constant, a grouped conv that
-is not depthwise, a layer called twice) could turn a zero channel into a non-zero one, so the plan
-is refused with the operation named, and `register_channel_plan` remains the way out. A space that
+Anything else that touches a space (concatenation, sigmoid, adding a constant, scaling by a
+per-channel parameter, a grouped conv that is not depthwise, a layer called twice or sharing its
+weight) could turn a zero channel into a non-zero one or break a shape, so the plan is refused with
+the operation named, and `register_channel_plan` remains the way out. A space that
 reaches the output (the classifier's classes) is never a group. The built-in architectures keep
 their registered plans; the tests check that tracing reads the same groups off each of them.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 import operator
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +40,22 @@ from ticketlab.errors import TicketlabError
 
 # Modules and functions with f(0) = 0 channel by channel: a silent channel stays silent through them.
 _SILENT_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Mish,
-    nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Hardswish, nn.Mish, nn.Dropout, nn.Dropout2d,
+    nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
 )
 _SILENT_FUNCTIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardtanh,
-    F.hardswish, F.mish, torch.tanh, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish, F.mish,
+    torch.tanh, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+    F.interpolate, operator.neg, torch.neg,
 }
-_SILENT_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone"}
+_SILENT_METHODS = {"relu", "relu_", "tanh", "neg", "contiguous", "clone", "float"}
+_BOUNDED = {F.hardtanh: (-1.0, 1.0), torch.clamp: (None, None), torch.clip: (None, None), "clamp": (None, None),
+            "clamp_": (None, None), "clip": (None, None)}  # f(0) = 0 when 0 lies within their (default) bounds
 _REDUCTIONS = {"mean", "sum", "amax", torch.mean, torch.sum, torch.amax}  # over non-channel dims only
 _SCALINGS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul}
 _ADDITIONS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+_SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
+_ATTRIBUTES = {"device", "dtype", "ndim", "is_cuda", "requires_grad"}  # reading them carries no channels
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -73,14 +80,26 @@ class _Space:
 
 @dataclass(frozen=True)
 class _Flow:
-    """What a traced value carries: `space` channels on dim 1 (`flat`: flattened, channel-major), or None."""
+    """What a traced value carries.
 
-    space: _Space | None
+    `space`: channels on dim 1 (`flat`: flattened, channel-major). `batch`: a token naming its batch
+    (the input it came from, or the node itself), so that `view(n, -1)` can be checked to keep dim
+    0. The rest mark values that are not tensors of channels: `batch_size` (that batch's size),
+    `shape` (the shape of a space), `width` (computed from a channel count, which compaction
+    changes) and `param` (computed from a parameter of more than one entry, never resized).
+    """
+
+    space: _Space | None = None
     ndim: int | None = None
     flat: bool = False
+    batch: object = None
+    batch_size: object = None
+    shape: _Flow | None = None
+    width: bool = False
+    param: str | None = None
 
 
-_DATA = _Flow(None)  # the input and whatever is computed from it alone: channels no layer wrote
+_DATA = _Flow()  # whatever is computed from the input alone: channels no layer wrote
 
 
 def traced_plan(model: nn.Module) -> list[ChannelGroup]:
@@ -97,69 +116,136 @@ def traced_plan(model: nn.Module) -> list[ChannelGroup]:
 
 class _Tracer:
     def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.modules = dict(model.named_modules())
         self.spaces: list[_Space] = []
         self.seen: set[str] = set()
+        self.weights: dict[int, str] = {}
         self.flows: dict[fx.Node, _Flow] = {}
 
     def plan(self, graph: fx.Graph) -> list[ChannelGroup]:
         for node in graph.nodes:
             args = [self.flows.get(a, _DATA) for a in _nodes(node.args, node.kwargs)]
-            if node.op == "output":
-                for flow in args:
-                    if flow.space is not None:
-                        flow.space.root().output = True
-                continue
             try:
-                self.flows[node] = self.step(node, args)
+                if node.op == "output":
+                    self.output(args)
+                    continue
+                flow = self.step(node, args)
             except _Refused as refused:
                 raise TicketlabError(f"{refused} (graph node %{node.name} of its torch.fx trace)") from None
+            self.flows[node] = flow if flow.batch is not None else replace(flow, batch=node)
         return [self.group(space) for space in dict.fromkeys(s.root() for s in self.spaces)
                 if not space.output and (space.consumers or space.flat_consumers)]
 
+    def output(self, args: list[_Flow]) -> None:
+        for flow in args:
+            if flow.width or _sizes_space(flow):
+                raise _Refused("the output holds a channel count, which compaction changes")
+            if flow.space is not None:
+                flow.space.root().output = True
+
     def step(self, node: fx.Node, args: list[_Flow]) -> _Flow:
-        spaces = [flow for flow in args if flow.space is not None]
+        if any(flow.width for flow in args):
+            raise _Refused(f"{_describe(node.target)} uses a channel count, which compaction changes")
         target = node.target
+        if node.op == "get_attr":
+            value = operator.attrgetter(target)(self.model)
+            return _Flow(param=target) if isinstance(value, torch.Tensor) and value.numel() > 1 else _DATA
+        if target is getattr or (node.op == "call_method" and target in ("size", "dim")):
+            return self.measure(node, args[0])
+        if target is operator.getitem and args and args[0].shape is not None:
+            return self.dimension(node, args[0].shape)
+        if any(_sizes_space(flow) for flow in args):
+            raise _Refused(f"{_describe(target)} uses the shape of a channel space, whose width compaction changes")
+        spaces = [flow for flow in args if flow.space is not None]
         if node.op == "call_module":
-            module = self.modules[target]
-            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
-                return self.layer(target, module, args[0] if args else _DATA)
-            if spaces and isinstance(module, nn.Flatten):
-                return self.flatten(spaces[0], module.start_dim, module.end_dim)
-            if spaces and not isinstance(module, _SILENT_MODULES):
-                raise _Refused(f"{target} ({type(module).__name__}) may make a removed channel non-zero")
-            return spaces[0] if spaces else _DATA
-        if not spaces or target == "size" or target is getattr:  # shapes and sizes carry no channels
-            return _DATA
-        if target in _ADDITIONS:
+            return self.call_module(target, self.modules[target], args, spaces)
+        if not spaces:
+            return next((_Flow(param=flow.param) for flow in args if flow.param), _DATA)
+        if target in _ADDITIONS or target in _SUBTRACTIONS:
             return self.add(node, spaces)
         if len(spaces) > 1:
             raise _Refused(f"{_describe(target)} combines channel spaces, which only an addition may")
         flow = spaces[0]
         if target in _SILENT_FUNCTIONS or (node.op == "call_method" and target in _SILENT_METHODS):
             return flow
+        if target in _BOUNDED:
+            return self.bounded(node, flow)
+        if target is F.pad:
+            return self.pad(node, flow)
         if target in _SCALINGS:
-            numerator = node.args[0]
-            if target not in (operator.truediv, operator.itruediv) or self.flows.get(numerator, _DATA) is flow:
-                return flow  # x * anything, or x / anything: a zero stays zero
+            return self.scale(node, flow, args)
         if target in (torch.flatten, "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             return self.flatten(flow, start, end)
         if target in ("view", "reshape") and len(node.args) == 3 and node.args[2] == -1:
-            return self.flatten(flow, 1, -1)  # x.view(x.size(0), -1)
+            if self.flows.get(node.args[1], _DATA).batch_size is not flow.batch:
+                raise _Refused(f"{target}(n, -1) with an n that is not this tensor's batch size; "
+                               "flatten with torch.flatten(x, 1) instead")
+            return self.flatten(flow, 1, -1)
         if target in _REDUCTIONS:
             return self.reduce(node, flow)
         if target in ("squeeze", torch.squeeze) and len(node.args) == 2:  # x.squeeze(-1): a dim named, not dim 1
             return self.reduce(node, flow, keep=False)
         raise _Refused(f"{_describe(target)} may mix channels or make a removed channel non-zero")
 
+    def call_module(self, name: str, module: nn.Module, args: list[_Flow], spaces: list[_Flow]) -> _Flow:
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
+            return self.layer(name, module, args[0] if args else _DATA)
+        if not spaces:
+            return _DATA
+        if isinstance(module, nn.Flatten):
+            return self.flatten(spaces[0], module.start_dim, module.end_dim)
+        if isinstance(module, nn.Hardtanh):  # ReLU6 too
+            return self.within(name, spaces[0], module.min_val, module.max_val)
+        if not isinstance(module, _SILENT_MODULES):
+            raise _Refused(f"{name} ({type(module).__name__}) may make a removed channel non-zero")
+        return spaces[0]
+
+    def measure(self, node: fx.Node, flow: _Flow) -> _Flow:
+        """`x.size(d)`, `x.shape`, `x.dim()` and other attributes: the batch size, or shapes to watch."""
+        if node.target == "dim":
+            return _DATA
+        if node.target is getattr:
+            attribute = node.args[1]
+            if attribute == "shape":
+                return _Flow(shape=flow)
+            if attribute in _ATTRIBUTES or flow.space is None:
+                return _DATA
+            if attribute == "data":
+                return flow
+            raise _Refused(f"reading .{attribute} of a channel space")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is None:
+            return _Flow(shape=flow)
+        return self.dimension(node, flow, dim)
+
+    def dimension(self, node: fx.Node, flow: _Flow, dim: object = None) -> _Flow:
+        """One size of `flow`'s shape: dim 0 is its batch size, dim 1 a width compaction changes."""
+        dim = node.args[1] if dim is None else dim
+        if flow.space is None:  # the rank of data is unknown: only a plain 0 names its batch
+            return _Flow(batch_size=flow.batch) if dim == 0 else _DATA
+        if isinstance(dim, slice):  # x.shape[2:] is safe, x.shape[:2] holds the width
+            return _Flow(width=True) if 1 in range(flow.ndim or 4)[dim] else _DATA
+        if not isinstance(dim, int):
+            raise _Refused("indexing the shape of a channel space by anything but a number or a slice")
+        dim %= flow.ndim or 4
+        if dim == 0:
+            return _Flow(batch_size=flow.batch)
+        return _Flow(width=True) if dim == 1 else _DATA
+
     def layer(self, name: str, module: nn.Module, flow: _Flow) -> _Flow:
         if name in self.seen:
             raise _Refused(f"{name} is called twice, so its channels cannot be cut for one of the calls alone")
         self.seen.add(name)
+        for key, param in module.named_parameters(recurse=False):
+            other = self.weights.setdefault(id(param), f"{name}.{key}")
+            if other != f"{name}.{key}":
+                raise _Refused(f"{name}.{key} is the same tensor as {other}, so its channels cannot be cut for one "
+                               "layer alone")
         space = None if flow.space is None else flow.space.root()
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or is_depthwise(module)):  # 1 channel: both
             if not is_depthwise(module):
                 raise _Refused(f"{name} is a grouped convolution (groups={module.groups}); compaction needs groups=1 "
                                "or a depthwise convolution")
@@ -182,7 +268,7 @@ class _Tracer:
         produced.companions += [f"{name}.bias"] if module.bias is not None else []
         self.spaces.append(produced)
         ndim = 4 if isinstance(module, nn.Conv2d) else (2 if flow.space is None else flow.ndim)
-        return _Flow(produced, ndim)
+        return _Flow(produced, ndim, batch=flow.batch)
 
     def read(self, name: str, module: nn.Module, flow: _Flow, space: _Space) -> None:
         weight = f"{name}.weight"
@@ -206,8 +292,13 @@ class _Tracer:
             space.flat_consumers.append((weight, block))
 
     def add(self, node: fx.Node, spaces: list[_Flow]) -> _Flow:
+        """A sum (or difference) of two spaces ties them; adding a literal 0 (as `sum()` starts) is no-op."""
         operands = [a for a in node.args if isinstance(a, (fx.Node, int, float))]
-        if len(spaces) != 2 or len(operands) != 2 or node.kwargs:
+        if len(spaces) == 1 and len(operands) == 2 and 0 in [a for a in operands if not isinstance(a, fx.Node)]:
+            return spaces[0]
+        if set(node.kwargs) - {"alpha"} or not isinstance(node.kwargs.get("alpha", 1), (int, float)):
+            raise _Refused(f"{_describe(node.target)} with options {sorted(node.kwargs)}")
+        if len(spaces) != 2 or len(operands) != 2:
             raise _Refused("an addition to a channel space of something no layer wrote shifts removed channels "
                            "away from zero")
         first, second = (flow.space.root() for flow in spaces)
@@ -220,7 +311,41 @@ class _Tracer:
                 getattr(first, key).extend(getattr(second, key))
             first.output |= second.output
             second.merged_into = first
-        return _Flow(first, spaces[0].ndim)
+        batch = spaces[0].batch if spaces[0].batch is spaces[1].batch else None
+        return _Flow(first, spaces[0].ndim, batch=batch)
+
+    def scale(self, node: fx.Node, flow: _Flow, args: list[_Flow]) -> _Flow:
+        """x * a and x / a keep a zero channel zero, unless `a` is a per-channel parameter never resized."""
+        param = next((f.param for f in args if f.param), None)
+        if param is not None:
+            raise _Refused(f"{_describe(node.target)} by the parameter {param}, which compaction does not resize")
+        if node.target in (operator.truediv, operator.itruediv) and self.flows.get(node.args[0], _DATA) is not flow:
+            raise _Refused("dividing by a channel space")
+        return flow
+
+    def bounded(self, node: fx.Node, flow: _Flow) -> _Flow:
+        low, high = _BOUNDED[node.target]
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", node.kwargs.get("min", low))
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", node.kwargs.get("max", high))
+        return self.within(_describe(node.target), flow, low, high)
+
+    def within(self, name: str, flow: _Flow, low: object, high: object) -> _Flow:
+        """A clamp to [low, high] keeps a zero channel zero only when 0 lies within the bounds."""
+        bounds_ok = all(b is None or isinstance(b, (int, float)) for b in (low, high))
+        if not bounds_ok or (low is not None and low > 0) or (high is not None and high < 0):
+            raise _Refused(f"{name} clamps to [{low}, {high}], which moves a removed channel away from zero")
+        return flow
+
+    def pad(self, node: fx.Node, flow: _Flow) -> _Flow:
+        """Padding spatial dims with zeros (or by reflection, replication, wrapping) keeps a zero channel zero."""
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        if flow.flat or not isinstance(pad, (tuple, list)) or len(pad) > 2 * ((flow.ndim or 4) - 2):
+            raise _Refused("padding the channel dimension of a channel space")
+        if mode == "constant" and value not in (None, 0):
+            raise _Refused(f"padding a channel space with {value}, which makes a removed channel non-zero")
+        return flow
 
     def flatten(self, flow: _Flow, start: int = 0, end: int = -1) -> _Flow:
         ndim = flow.ndim if flow.ndim is not None else 4
@@ -228,7 +353,7 @@ class _Tracer:
             raise _Refused(f"flattening dims {start}..{end} moves the channel dimension; flatten from dim 1 instead")
         if flow.flat or ndim == 2:
             return flow
-        return _Flow(flow.space, 2, flat=True)
+        return replace(flow, ndim=2, flat=True)
 
     def reduce(self, node: fx.Node, flow: _Flow, keep: bool | None = None) -> _Flow:
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -238,7 +363,11 @@ class _Tracer:
         ndim = flow.ndim or 4
         if flow.flat or not isinstance(dims, (tuple, list)) or 1 in [d % ndim for d in dims if isinstance(d, int)]:
             raise _Refused(f"{_describe(node.target)} over the channel dimension (or over all dims) mixes channels")
-        return _Flow(flow.space, ndim if keepdim else ndim - len(dims))
+        if 0 in [d % ndim for d in dims if isinstance(d, int)]:
+            if not keepdim:
+                raise _Refused(f"{_describe(node.target)} over the batch dimension moves the channel dimension")
+            return replace(flow, batch=None)
+        return replace(flow, ndim=ndim if keepdim else ndim - len(dims))
 
     def group(self, space: _Space) -> ChannelGroup:
         return ChannelGroup(space.channels, tuple(space.producers), tuple(space.companions), tuple(space.buffers),
@@ -258,6 +387,11 @@ def _nodes(*values: object) -> Iterator[fx.Node]:
             yield from _nodes(*value)
         elif isinstance(value, dict):
             yield from _nodes(*value.values())
+
+
+def _sizes_space(flow: _Flow) -> bool:
+    """Whether `flow` is the whole shape of a channel space (its width included)."""
+    return flow.shape is not None and flow.shape.space is not None
 
 
 def _describe(target: object) -> str:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.compact import channel_groups, compact, complete_channel_masks, tied_layers
+from ticketlab.compact import channel_groups, compact, compaction_report, complete_channel_masks, tied_layers
 from ticketlab.compact.channels import _PLANS
 from ticketlab.compact.trace import traced_plan
 from ticketlab.errors import TicketlabError
@@ -112,6 +112,27 @@ def test_depthwise_convolutions_pass_their_channels_on_and_compact_with_them():
     x = torch.randn(3, 3, 8, 8, generator=g)
     with torch.no_grad():
         assert (small(x) - masked(x)).abs().max() <= 1e-4
+
+
+def test_a_depthwise_conv_cut_to_one_channel_is_still_read_as_depthwise():
+    model = InvertedResiduals().eval()
+    params = dict(model.named_parameters())
+    masks = {"blocks.0.0.weight": (torch.arange(24) == 5).view(-1, 1, 1, 1).expand_as(params["blocks.0.0.weight"])}
+    small = compact(model, complete_channel_masks(model, masks))
+    assert small.blocks[0][3].out_channels == 1
+    report = compaction_report(model, small)  # re-tracing the small model finds the same groups
+    assert [g["channels"]["after"] for g in report["groups"]] == [8, 1, 24]
+
+
+def test_a_batchnorm_without_affine_weights_whose_removed_channels_have_a_mean_is_refused():
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, affine=False), nn.ReLU(), nn.Linear(8, 2)).eval()
+    masks = {"0.weight": (torch.arange(8) < 4).view(-1, 1).expand(8, 6).clone()}
+    masks = complete_channel_masks(model, masks)
+    assert compact(model, masks)[1].num_features == 4  # running means of 0: the removed channels are silent
+    with torch.no_grad():
+        model[1].running_mean[6] = 0.3
+    with pytest.raises(TicketlabError, match="BatchNorm 1 has no affine weights and 1 of their running means"):
+        compact(model, masks)
 
 
 class Squeezed(nn.Module):

@@ -7,3 +7,9 @@ class TicketlabError(Exception):
     The CLI prints it as one line on stderr and exits with code 2; anything else
     that escapes is a bug in ticketlab and keeps its traceback.
     """
+
+
+def state_mismatch(error: RuntimeError) -> str:
+    """The first concrete problem of `load_state_dict`'s error (its first line only names the class)."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__

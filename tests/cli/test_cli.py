@@ -167,6 +167,9 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
         assert set(row["ticket"]) >= {"mean", "std"}
     assert "sparsest_winning_density" in s and (tmp_path / "p.png").exists()
     assert "verdict" in out and "reinit" in out
+    code, _, err = _run(capsys, "prune", "--run", s["study_id"], "--density", "0.5", "--dataset", tiny_npz,
+                        "--store", tmp_path / "store", "--out", tmp_path / "m.safetensors")
+    assert code == 2 and "is a ticket study, not a training run" in err and not (tmp_path / "m.safetensors").exists()
     code, out, _ = _run(capsys, *base, "--levels", "1", "--baselines", "random", "--stack", "--json")
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["stacked"] is True
     for argv, message in ((["--fraction", "1.5"], "--fraction"), (["--rewind", "50ep"], "beyond training"),
@@ -285,3 +288,56 @@ def test_sigterm_outside_training_ends_a_command_as_ctrl_c_does(monkeypatch, cap
     err = capsys.readouterr().err
     assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever called main()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Things a careless user points options at: a plain file, a text file named .npz, a folder."""
+    (tmp_path / "plain").write_text("not a folder")
+    (tmp_path / "text.npz").write_text("labels, one per line")
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["prune", "--density", "0.5", "--out", "m.txt"], "--out m.txt should be a .safetensors file"),
+    (["prune", "--density", "0.5", "--out", "{plain}/m.safetensors"], "is a file, not a folder"),
+    (["prune", "--density", "0.5", "--device", "cuda"], "prune scores weights on the CPU"),
+    (["prune", "--density", "1e-9"], "--density 1e-09 keeps none of the"),
+    (["prac", "--out", "{folder}/p.npz"], "should be a .safetensors file"),
+    (["train", "--noise-seed", "3"], "--noise-seed seeds the label noise of --noise"),
+    (["train", "--noise", "file:{text}:y"], "is not a .npz archive"),
+    (["train", "--dataset", "cifar10", "--data-dir", "{plain}"], "--data-dir {plain} is a file, not a folder"),
+    (["find", "--nm", "2:4"], "--nm sets the N:M pattern of --structure nm"),
+    (["find", "--plot", "{folder}"], "should be a .png file"),
+    (["find", "--plot", "{plain}/p.png"], "is a file, not a folder"),
+    (["find", "--batch-size", "150"], "--batch-size 150 is larger than the 144 training examples"),
+    (["bench", "--model-file", "{folder}"], "is a folder, not a ticket file"),
+])
+def test_careless_options_exit_2_with_the_cause_and_write_nothing(tmp_path, tiny_npz, capsys, monkeypatch, files,
+                                                                   argv, message):
+    names = {"plain": files / "plain", "folder": files / "folder", "text": files / "text.npz"}
+    fill = lambda text: text.format(**names)  # noqa: E731
+    store = tmp_path / "store"
+    given = set(argv)
+    base = [*(["--dataset", str(tiny_npz)] if "--dataset" not in given and argv[0] != "bench" else []),
+            *(["--store", str(store), "--epochs", "1"] if argv[0] in ("train", "find", "prac") else []),
+            *(["--quiet"] if argv[0] != "bench" else [])]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, *[fill(a) for a in argv], *base)
+    assert code == 2 and fill(message) in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("**/*.png"))
+    assert not (store / "runs").exists() or not any((store / "runs").iterdir())
+
+
+def test_damaged_ticket_metadata_and_empty_masks_are_named(tmp_path, tiny_npz, capsys):
+    from safetensors.torch import save_file
+
+    for text, missing in (("{not json", "model"), ("[1, 2]", "model"), ('{"model": "conv_2"}', "options")):
+        save_file({"weight/x": torch.zeros(1)}, tmp_path / "t.safetensors", metadata={"ticketlab.ticket": text})
+        code, _, err = _run(capsys, "bench", "--model-file", tmp_path / "t.safetensors")
+        assert code == 2 and "has damaged ticket metadata" in err and missing in err and "Traceback" not in err
+    save_file({"conv1.weight": torch.zeros(4, 3, 3, 3, dtype=torch.bool)}, tmp_path / "m.safetensors")
+    code, _, err = _run(capsys, "train", "--model", "conv_2", "--dataset", tiny_npz, "--masks",
+                        tmp_path / "m.safetensors", "--store", tmp_path / "store", "--quiet")
+    assert code == 2 and "keep no weight at all" in err

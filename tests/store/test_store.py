@@ -11,11 +11,14 @@ from ticketlab.errors import TicketlabError
 from ticketlab.store import (
     CorruptFileError,
     RunStore,
+    UnwritableFileError,
     load_state,
     read_json,
     read_tensors,
     resolve_store_root,
     save_state,
+    writable,
+    write_json,
     write_tensors,
 )
 from ticketlab.train import train
@@ -92,6 +95,26 @@ def test_a_waiter_trains_a_run_its_holder_removed(tmp_path):
     waiter.join(10)
     [again] = out
     assert again.status == "incomplete" and (again.folder / "config.json").exists()  # begun afresh, to train
+    assert not list((tmp_path / "locks").iterdir())  # each holder deleted its lock file
+
+
+def test_three_claimants_hold_a_run_one_at_a_time_though_lock_files_are_deleted(tmp_path):
+    store, cfg = RunStore(tmp_path), RunConfig(train=TrainConfig(epochs=2))
+    inside, overlaps = [0], []
+
+    def claim_elsewhere():
+        with RunStore(tmp_path).claim(cfg):
+            inside[0] += 1
+            overlaps.append(inside[0])
+            time.sleep(0.2)
+            inside[0] -= 1
+
+    with store.claim(cfg):
+        waiters = [_in_thread(claim_elsewhere)[0] for _ in range(2)]
+        time.sleep(0.3)
+    for waiter in waiters:
+        waiter.join(10)
+    assert overlaps == [1, 1] and not list((tmp_path / "locks").iterdir())
 
 
 def test_store_location_order(tmp_path, monkeypatch):
@@ -127,10 +150,19 @@ def test_unwritable_store_is_a_user_error(tmp_path):
 
 
 def test_corrupt_index_is_a_user_error(tmp_path):
-    (tmp_path / "runs").mkdir()
     (tmp_path / "index.sqlite").write_bytes(os.urandom(4096))
     with pytest.raises(TicketlabError, match="unreadable"):
         RunStore(tmp_path)
+    assert not (tmp_path / "runs").exists()  # nothing created beside a bad index
+
+
+def test_a_file_that_cannot_be_written_is_a_user_error_that_keeps_the_run(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UnwritableFileError, match="cannot write .*file/a.json"):
+        write_json(tmp_path / "file" / "a.json", {})
+    with pytest.raises(TicketlabError, match="should be a .png file; name it p.png"):
+        writable(tmp_path / "p.txt", ".png", "--plot")
+    assert writable(tmp_path / "new" / "p.png", ".png", "--plot") == tmp_path / "new" / "p.png"
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -32,9 +32,11 @@ def test_tolerance_is_the_seed_spread_when_larger():
     assert not v.beats_reinit  # a 0.5-point gap is inside a 1-point spread
 
 
-def test_without_reinit_condition_two_is_unchecked():
+def test_without_reinit_condition_two_is_unchecked_and_nothing_wins():
     v = verdict(Stat(0.9, 0.0, 1), Stat(0.9, 0.0, 1), None)
-    assert v.winning and v.beats_reinit is None
+    assert not v.winning and v.matches_dense and v.beats_reinit is None
+    s = summarise([_seed(0.98, (0.981, 0.95), (0.97, 0.94))], (), "validation")
+    assert s["sparsest_winning_density"] is None and "add reinit to --baselines" in s["warnings"][0]
 
 
 def test_sparsest_winning_is_the_lowest_winning_density():

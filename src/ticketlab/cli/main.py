@@ -26,7 +26,7 @@ from ticketlab.config import (
     ModelConfig,
     RunConfig,
 )
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import TicketlabError, state_mismatch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,7 +73,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cutout", type=int, default=0, help="cutout square size in pixels (0: off)")
     g.add_argument("--noise", default="", help="training-label noise: uniform:R, flip:R, asymmetric:R or "
                    "file:PATH.npz:KEY (CIFAR-10N layout); test labels stay clean")
-    g.add_argument("--noise-seed", type=int, default=0, help="seed of the noisy labels (fixed across --seed)")
+    g.add_argument("--noise-seed", type=int, help="seed of the noisy labels (fixed across --seed; 0)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -145,8 +145,10 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
     model = args.model or DEFAULT_MODEL
     train_cfg = recipe_config(model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
+    if args.noise_seed is not None and not args.noise:
+        raise TicketlabError("--noise-seed seeds the label noise of --noise; add --noise or drop --noise-seed")
     data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout, noise=args.noise,
-                          noise_seed=args.noise_seed)
+                          noise_seed=args.noise_seed or 0)
     model_cfg = ModelConfig.of(model, dict(args.model_arg))
     return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
 
@@ -235,11 +237,13 @@ def cmd_find(args: argparse.Namespace) -> int:
     from ticketlab.store import RunStore
     from ticketlab.tickets import TicketConfig, find_ticket
 
+    if args.nm and args.structure != "nm":
+        raise TicketlabError("--nm sets the N:M pattern of --structure nm; add --structure nm or drop --nm")
     tickets = TicketConfig(
         levels=args.levels, fraction=args.fraction, output_fraction=args.output_fraction, scope=args.scope,
         rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
         baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
-        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm, data=args.data,
+        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm or "2:4", data=args.data,
         prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
         compact_training=not args.no_compact_training,
     )
@@ -282,7 +286,8 @@ def study_table(summary: dict[str, Any]) -> str:
              *([f"{summary['dense_seconds']:.0f}"] if timed else []), *(["1.00x"] if speed else []),
              *(["1.00x"] if gpu else []), *(["100%"] if flops else []))]
     for r in levels:
-        verdict = "WIN" if r["winning"] else ("no: below dense" if not r["matches_dense"] else "no: ~reinit")
+        verdict = ("WIN" if r["winning"] else "no: below dense" if not r["matches_dense"] else
+                   "no: ~reinit" if r.get("beats_reinit") is False else "matches dense, no reinit arm")
         judged = r["validation"] if on_val else r
         dense = summary["dense_validation"] if on_val else summary["dense"]
         gap = f"{100 * (judged['ticket']['mean'] - dense['mean']):+.2f} (±{100 * r['tolerance']:.2f})"
@@ -304,16 +309,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """One-shot masks from a stored run, a weights file, or the model's seeded initialisation."""
     from ticketlab.data import load_dataset
     from ticketlab.sparsity import density_report, save_masks
-    from ticketlab.store import RunStore, read_tensors
+    from ticketlab.store import RunStore, read_tensors, writable
     from ticketlab.tickets.oneshot import prune_model
     from ticketlab.train.run import initial_model
 
     given = [f"--{f.replace('_', '-')}" for f in _TRAIN_FIELDS if f != "seed" and getattr(args, f) is not None]
     if given:
         raise TicketlabError(f"prune trains nothing, so {', '.join(given)} would be ignored; drop them")
+    if args.device != "cpu":
+        raise TicketlabError(f"prune scores weights on the CPU (a few batches at most), so --device {args.device} "
+                             "would be ignored; drop it")
     config = run_config(args)
+    writable(args.out, ".safetensors", "--out")
     if args.run:
         record = RunStore(args.store, create=False).resolve(args.run)
+        if "model" not in record.config:
+            raise TicketlabError(f"run {record.run_id} is a ticket study, not a training run; pass --run with the "
+                                 "id of a `ticketlab train` run (see `ticketlab runs list`), or --weights FILE")
         if not record.finished:
             raise TicketlabError(
                 f"run {record.run_id} has not finished; finish it (re-run its command) before pruning it"
@@ -332,20 +344,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     source = "the seeded initialisation"
     if weights is not None:
         if not weights.is_file():
-            raise TicketlabError(f"no weights file at {weights}; give a .safetensors written by ticketlab")
+            fix = (f"its run is damaged: `ticketlab runs rm {args.run}` and train it again" if args.run else
+                   "give a .safetensors written by ticketlab")
+            raise TicketlabError(f"no weights file at {weights}; {fix}")
         try:
             model.load_state_dict(read_tensors(weights))
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[1:2] or [str(e)]
-            raise TicketlabError(
-                f"the weights in {weights} do not fit {config.model.name}: {first[0].strip()}"
-            ) from None
+            mismatch = state_mismatch(e)
+            raise TicketlabError(f"the weights in {weights} do not fit {config.model.name}: {mismatch}") from None
         source = str(weights)
     masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
                         exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed,
                         structure=args.structure, start=start)
-    save_masks(args.out, masks)
     report = density_report(masks, model)
+    if report["total"]["kept"] == 0:
+        raise TicketlabError(f"--density {args.density} keeps none of the {report['total']['total']:,} prunable "
+                             f"weights; choose a density of at least {1 / report['total']['total']:.2g}")
+    save_masks(args.out, masks)
     print(f"pruned {config.model.name} ({source}) with {args.criterion}, budget {args.budget}")
     print(table(("layer", "kept", "total", "density"),
                 [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
@@ -363,13 +378,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_prac(args: argparse.Namespace) -> int:
     """Train the dense network with per-example records and save its hard-to-memorise set."""
     from ticketlab.data import load_dataset
-    from ticketlab.store import RunStore
+    from ticketlab.store import RunStore, writable
     from ticketlab.tickets.imp import default_validation
     from ticketlab.tickets.prac import from_records, save_prac
     from ticketlab.train import train_run
     from ticketlab.train.records import ExampleRecords
 
     config = run_config(args)
+    writable(args.out, ".safetensors", "--out")
     dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
     if not config.data.validation:  # the split `ticketlab find` holds out, so the set fits its studies
         config = replace(config, data=replace(config.data, validation=default_validation(len(dataset.train_y))))
@@ -506,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refill-rate", type=float, default=0.0, help="channel: refill+ rate r of extra channels")
     g.add_argument("--refill-criterion", choices=REFILL_CRITERIA, default="count",
                    help="channel: rank channels by surviving weights, weight L1, activation norm or |activation*grad|")
-    g.add_argument("--nm", default="2:4", help="nm: keep N of every M weights")
+    g.add_argument("--nm", help="nm: keep N of every M weights (2:4)")
     g.add_argument("--no-compact-training", action="store_true",
                    help="channel: train tickets masked at full size instead of physically compacted "
                         "(same numbers up to float rounding; compacted is faster)")

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 import torch
 
 from ticketlab.data.augment import Augment, Draws, draw, finish, normalize, shift_and_flip
+from ticketlab.errors import TicketlabError
 
 
 def steps_per_epoch(examples: int, batch_size: int, drop_last: bool = False) -> int:
     """Batches per epoch. By default the last, smaller batch is kept, so every example is seen every
     epoch (per-example records need it); `drop_last` uses full batches only, as airbench does."""
     return examples // batch_size if drop_last else -(-examples // batch_size)
+
+
+def check_batch_size(batch_size: int, examples: int) -> None:
+    if batch_size > examples:
+        raise TicketlabError(f"--batch-size {batch_size} is larger than the {examples} training examples; "
+                             f"pass --batch-size {examples} or less")
 
 
 def stream_seed(*parts: object) -> int:

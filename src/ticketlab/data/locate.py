@@ -49,6 +49,10 @@ def search_roots(data_dir: str | Path | None = None) -> list[Path]:
         candidates.append(Path(data_dir).expanduser())
     if os.environ.get(ENV_VAR):
         candidates.append(Path(os.environ[ENV_VAR]).expanduser())
+    for path, given in zip(candidates, ("--data-dir", ENV_VAR) if data_dir else (ENV_VAR,)):
+        if path.exists() and not path.is_dir():
+            raise TicketlabError(f"{given} {path} is a file, not a folder; give the folder that holds the datasets "
+                                 "(a .npz dataset file goes to --dataset)")
     candidates.append(user_cache_dir())
     roots: list[Path] = []
     for path in candidates:

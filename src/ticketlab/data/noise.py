@@ -160,6 +160,9 @@ def labels_from_file(path: str | Path, key: str, n: int, num_classes: int) -> to
         )
     if path.suffix != ".npz":
         raise TicketlabError(f"{path} is not a .npz; save the label arrays with numpy.savez(path, name=labels, ...)")
+    if not zipfile.is_zipfile(path):  # numpy would read it as a pickle, and its refusal suggests unpickling
+        raise TicketlabError(f"{path} is not a .npz archive (a zip of .npy arrays); save the label arrays with "
+                             "numpy.savez(path, name=labels, ...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if key not in npz.files:

@@ -17,7 +17,8 @@ from ticketlab.errors import TicketlabError
 def check_held_out(n_held: int, n: int) -> None:
     """A validation split must leave training examples and hold out at least one."""
     if not 0 < n_held < n:
-        raise TicketlabError(f"cannot hold out {n_held} of {n} examples; choose a number between 1 and {n - 1}")
+        raise TicketlabError(f"cannot hold out {n_held} of {n} examples; choose a number between 1 and {n - 1}, "
+                             "or leave --validation out")
 
 
 def stratified_indices(labels: torch.Tensor, n_held: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -271,4 +271,7 @@ def load_masks(path: str | Path, device: str | torch.device = "cpu") -> Masks:
     wrong = [name for name, m in masks.items() if m.dtype != torch.bool]
     if wrong:
         raise TicketlabError(f"{path} is not a mask file: {wrong[0]} has dtype {masks[wrong[0]].dtype}, masks are bool")
+    if masks and not any(bool(m.any()) for m in masks.values()):
+        raise TicketlabError(f"the masks in {path} keep no weight at all, so the network could only output a "
+                             "constant; prune to a higher density")
     return masks

@@ -2,10 +2,12 @@
 
 from ticketlab.store.files import (
     CorruptFileError,
+    UnwritableFileError,
     load_state,
     read_json,
     read_tensors,
     save_state,
+    writable,
     write_json,
     write_tensors,
 )
@@ -13,5 +15,5 @@ from ticketlab.store.store import RunRecord, RunStore, resolve_store_root
 
 __all__ = [
     "CorruptFileError", "RunRecord", "RunStore", "resolve_store_root", "load_state", "save_state",
-    "read_json", "write_json", "read_tensors", "write_tensors",
+    "read_json", "write_json", "read_tensors", "write_tensors", "UnwritableFileError", "writable",
 ]

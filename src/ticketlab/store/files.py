@@ -32,6 +32,11 @@ class CorruptFileError(TicketlabError):
     """
 
 
+class UnwritableFileError(TicketlabError):
+    """A file that cannot be written (a full disk, no permission): like a corrupt file, it must not
+    make training discard the run, which resumes once the user has fixed the cause."""
+
+
 def _unreadable(path: Path, error: Exception) -> CorruptFileError:
     """The error for `path`, with the fix: discard the stored run the file belongs to (found by
     walking up to a `runs/<id>` folder of a store), or replace a file of the user's own."""
@@ -46,17 +51,41 @@ def _unreadable(path: Path, error: Exception) -> CorruptFileError:
     return CorruptFileError(f"cannot read {path} ({reason}); {fix}")
 
 
+def writable(path: str | Path, suffix: str, option: str) -> Path:
+    """`path`, checked before any work is done for it: an output a user named with `option`."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise TicketlabError(f"{option} {path} should be a {suffix} file; name it {path.stem}{suffix}")
+    if path.is_dir():
+        raise TicketlabError(f"{option} {path} is a folder; give the path of a file to write (a new name inside it)")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        why = "a file, not a folder" if not folder.is_dir() else "a folder you cannot write to"
+        raise TicketlabError(f"cannot write {option} {path}: {folder} is {why}; choose another path")
+    return path
+
+
 def atomic_write(path: Path, write) -> None:
     """Run `write(tmp_path)` on a temporary sibling, then move it into place in one step."""
     if path.is_dir():
         raise TicketlabError(f"{path} is a folder; give the path of a file to write (a new name inside it, say)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        why = e.strerror or e
+        raise UnwritableFileError(f"cannot write {path} ({why}); choose a path in a writable folder") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared like any other
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota
+        Path(tmp).unlink(missing_ok=True)
+        why = e.strerror or e
+        raise UnwritableFileError(f"cannot write {path} ({why}); free some space or choose another path") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -75,7 +75,7 @@ class RunStore:
                 f"no run store at {self.root}; pass the --store DIR (or $TICKETLAB_STORE) your runs were trained with"
             )
         try:
-            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TicketlabError(
                 f"cannot create the run store at {self.root}: {e.strerror}; pass a writable --store DIR"
@@ -88,6 +88,7 @@ class RunStore:
             raise TicketlabError(
                 f"the run index {self._db} is unreadable ({e}); move it away to start a fresh store"
             ) from None
+        (self.root / "runs").mkdir(exist_ok=True)  # after the index opened: a bad index leaves nothing new
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._db, timeout=30)
@@ -150,7 +151,8 @@ class RunStore:
 
         Two commands sharing a store (parallel sweeps share their dense run) then train each run
         once: the second waits for the first and finds the run finished, or gone if it failed.
-        The lock is the operating system's, so a killed process frees it.
+        The lock is the operating system's, so a killed process frees it. Its file is deleted by
+        its holder, still holding it; a waiter that then gets the deleted file's lock tries again.
         """
         record = self.begin(config)
         if record.finished or fcntl is None:
@@ -158,15 +160,24 @@ class RunStore:
             return
         lock = self._lock(config.run_id)
         lock.parent.mkdir(exist_ok=True)
-        with open(lock, "a") as handle:
+        told = False
+        while True:
+            handle = open(lock, "a")
             if not _try_lock(handle):
-                print(f"run {config.run_id} is being trained by another process on {self.root}; "
-                      f"waiting for it to finish", file=sys.stderr, flush=True)
+                if not told:
+                    print(f"run {config.run_id} is being trained by another process on {self.root}; "
+                          f"waiting for it to finish", file=sys.stderr, flush=True)
+                    told = True
                 fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield self.begin(config)  # read again: the other process may have finished or removed it
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            if _still_at(handle, lock):
+                break
+            handle.close()  # its holder deleted this file: the lock now lives in a new one
+        try:
+            yield self.begin(config)  # read again: the other process may have finished or removed it
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def training(self, run_id: str) -> bool:
         """Whether a process holds the run now: an unfinished run is training, else interrupted."""
@@ -196,6 +207,15 @@ class RunStore:
         with self._connect() as con:
             con.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
         shutil.rmtree(self.folder(run_id), ignore_errors=True)
+
+
+def _still_at(handle: Any, path: Path) -> bool:
+    """Whether the open, locked `handle` is still the file at `path` (not deleted or replaced)."""
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _try_lock(handle: Any) -> bool:

@@ -27,11 +27,11 @@ from ticketlab.compact.training import TRAIN_MULTIPLE
 from ticketlab.config import REFILL_CRITERIA, STRUCTURES, DataConfig, RunConfig, TrainConfig, run_id, scaled_train
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
-from ticketlab.data.batches import steps_per_epoch, stream_seed
+from ticketlab.data.batches import check_batch_size, steps_per_epoch, stream_seed
 from ticketlab.data.split import check_held_out, train_validation_split
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
-from ticketlab.store import RunStore, read_tensors, write_json
+from ticketlab.store import RunStore, read_tensors, writable, write_json
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.constant_units import constant_units, drop_constant_units
 from ticketlab.tickets.earlybird import EarlyBird
@@ -204,6 +204,7 @@ class _Study:
         probe = self._model(config.run)
         self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last))
         n_train = len(dataset.train_y) - config.run.data.validation
+        check_batch_size(config.run.train.batch_size, n_train)
         steps = steps_per_epoch(n_train, config.run.train.batch_size, config.run.train.drop_last)
         self.k = rewind_iteration(self.t.rewind, steps, steps * config.run.train.epochs)
         self.seconds = 0.0
@@ -485,6 +486,8 @@ def find_ticket(
     """
     tickets = tickets or TicketConfig()
     tickets.validate()
+    if plot:
+        writable(plot, ".png", "--plot")  # before the study trains, not after
     store = store if isinstance(store, RunStore) else RunStore(store)
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, data_dir=data_dir, download=download)
     data_cfg = data or DataConfig()

@@ -69,7 +69,7 @@ def save_prac(path: str | Path, prac: PracSet) -> Path:
 def load_prac(path: str | Path, n_train: int) -> PracSet:
     path = Path(path)
     if not path.is_file():
-        raise TicketlabError(f"no PrAC file at {path}; compute one with `ticketlab prac --out {path.name}`")
+        raise TicketlabError(f"no PrAC file at {path}; compute one with `ticketlab prac --out {path}`")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

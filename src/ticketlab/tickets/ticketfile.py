@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import TicketlabError, state_mismatch
 from ticketlab.models import build_model
 from ticketlab.sparsity import Masks, apply_masks
 from ticketlab.store.files import write_tensors
@@ -68,7 +68,8 @@ def save_ticket(
 def load_ticket(path: str | Path) -> Ticket:
     path = Path(path)
     if not path.is_file():
-        raise TicketlabError(f"ticket file {path} does not exist; `ticketlab find` writes one per level "
+        what = "is a folder, not a ticket file" if path.is_dir() else "does not exist"
+        raise TicketlabError(f"ticket file {path} {what}; `ticketlab find` writes one per level "
                              "(level_<L>/ticket.safetensors in the study folder)")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -80,7 +81,7 @@ def load_ticket(path: str | Path) -> Ticket:
     if KEY not in meta:
         raise TicketlabError(f"{path} is a safetensors file but not a ticket (no {KEY!r} metadata); "
                              "pass level_<L>/ticket.safetensors from a `ticketlab find` study")
-    info = json.loads(meta[KEY])
+    info = _ticket_info(path, meta[KEY])
     state = {k.removeprefix("weight/"): v for k, v in tensors.items() if k.startswith("weight/")}
     masks = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
     if "architecture" in info:  # a user's module, rebuilt from its stored graph
@@ -93,9 +94,24 @@ def load_ticket(path: str | Path) -> Ticket:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise TicketlabError(f"{path}: the weights do not fit {info['model']} ({first}); the file is corrupt or "
-                             "was written for other model options") from None
+        raise TicketlabError(f"{path}: the weights do not fit {info['model']} ({state_mismatch(error)}); the file "
+                             "is corrupt or was written for other model options") from None
     with torch.no_grad():
         apply_masks(model, masks)
     return Ticket(model, masks, info)
+
+
+_FIELDS = {"model": str, "options": dict, "num_classes": int, "in_channels": int, "image_size": int}
+
+
+def _ticket_info(path: Path, text: str) -> dict[str, Any]:
+    """The ticket's JSON metadata, checked field by field: the file may be damaged or hand-made."""
+    try:
+        info = json.loads(text)
+    except ValueError as error:
+        info = error
+    wrong = [k for k, kind in _FIELDS.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+    if wrong:
+        raise TicketlabError(f"{path} has damaged ticket metadata ({KEY!r} lacks a valid {', '.join(wrong)}); "
+                             "pass a ticket file written by `ticketlab find`")
+    return info

@@ -3,7 +3,8 @@
 Condition 1: the ticket reaches the dense network's accuracy within a tolerance. Condition 2:
 it beats the same mask with a fresh random initialisation by more than that tolerance. The
 tolerance is the seed spread (the larger standard deviation of the arms compared), never less
-than 0.2 points: differences inside the noise of single runs are not wins.
+than 0.2 points: differences inside the noise of single runs are not wins. Without the re-init
+arm condition 2 is unchecked, and no ticket is called winning.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def verdict(dense: Stat, ticket: Stat, reinit: Stat | None, min_tolerance: float
     tolerance = max(spread, min_tolerance)
     matches = ticket.mean >= dense.mean - tolerance
     beats = None if reinit is None else ticket.mean - reinit.mean > tolerance
-    return Verdict(matches and beats is not False, matches, beats, tolerance)
+    return Verdict(matches and beats is True, matches, beats, tolerance)
 
 
 def sparsest_winning(densities: Sequence[float], verdicts: Sequence[Verdict]) -> float | None:
@@ -101,6 +102,11 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
             f"tickets beat the dense network by up to {100 * best_gain:.1f} points: the dense baseline is probably "
             "under-trained, and against a weak dense network tickets win trivially (lottery-ticket sanity checks); "
             "train longer (--epochs) before trusting the verdict"
+        )
+    if "reinit" not in baselines and rows:
+        summary["warnings"].append(
+            "without the reinit baseline condition 2 (beating the same mask re-initialised) is unchecked, so no "
+            "level is called a winning ticket; add reinit to --baselines for the verdict"
         )
     dropped = [(r["level"], sum(r["constant_units_dropped"])) for r in rows if "constant_units_dropped" in r]
     if dropped:

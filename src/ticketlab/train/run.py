@@ -26,7 +26,16 @@ from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.models import MODELS, build_model, model_augment
 from ticketlab.sparsity import density
-from ticketlab.store import CorruptFileError, RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
+from ticketlab.store import (
+    CorruptFileError,
+    RunRecord,
+    RunStore,
+    UnwritableFileError,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 from ticketlab.train.hooks import Hook, MaskHook
 from ticketlab.train.trainer import Trainer, TrainResult, graphs_need_cuda
 
@@ -323,7 +332,7 @@ def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module
     user how to discard it."""
     try:
         result = Trainer(model, data, config.train, checkpoint_dir=record.folder, **options).fit()
-    except CorruptFileError:
+    except (CorruptFileError, UnwritableFileError):
         raise
     except TicketlabError:
         store.remove(config.run_id)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ticketlab.config import TrainConfig
-from ticketlab.data.batches import DeviceData, stream_seed
+from ticketlab.data.batches import DeviceData, check_batch_size, stream_seed
 from ticketlab.errors import TicketlabError
 from ticketlab.store.files import load_state, save_state, write_tensors
 from ticketlab.train.averaging import Lookahead, WeightEMA
@@ -131,11 +131,7 @@ class Trainer:
         self.progress, self.description = progress, description
         self.output_classes = output_classes  # evaluate on the first K outputs only (an abstain output follows)
 
-        if cfg.batch_size > len(data):
-            raise TicketlabError(
-                f"--batch-size {cfg.batch_size} is larger than the {len(data)} training examples; "
-                f"pass --batch-size {len(data)} or less"
-            )
+        check_batch_size(cfg.batch_size, len(data))
         self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size, cfg.drop_last)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if not 0 <= start_iteration < self.total_steps:

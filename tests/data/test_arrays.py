@@ -85,6 +85,9 @@ def test_missing_test_split_holds_out_stratified_ten_percent(tmp_path):
         (dict(x=images(4, 5, 5), y=labels(4), x_test=images(2, 5, 5)), "only one of x_test and y_test"),
         (dict(images=images(4, 5, 5), y=labels(4)), "lacks the key\\(s\\) x"),
         (dict(x=images(4, 5, 5), y=labels(4), x_test=images(2, 6, 6), y_test=labels(2)), "same \\(C, H, W\\)"),
+        (dict(x=images(4, 5, 5), y=labels(4, 2), x_test=images(2, 5, 5), y_test=np.array([20, 21])),
+         "test labels \\[20, 21\\] never occur in the training labels"),
+        (dict(x=np.full((4, 5, 5), 7, np.uint8), y=labels(4)), "every training pixel of channel 0 has the same value"),
     ],
 )
 def test_bad_arrays_are_refused(tmp_path, arrays, message):

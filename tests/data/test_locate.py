@@ -177,7 +177,7 @@ def test_extract_tar_will_not_merge_into_existing_folder(tmp_path):
 
 
 def test_user_npz_found_under_data_dir(tmp_path):
-    x = np.zeros((10, 8, 8), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "mine.npz", x=x, y=np.arange(10) % 2, x_test=x[:2], y_test=np.array([0, 1]))
     assert load_dataset("mine.npz", data_dir=tmp_path).name == "mine"
     with pytest.raises(TicketlabError, match="no such file"):

@@ -74,6 +74,12 @@ def load_npz(path: Path, name: str | None = None) -> ImageDataset:
         keep, held = stratified_indices(torch.from_numpy(y), n_test, TEST_SEED)
         x, y, test_x, test_y = x[keep.numpy()], y[keep.numpy()], x[held.numpy()], y[held.numpy()]
 
+    unseen = sorted(set(np.unique(test_y).tolist()) - set(np.unique(y).tolist()))
+    if unseen:
+        raise TicketlabError(
+            f"{path}: test labels {unseen[:5]}{' …' if len(unseen) > 5 else ''} never occur in the training labels y, "
+            "so no model can learn them; check that y and y_test use the same label numbering"
+        )
     num_classes = len(classes) if classes else int(max(y.max(), test_y.max())) + 1
     for key, labels in (("y", y), ("y_test", test_y)):
         if int(labels.max()) >= num_classes:

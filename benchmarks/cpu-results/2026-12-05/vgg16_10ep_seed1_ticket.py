@@ -1,9 +1,7 @@
 """Seed 1's level-1 widths as a ticket file (the study ships seed 0's only), for `ticketlab bench`."""
-import torch
 from ticketlab.compact import complete_channel_masks
 from ticketlab.models import build_model
 from ticketlab.sparsity import load_masks
-from ticketlab.store import read_tensors
 from ticketlab.tickets.ticketfile import save_ticket
 
 study = "/work/vgg10/store/runs/daff44b4bcab4c04"

@@ -39,26 +39,24 @@ def _kept(group: ChannelGroup, masks: Masks, tensors: dict[str, torch.Tensor], m
     pruned = pruned_channels(group, masks).cpu()
     if pruned.all():  # an empty layer would break the shapes; one kept channel computes the same
         pruned[0] = False
-    for name in group.companions:
+    # what must be zero on a dropped channel for it to be silent: its companions, and the running mean
+    # of a BatchNorm without affine weights (which maps a silent channel to -mean / std)
+    constant = "so these channels still output a constant and removing them would change the model"
+    fixes = {name: f"{{live}} of their {name} entries are non-zero, {constant}; train with "
+                   "ticketlab.compact.complete_channel_masks(model, masks), which keeps them at zero"
+             for name in group.companions}
+    for name in group.buffers:
+        norm = name.removesuffix(".running_mean")
+        if name.endswith(".running_mean") and f"{norm}.weight" not in group.companions:
+            fixes[name] = (f"BatchNorm {norm} has no affine weights and {{live}} of their running means are non-zero, "
+                           f"in eval mode {constant}; use an affine BatchNorm (its weight and bias are masked with "
+                           "the channel) or zero those running means")
+    for name, fix in fixes.items():
         live = int((tensors[name].detach().cpu()[pruned] != 0).sum())
         if live:
             raise TicketlabError(
-                f"cannot remove {int(pruned.sum())} dropped channels of {group.producers[0]}: {live} of their "
-                f"{name} entries are non-zero, so these channels still output a constant and removing them would "
-                "change the model; train with ticketlab.compact.complete_channel_masks(model, masks), which keeps "
-                "them at zero"
+                f"cannot remove {int(pruned.sum())} dropped channels of {group.producers[0]}: {fix.format(live=live)}"
             )
-    for name in group.buffers:  # a BatchNorm without affine weights maps a silent channel to -mean / std
-        norm = name.removesuffix(".running_mean")
-        if name.endswith(".running_mean") and f"{norm}.weight" not in group.companions:
-            live = int((tensors[name].detach().cpu()[pruned] != 0).sum())
-            if live:
-                raise TicketlabError(
-                    f"cannot remove {int(pruned.sum())} dropped channels of {group.producers[0]}: BatchNorm {norm} "
-                    f"has no affine weights and {live} of their running means are non-zero, so in eval mode these "
-                    "channels output a constant and removing them would change the model; use an affine BatchNorm "
-                    "(its weight and bias are masked with the channel) or zero those running means"
-                )
     short = -int((~pruned).sum()) % multiple
     pruned[pruned.nonzero().squeeze(1)[:short]] = False
     return (~pruned).nonzero().squeeze(1)

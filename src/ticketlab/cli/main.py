@@ -243,8 +243,8 @@ def cmd_find(args: argparse.Namespace) -> int:
         levels=args.levels, fraction=args.fraction, output_fraction=args.output_fraction, scope=args.scope,
         rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
         baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
-        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm or "2:4", data=args.data,
-        prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
+        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm or TicketConfig.nm,
+        data=args.data, prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
         compact_training=not args.no_compact_training,
     )
     train_cfg = run_config(args)

@@ -92,6 +92,20 @@ def test_bad_requests_are_user_errors():
         measure({"a": _Probe()}, (3, 8, 8), (2,), device="cuda", cuda_graph=True, compiled=True)
 
 
+def test_batch_sizes_whose_activations_cannot_fit_are_refused_before_any_timing(monkeypatch):
+    from ticketlab import speed
+
+    probe = _Probe(8)  # widest activation: the conv's 8 x 8 x 8 floats, 2 KiB per example
+    monkeypatch.setattr(speed, "_available_bytes", lambda device: 3 * 2048 * 100)  # room for 100 examples
+    with pytest.raises(TicketlabError, match=r"batch size 101 .* at most 100"):
+        measure({"dense": probe}, (3, 8, 8), (1, 101), repeats=1, warmup=0, min_seconds=0.0)
+    assert len(probe.channels_last_inputs) == 1  # only the sizing pass ran: nothing was timed
+    timings = measure({"dense": probe}, (3, 8, 8), (100,), repeats=1, warmup=0, min_seconds=0.0)
+    assert timings[0].batch_size == 100
+    monkeypatch.setattr(speed, "_available_bytes", lambda device: None)  # unknown: not checked
+    assert measure({"dense": _Probe(8)}, (3, 8, 8), (10**4,), repeats=1, warmup=0, min_seconds=0.0)
+
+
 @pytest.mark.gpu
 def test_cuda_graph_timings_replay_the_captured_forward():
     """The graph runs the real forward (the probe records its captured call, not each replay)."""
@@ -126,13 +140,13 @@ def test_compiled_timings_run_compiled_code_for_every_variant_and_batch_size():
     timings = measure(variants, (3, 8, 8), (1, 2, 3), repeats=2, warmup=1, min_seconds=0.0, compiled=True)
     assert [(t.variant, t.batch_size) for t in timings][:3] == [("w2", 1), ("w3", 1), ("w4", 1)]
     assert all(t.latency_ms > 0 for t in timings)
-    assert [m.eager_calls for m in variants.values()] == [0, 0, 0]
+    assert [m.eager_calls for m in variants.values()] == [1, 1, 1]  # the memory check's sizing pass alone
     again = {"w5": _Counted(5)}  # dynamo's count per forward includes the compilations above
     measure(again, (3, 8, 8), (1, 2), repeats=1, warmup=1, min_seconds=0.0, compiled=True)
-    assert again["w5"].eager_calls == 0
+    assert again["w5"].eager_calls == 1
     eager = _Counted(2)
     measure({"eager": eager}, (3, 8, 8), (1,), repeats=2, warmup=1, min_seconds=0.0)
-    assert eager.eager_calls == 4  # warm-up, the call that sizes a repetition, two repetitions
+    assert eager.eager_calls == 5  # memory sizing, warm-up, the call that sizes a repetition, two repetitions
 
 
 def test_a_model_that_cannot_compile_is_a_user_error(monkeypatch):

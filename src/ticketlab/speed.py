@@ -155,6 +155,56 @@ def _compiled(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[torch.T
     return forward
 
 
+_HEADROOM = 3  # live activations at the widest point: a layer's input, its output, a skip branch
+
+
+def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the largest output any leaf module produces for the batch `x` (one example suffices)."""
+    largest = [x.numel() * x.element_size()]
+
+    def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if not any(m.children())]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest[0]
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory the timings may still take: the GPU's free memory, or the host's MemAvailable (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(models: Mapping[str, nn.Module], x: torch.Tensor, batch_sizes: Sequence[int]) -> None:
+    """Refuse batch sizes whose activations cannot fit, before any is timed: past the host's memory a
+    CPU run swaps or is killed without a word, long after the smaller batches were measured."""
+    available = _available_bytes(x.device)
+    if available is None:
+        return
+    per_example = max(_largest_activation(m, x) for m in models.values()) // x.shape[0]
+    needed = {b: _HEADROOM * b * per_example for b in batch_sizes}
+    too_large = [b for b, n in needed.items() if n > available]
+    if too_large:
+        fits = max(1, available // (_HEADROOM * per_example))
+        raise TicketlabError(
+            f"batch size {too_large[0]} needs about {needed[too_large[0]] / 2**30:.1f} GiB of activations on "
+            f"{x.device.type}, and {available / 2**30:.1f} GiB is available; give --batch-sizes of at most {fits}")
+
+
 def _placed(model: nn.Module, device: torch.device, layout: torch.memory_format) -> nn.Module:
     """The model in eval mode on `device` in `layout`, moved only when it is not there already: a
     network with 2:4 semi-structured weights is built in place and cannot be moved again."""
@@ -214,6 +264,8 @@ def measure(
     timings: list[Timing] = []
     compiling = _compiling() if compiled else contextlib.nullcontext()
     with torch.inference_mode(), compiling:
+        one = torch.zeros(1, *input_shape).to(dev, dtype, memory_format=layout)
+        _check_memory(models, one, batch_sizes)
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, generator=generator).to(dev, dtype, memory_format=layout)
             calls = {}

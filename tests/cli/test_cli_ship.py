@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -129,7 +130,7 @@ def test_export_refuses_an_unknown_format_or_a_directory_before_any_work(tmp_pat
     folder = tmp_path / "folder.safetensors"
     folder.mkdir()
     code, _, err = _run(capsys, "export", "--model-file", missing_ticket, "--out", folder)
-    assert code == 2 and "is a directory" in err and "Traceback" not in err
+    assert code == 2 and "is a folder" in err and "Traceback" not in err
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder.safetensors"]
 
 
@@ -190,6 +191,35 @@ def test_bench_rejects_files_that_are_not_tickets(tmp_path, capsys):
     assert code == 2 and "safetensors" in err and "Traceback" not in err
     code, _, err = _run(capsys, "bench", "--model-file", tmp_path / "none.safetensors")
     assert code == 2 and "does not exist" in err
+
+
+def test_export_will_not_overwrite_its_own_ticket(conv_ticket, capsys):
+    before = conv_ticket.read_bytes()
+    code, _, err = _run(capsys, "export", "--model-file", conv_ticket, "--out", conv_ticket)
+    assert code == 2 and "is the ticket file itself" in err and conv_ticket.read_bytes() == before
+
+
+def test_tickets_with_forged_masks_or_sizes_are_refused_before_building(conv_ticket, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(conv_ticket), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    mask = next(k for k in tensors if k.startswith("mask/"))
+    info = json.loads(meta["ticketlab.ticket"])
+    forged = {
+        "is not a boolean mask": ({**tensors, mask: tensors[mask].float() * 2}, meta),
+        "damaged ticket metadata.*image_size": (tensors, {**meta, "ticketlab.ticket": json.dumps(
+            {**info, "image_size": 10**6})}),
+        "has no option": (tensors, {**meta, "ticketlab.ticket": json.dumps(
+            {**info, "options": {"no_such_option": 1}})}),
+    }
+    for what, (forged_tensors, forged_meta) in forged.items():
+        save_file(forged_tensors, tmp_path / "t.safetensors", metadata=forged_meta)
+        code, _, err = _run(capsys, "bench", "--model-file", tmp_path / "t.safetensors")
+        assert code == 2 and re.search(what, err) and "Traceback" not in err, err
 
 
 def test_export_of_unstructured_ticket_explains(tmp_path, grey_npz, capsys):

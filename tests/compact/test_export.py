@@ -126,6 +126,75 @@ def test_tampered_files_are_refused_not_executed(tmp_path):
             load_model(path)
 
 
+def injected_keyword(architecture):
+    """A keyword name fx would paste into its generated forward as code."""
+    node = next(n for n in architecture["nodes"] if n["op"] == "call_module")
+    node["kwargs"] = {"_=__import__('os').mkdir('pwned'), y": None}
+    return architecture
+
+
+def test_names_that_would_become_code_or_clash_in_the_generated_forward_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "model.safetensors"
+    save_model(path, compacted("lenet_300_100"), (1, 1, 28, 28))
+    original = path.read_bytes()
+
+    def second_input(a):
+        a["nodes"].insert(1, {**a["nodes"][0], "name": "y"})
+        return a
+
+    edits = {
+        "keyword arguments named": injected_keyword,
+        "two inputs named 'x'": second_input,
+        "a graph node named 'fc' twice": lambda a: {**a, "nodes": a["nodes"][:-1] + [
+            {**next(n for n in a["nodes"] if n["name"] == "fc")}, a["nodes"][-1]]},
+    }
+    for what, edit in edits.items():
+        path.write_bytes(original)
+        rewrite(path, edit)
+        with pytest.raises(TicketlabError, match=f"asks for {what}.*never executed"):
+            load_model(path)(torch.randn(1, 1, 28, 28))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_file_cannot_make_the_loader_allocate_beyond_its_tensors(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(path, compacted("lenet_300_100"), (1, 1, 28, 28))
+    original = path.read_bytes()
+    huge = {"in_features": 10**6, "out_features": 10**6, "bias": True}  # 4 TB of weights if it were built
+    edits = {
+        "(?s)malformed model file.*size mismatch": lambda a: {
+            **a, "modules": {**a["modules"], "fc": {"type": "Linear", "args": huge}}},
+        "layers no graph node calls": lambda a: {
+            **a, "modules": {**a["modules"], "spare": {"type": "Linear", "args": huge}}},
+        "malformed model file.*AssertionError": lambda a: {**a, "modules": {**a["modules"], "spare": {
+            "type": "Hardtanh", "args": {"min_val": 2.0, "max_val": 1.0}}}},
+    }
+    for what, edit in edits.items():
+        path.write_bytes(original)
+        rewrite(path, edit)
+        with pytest.raises(TicketlabError, match=what):
+            load_model(path)
+    path.write_bytes(original)
+    with safe_open(str(path), framework="pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header["ticketlab.architecture"] = '{"format": 1, "modules": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    save_file(tensors, str(path), metadata=header)
+    with pytest.raises(TicketlabError, match="malformed model file"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_in_another_dtype_saves_and_loads_in_that_dtype(dtype, tmp_path):
+    model = compacted("cifar_resnet_20").to(dtype)
+    save_model(tmp_path / "m.safetensors", model, (2, 3, 16, 16))
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    x = torch.randn(2, 3, 16, 16, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_malformed_and_foreign_files_are_refused(tmp_path):
     path = tmp_path / "model.safetensors"
     save_model(path, compacted("lenet_300_100"), (1, 1, 28, 28))
@@ -187,12 +256,31 @@ def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = compacted("fastnet")
-    export_onnx(model, tmp_path / "model.onnx", (2, 3, 16, 16))
+    export_onnx(model, tmp_path / "model.onnx", (1, 3, 16, 16))
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = torch.randn(2, 3, 16, 16)
-    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
+    for batch in (1, 5):  # the batch size is left free
+        x = torch.randn(batch, 3, 16, 16)
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
+
+
+def test_an_onnx_file_onnxruntime_runs_differently_is_not_written(tmp_path, monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run = ort.InferenceSession.run
+    monkeypatch.setattr(ort.InferenceSession, "run", lambda self, *a: [out + 1 for out in run(self, *a)])
+    with pytest.raises(TicketlabError, match="onnxruntime computes something else than LeNet300100.*not written"):
+        export_onnx(compacted("lenet_300_100"), tmp_path / "model.onnx", (1, 1, 28, 28))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_onnx_file_that_cannot_be_written_says_so(tmp_path):
+    pytest.importorskip("onnxscript")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TicketlabError, match="cannot write") as caught:
+        export_onnx(compacted("lenet_300_100"), tmp_path / "file" / "model.onnx", (1, 1, 28, 28))
+    assert "cannot export" not in str(caught.value)
 
 
 def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch):
@@ -207,7 +295,7 @@ def test_onnx_export_failures_are_one_clear_error_and_torch_stays_quiet(tmp_path
     pytest.importorskip("onnxscript")
     path = tmp_path / "model.onnx"
     # a shape the model does not take is named before torch.export runs (and logs its failed trace)
-    with pytest.raises(TicketlabError, match=r"fails on an input of shape \(1, 3, 28, 28\)"):
+    with pytest.raises(TicketlabError, match=r"fails on an input of shape \(2, 3, 28, 28\)"):
         export_onnx(compacted("lenet_300_100"), path, (1, 3, 28, 28))
     with pytest.raises(TicketlabError, match="cannot export Branchy") as caught:
         export_onnx(Branchy(), path, (1, 4))

@@ -10,6 +10,7 @@ from pathlib import Path
 from ticketlab.cli.table import table
 from ticketlab.config import PRECISIONS
 from ticketlab.errors import TicketlabError
+from ticketlab.store.files import writable
 
 
 def _variants(ticket_path: str, multiple: int = 1) -> tuple[dict, tuple[int, ...], dict]:
@@ -119,11 +120,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     # checked before the ticket is loaded and compacted, so a wrong --out costs nothing
-    if out.is_dir():
-        raise TicketlabError(f"--out {out} is a directory; give a file path, such as {out / 'ticket.safetensors'}")
     if out.suffix not in (".safetensors", ".onnx"):
         raise TicketlabError(f"--out {out} names no format ticketlab writes; end it in .safetensors (loads with "
                              "ticketlab.compact.load_model) or .onnx")
+    writable(out, out.suffix, "--out")
+    if out.resolve() == Path(args.model_file).resolve():
+        raise TicketlabError(f"--out {out} is the ticket file itself, which export would overwrite; "
+                             "give another path")
     ticket = load_ticket(args.model_file)
     model = ticket.model if args.no_compact else compact(ticket.model, ticket.masks)
     batch_shape = (1, *ticket.input_shape)  # the exporters take the shape of a batch, not of one example

@@ -254,39 +254,55 @@ def _target(op: str, target: Any, architecture: dict[str, Any]) -> Any:
 
 
 def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.GraphModule:
-    """A GraphModule from the JSON description and the weights, using the whitelists only."""
+    """A GraphModule from the JSON description and the weights, using the whitelists only.
+
+    Layers are built on the meta device and take the stored tensors themselves (`assign`): a file
+    cannot make the loader allocate more than the tensors it holds, and every tensor keeps its dtype."""
     root = nn.Module()
-    for target, entry in architecture["modules"].items():
-        if entry["type"] not in _MODULES:
-            raise _untrusted(f"the layer type {entry['type']!r}")
-        cls, allowed = _MODULES[entry["type"]]
-        if not _path(target) or not set(entry["args"]) <= set(allowed):
-            raise _untrusted(f"a layer {target!r} with arguments {sorted(entry['args'])}")
-        parent, _, leaf = target.rpartition(".")
-        _container(root, parent).add_module(leaf, cls(**{k: _decode(v, {}) for k, v in entry["args"].items()}))
-    for target, kind in architecture["attributes"].items():
-        if not _path(target) or kind not in ("parameter", "buffer"):
-            raise _untrusted(f"a tensor attribute {target!r} of kind {kind!r}")
-        parent, _, leaf = target.rpartition(".")
-        owner = _container(root, parent)
-        if leaf not in owner._parameters and leaf not in owner._buffers:  # not part of a rebuilt layer
-            tensor = torch.empty_like(state[target])
-            if kind == "parameter":
-                owner.register_parameter(leaf, nn.Parameter(tensor))
-            else:
-                owner.register_buffer(leaf, tensor)
+    with torch.device("meta"):
+        for target, entry in architecture["modules"].items():
+            if entry["type"] not in _MODULES:
+                raise _untrusted(f"the layer type {entry['type']!r}")
+            cls, allowed = _MODULES[entry["type"]]
+            if not _path(target) or not set(entry["args"]) <= set(allowed):
+                raise _untrusted(f"a layer {target!r} with arguments {sorted(entry['args'])}")
+            parent, _, leaf = target.rpartition(".")
+            _container(root, parent).add_module(leaf, cls(**{k: _decode(v, {}) for k, v in entry["args"].items()}))
+        for target, kind in architecture["attributes"].items():
+            if not _path(target) or kind not in ("parameter", "buffer"):
+                raise _untrusted(f"a tensor attribute {target!r} of kind {kind!r}")
+            parent, _, leaf = target.rpartition(".")
+            owner = _container(root, parent)
+            if leaf not in owner._parameters and leaf not in owner._buffers:  # not part of a rebuilt layer
+                tensor = torch.empty_like(state[target], device="meta")
+                if kind == "parameter":
+                    owner.register_parameter(leaf, nn.Parameter(tensor))
+                else:
+                    owner.register_buffer(leaf, tensor)
     graph = fx.Graph()
     nodes: dict[str, fx.Node] = {}
+    inputs: set[Any] = set()
     for entry in architecture["nodes"]:
-        if not _identifier(entry["name"]):
-            raise _untrusted(f"a graph node named {entry['name']!r}")
+        name, op = entry["name"], entry["op"]
+        # names, placeholder targets and keyword names become identifiers of fx's generated Python source
+        if not _identifier(name) or name in nodes:
+            raise _untrusted(f"a graph node named {name!r}" + (" twice" if name in nodes else ""))
+        if op == "placeholder" and entry["target"] in inputs:
+            raise _untrusted(f"two inputs named {entry['target']!r}")
+        inputs.add(entry["target"] if op == "placeholder" else None)
+        if not all(_identifier(k) for k in entry["kwargs"]):
+            raise _untrusted(f"keyword arguments named {sorted(entry['kwargs'])} (graph node {name})")
         args = tuple(_decode(a, nodes) for a in entry["args"])
         kwargs = {k: _decode(v, nodes) for k, v in entry["kwargs"].items()}
-        target = _target(entry["op"], entry["target"], architecture)
-        nodes[entry["name"]] = graph.create_node(entry["op"], target, args, kwargs, name=entry["name"])
+        target = _target(op, entry["target"], architecture)
+        nodes[name] = graph.create_node(op, target, args, kwargs, name=name)
     graph.lint()
+    called = {node.target for node in graph.nodes if node.op == "call_module"}
+    unused = sorted(set(architecture["modules"]) - called)
+    if unused:
+        raise _untrusted(f"layers no graph node calls ({', '.join(unused[:3])})")
     model = fx.GraphModule(root, graph)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     for name in architecture["frozen"]:
         model.get_parameter(name).requires_grad_(False)
     return model.eval()
@@ -378,7 +394,8 @@ def rebuild(architecture: dict[str, Any], state: dict[str, torch.Tensor], where:
                 "load it with the ticketlab version that wrote it"
             )
         return _build(architecture, state)
-    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError, SyntaxError, AssertionError,
+            IndexError) as e:  # all a hand-made description can make the builders raise
         raise TicketlabError(
             f"{where} is a malformed model file ({type(e).__name__}: {e}); write it again with ticketlab"
         ) from None
@@ -424,7 +441,7 @@ def load_model(path: str | Path) -> fx.GraphModule:
     try:
         architecture = json.loads(header[ARCHITECTURE])
         meta = json.loads(header.get(METADATA, "{}")), json.loads(header.get(INPUT_SHAPE, "null"))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise TicketlabError(f"{path} is a malformed model file ({e}); write it again with save_model") from None
     model = rebuild(architecture, state, str(path))
     model.meta[METADATA], model.meta[INPUT_SHAPE] = meta
@@ -432,28 +449,29 @@ def load_model(path: str | Path) -> fx.GraphModule:
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> None:
-    """Write `model` in eval mode as an ONNX file for inputs of exactly `input_shape`.
+    """Write `model` in eval mode as an ONNX file for inputs shaped like `input_shape` in all but the
+    batch size, which the file leaves free; the file is written only once onnxruntime, running it,
+    reproduces the model's outputs (batches of 1 and 2).
 
     Needs the `onnx` extra (pip install 'ticketlab[onnx]'): torch's exporter is built on onnx and
     onnxscript, and onnxruntime runs the result.
     """
     shape = _shape(input_shape)
-    for package in ("onnx", "onnxscript"):
+    for package in ("onnx", "onnxscript", "onnxruntime"):
         try:
             importlib.import_module(package)
         except ImportError:
             raise TicketlabError(
                 f"export_onnx needs the {package} package; install the extra: pip install 'ticketlab[onnx]'"
             ) from None
-    x = _example(model, shape)
-    _forward(model, x)  # a wrong shape is the user's mistake, not the exporter's: say so before exporting
+    # traced at batch 2: the exporter fixes a dimension of size 1 instead of leaving it free
+    x = _example(model, [2, *shape[1:]])
+    expected = _forward(model, x)  # a wrong shape is the user's mistake, not the exporter's: say so before exporting
 
     def export(tmp: str) -> None:
-        torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, verbose=False)
-
-    with _eval_mode(model), _quiet_torch():
         try:
-            atomic_write(Path(path), export)
+            torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as e:
             cause = _root_cause(e)  # torch's own wrappers only say which export step failed
             first_line = next(iter(str(cause).strip().splitlines()), "")
@@ -461,6 +479,28 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
                 f"torch.onnx.export cannot export {type(model).__name__} ({type(cause).__name__}: {first_line}); "
                 "export a model made of standard layers, such as the result of compact() or load_model()"
             ) from e
+        for batch in (x[:1], x):
+            _check_onnx(tmp, batch, _forward(model, batch) if batch is not x else expected, type(model).__name__)
+
+    with _eval_mode(model), _quiet_torch():
+        atomic_write(Path(path), export)
+
+
+def _check_onnx(path: str, x: torch.Tensor, expected: torch.Tensor, model_name: str) -> None:
+    """Refuse an ONNX file whose outputs, as onnxruntime computes them, are not the model's."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1  # a check on two small batches: no thread pool spun up for it
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
+    try:
+        torch.testing.assert_close(torch.from_numpy(got), expected.detach().cpu().float(), rtol=1e-4, atol=1e-4)
+    except AssertionError as e:
+        raise TicketlabError(
+            f"onnxruntime computes something else than {model_name} on a batch of "
+            f"{x.shape[0]} ({str(e).strip().splitlines()[0]}); the ONNX file is not written"
+        ) from None
 
 
 @contextmanager

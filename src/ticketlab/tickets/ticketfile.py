@@ -89,19 +89,39 @@ def load_ticket(path: str | Path) -> Ticket:
 
         model = rebuild(info["architecture"], state, str(path))
     else:
-        model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                            image_size=info["image_size"], **info["options"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise TicketlabError(f"{path}: the weights do not fit {info['model']} ({state_mismatch(error)}); the file "
-                             "is corrupt or was written for other model options") from None
+        _fits(path, info, state, _built(path, info, torch.device("meta")))  # checked before anything is allocated
+        model = _built(path, info, torch.device("cpu"))
+    _fits(path, info, state, model)
+    for name, mask in masks.items():
+        param = state.get(name)
+        if mask.dtype != torch.bool or param is None or mask.shape != param.shape:
+            raise TicketlabError(f"{path}: the mask of {name} is not a boolean mask of a weight of {info['model']}; "
+                                 "the file is corrupt or hand-made, pass a ticket file written by `ticketlab find`")
     with torch.no_grad():
         apply_masks(model, masks)
     return Ticket(model, masks, info)
 
 
+def _built(path: Path, info: dict[str, Any], device: torch.device) -> nn.Module:
+    try:
+        with device:
+            return build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                               image_size=info["image_size"], **info["options"])
+    except (TypeError, ValueError, RuntimeError) as error:  # options a registered builder does not take
+        raise TicketlabError(f"{path}: its metadata does not build {info['model']} ({error}); the file is corrupt "
+                             "or was written by another ticketlab version") from None
+
+
+def _fits(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor], model: nn.Module) -> None:
+    try:
+        model.load_state_dict(state, assign=any(p.is_meta for p in model.parameters()))
+    except RuntimeError as error:
+        raise TicketlabError(f"{path}: the weights do not fit {info['model']} ({state_mismatch(error)}); the file "
+                             "is corrupt or was written for other model options") from None
+
+
 _FIELDS = {"model": str, "options": dict, "num_classes": int, "in_channels": int, "image_size": int}
+_LARGEST = 1 << 14  # classes, channels or pixels a side: far beyond any classifier's, short of absurd allocations
 
 
 def _ticket_info(path: Path, text: str) -> dict[str, Any]:
@@ -111,6 +131,8 @@ def _ticket_info(path: Path, text: str) -> dict[str, Any]:
     except ValueError as error:
         info = error
     wrong = [k for k, kind in _FIELDS.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+    sizes = {k: info[k] for k in ("num_classes", "in_channels", "image_size") if k not in wrong}
+    wrong += [k for k, v in sizes.items() if isinstance(v, bool) or not 0 < v <= _LARGEST]
     if wrong:
         raise TicketlabError(f"{path} has damaged ticket metadata ({KEY!r} lacks a valid {', '.join(wrong)}); "
                              "pass a ticket file written by `ticketlab find`")

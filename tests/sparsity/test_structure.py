@@ -94,6 +94,13 @@ def test_refill_at_r0_keeps_at_most_the_parameter_count_and_less_than_a_channel_
     assert nnz - per < int(out.sum()) <= nnz
 
 
+@pytest.mark.parametrize("c_out, full, r, expected", [(100, 0, 0.29, 29), (102, 2, 0.57, 59), (10, 3, 0.1, 3)])
+def test_refill_plus_counts_channels_exactly_where_floats_fall_short(c_out, full, r, expected):
+    mask = torch.zeros(c_out, 4, 3, 3, dtype=torch.bool)
+    mask[:full] = True  # c = full exactly; c + (C_out - c) * r is a whole number that floats put just below
+    assert int(refill_layer(mask, r=r).flatten(1).all(1).sum()) == expected
+
+
 def test_refill_ties_go_to_the_lower_channel_index():
     mask = rows_mask([2, 3, 3, 3, 0], per=4)  # c = 2.75: two of the three channels with 3
     assert kept_rows(refill_layer(mask)) == [1, 2]

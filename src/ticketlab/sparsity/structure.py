@@ -15,7 +15,9 @@ tied group with one pooled budget and one shared ranking.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +103,10 @@ def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.
         score = _checked_scores(score, c_out, f"layer {name}", device)
         total = score.abs().sum()
         vote += score / total if total > 0 else score
-    c = sum(int(rw.sum()) for rw in rows.values()) / sum(rw.shape[1] for rw in rows.values())
+    # exact arithmetic: in floats, 100 channels at r = 0.29 give int(28.999999999999996) = 28, not 29
+    c = Fraction(sum(int(rw.sum()) for rw in rows.values()), sum(rw.shape[1] for rw in rows.values()))
     # at least one channel, so that refill never cuts the network in two
-    n = max(1, int(c + (c_out - c) * r))
+    n = max(1, math.floor(c + (c_out - c) * Fraction(str(r))))
     # stable descending sort: ties go to the lower channel index, so the result is deterministic
     order = torch.sort(vote, descending=True, stable=True).indices[:n]
     keep = torch.zeros(c_out, dtype=torch.bool, device=device)

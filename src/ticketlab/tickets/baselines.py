@@ -26,6 +26,9 @@ class Arm:
     masks: Tensors
     start: int
     epochs: int | None = None  # its own schedule length (the study's schedule scaled to it); None: the study's
+    # what ranked a mask the arm drew itself (one-shot's magnitudes); None where its positions are random. A
+    # structured study gives a drawn mask the ticket's structure (`Structure.like`), which needs to know
+    scores: Tensors | None = None
 
 
 @dataclass
@@ -76,7 +79,7 @@ def oneshot(ctx: LevelContext) -> Arm:
         masks = global_masks(scores, kept / total)
     else:
         masks = layerwise_masks(scores, {n: float(m.float().mean()) for n, m in ctx.masks.items()})
-    return Arm(ctx.rewind_state, masks, ctx.rewind_iteration)
+    return Arm(ctx.rewind_state, masks, ctx.rewind_iteration, scores=scores)
 
 
 @BASELINES.register("finetune")

@@ -304,8 +304,10 @@ class _Study:
                            chain.previous, lambda: self._fresh_init(chain.run), spent)
         for name in self.t.baselines:
             arm = BASELINES.get(name)(ctx)
-            # a baseline that draws its own mask gets the ticket's structure too: random channels, ...
-            arm_weights = weights if arm.masks is weights else self._structured(arm.masks, chain.trained)
+            # a baseline that draws its own mask gets the ticket's structure and budget too: random channels, ...
+            arm_weights = weights
+            if arm.masks is not weights:
+                arm_weights = self.structure.like(arm.masks, weights, arm.scores, ctx.generator(f"{name}-structure"))
             arm_weights, _ = self._without_constant_units(arm_weights, arm.init_state, chain.trained)
             arm_masks = masks if arm_weights is weights else self.structure.complete(arm_weights)
             to_train[name] = Arm(arm.init_state, arm_masks, arm.start, arm.epochs)

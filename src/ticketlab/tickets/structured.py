@@ -31,9 +31,17 @@ GPU_MULTIPLE = 8
 
 def parse_nm(text: str) -> tuple[int, int]:
     n, sep, m = text.partition(":")
-    if not sep or not n.isdigit() or not m.isdigit() or not 0 < int(n) <= int(m):
+    if not sep or not n.isdecimal() or not m.isdecimal() or not 0 < int(n) <= int(m):
         raise TicketlabError(f"--nm must look like N:M with 0 < N <= M (e.g. 2:4), got {text!r}")
     return int(n), int(m)
+
+
+def _permuted_blocks(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`mask` with the rows and the columns of its [C_out, rest] view each permuted at random."""
+    view = mask.reshape(mask.shape[0], -1)
+    rows = torch.randperm(view.shape[0], generator=generator)
+    cols = torch.randperm(view.shape[1], generator=generator)
+    return view[rows.to(mask.device)][:, cols.to(mask.device)].reshape(mask.shape)
 
 
 class Structure:
@@ -76,6 +84,31 @@ class Structure:
         if self.kind == "group":
             return regroup(masks, keep=self.keep)
         return masks
+
+    def like(self, drawn: Masks, ticket: Masks, scores: Masks | None, generator: torch.Generator) -> Masks:
+        """A baseline's own mask (`drawn`: random, shuffled, one-shot) with the ticket's structure and budget, so
+        the arm differs from the ticket in where its weights are, not in how many or in what shapes.
+
+        `scores` are what chose `drawn` (one-shot's magnitudes), None when its positions are random.
+          * channel: refilled at r = 0 whatever the study's rate, since `drawn` already holds the ticket's
+            budget, refill+'s extra channels included: a mask with the ticket's layer densities keeps exactly
+            the ticket's channel counts (refilling again at r > 0 would add channels);
+          * group: a mask drawn at random has no blocks for regroup to find, and regrouping it would keep a
+            different share of it, so it becomes the ticket's own blocks at random rows and columns (each layer's
+            [C_out, C_in·k·k] view permuted: the same block shapes and count); a ranked mask is regrouped;
+          * nm: N:M at random, or by the scores.
+        The classifier keeps `drawn`'s unstructured mask, as the ticket keeps its own."""
+        if self.kind == "channel":
+            return refill(drawn, r=0.0, tied=self.tied, keep=self.keep)
+        if self.kind == "group":
+            if scores is not None:
+                return regroup(drawn, keep=self.keep)
+            return {n: drawn[n] if n in self.keep else _permuted_blocks(m, generator) for n, m in ticket.items()}
+        if self.kind == "nm":
+            if scores is None:
+                scores = {n: torch.rand(m.shape, generator=generator) for n, m in ticket.items()}
+            return self.nm_masks(scores)
+        return drawn
 
     def nm_masks(self, weights: Mapping[str, torch.Tensor]) -> Masks:
         """N:M masks of the layers whose input width allows it; the others stay dense."""

@@ -84,6 +84,9 @@ def test_group_and_nm_studies_report_no_compaction_honestly(tmp_path):
     fc2 = nm.masks[0]["hidden.fc2.weight"]
     assert torch.all(fc2.view(fc2.shape[0], -1, 4).sum(-1) == 2)  # exactly 2 of every 4 inputs
     assert nm.summary["levels"][0]["density"] < 0.6
+    for study in (group, nm):  # the random arm keeps as many weights as the ticket, in the ticket's structure
+        level = json.loads((study.folder / "per_seed.json").read_text())[0][1]
+        assert level["arm_density"]["random"] == pytest.approx(level["density"])
 
 
 def test_structure_options_are_checked():

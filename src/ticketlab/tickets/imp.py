@@ -354,6 +354,12 @@ class _Study:
         if self.structure.active and chain.s == 0:
             speed = self._ship(lv.folder, arms["ticket"].model, lv.masks, lv.density)
         chain.results.append(self._record(lv.level, lv.density, arms, speed, lv.search, lv.constant_units_dropped))
+        densities = {name: self._density(arm.masks) for name, arm in lv.to_train.items()}
+        chain.results[-1]["arm_density"] = densities
+        apart = {name: d for name, d in densities.items() if abs(d - lv.density) > 0.01 * lv.density}
+        if apart:  # e.g. a one-shot group arm: regroup keeps another share of a mask it did not grow
+            _log(f"{lv.what}: " + ", ".join(f"{k} keeps {d:.1%}" for k, d in apart.items())
+                 + f" of the weights, not the ticket's {lv.density:.1%}; compare them with that in mind")
         _log(f"{lv.what}: " + ", ".join(f"{k} {v.summary['test_accuracy']:.2%}" for k, v in arms.items())
              + (f", compacted/dense CPU throughput {speed['speedup_cpu']:.2f}x"
                 if speed and speed.get("speedup_cpu") else "")
@@ -419,6 +425,10 @@ class _Study:
         result = self.train(prac_run, f"{what} PrAC search ({fraction:.0%} of the data)", init_state=rewind_state,
                             masks=masks, subset=subset, hooks=hooks, compacted=0 if hooks else self.compacted)
         return _Search(result, fraction, result.summary["iterations"])
+
+    def _density(self, masks: dict[str, torch.Tensor]) -> float:
+        """Kept fraction of the prunable weights (a channel arm's masks also hold BatchNorm entries)."""
+        return sum(int(masks[n].sum()) for n in self.names) / sum(masks[n].numel() for n in self.names)
 
     def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,
                 search: _Search | None = None, constant_units_dropped: int = 0) -> dict[str, Any]:

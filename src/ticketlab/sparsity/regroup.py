@@ -17,17 +17,17 @@ columns = the flattened rest), and:
    stops at the latest once every column with a nonzero in the cluster is taken (nothing remains), so a block
    never holds a column that is empty within its cluster;
 4. a cluster of more than block_rows rows is cut into one block of the largest multiple of block_rows rows and a
-   remainder; the rows with the most kept weights inside the block's columns go into the multiple, so the
-   remainder, dropped when it has fewer than min_rows rows, loses the fewest. A cluster of fewer than min_rows
-   rows gives no block;
+   block of the rows left over, of any size (as the authors' code does: dropping a small remainder would prune
+   whole output channels, 12-25% of a layer at common widths); the rows with the most kept weights inside the
+   block's columns go into the multiple. A cluster of fewer than min_rows rows gives no block;
 5. the new mask is the union of the blocks, each fully dense: pruned weights inside a block come back, kept
    weights outside every block are pruned.
 
 How many parts (our rule; the paper's 8 parts of >= 16 rows need well over 128 output channels once the
 partition may be unbalanced): with R nonempty rows, min_rows is lowered to R when R < min_rows, and parts to the
 largest p for which the balance bound (a part holds at most cap = ceil(R / p) · 1.1 rows) leaves even the smallest
-part R − (p − 1)·cap >= min_rows rows. So no cluster is lost whole for being small, a layer with any kept weight
-keeps at least one block (p = 1 always qualifies), and only split remainders can drop rows. Layers of
+part R − (p − 1)·cap >= min_rows rows. So no cluster is lost for being small, a layer with any kept weight
+keeps at least one block (p = 1 always qualifies), and every nonempty row stays in a block. Layers of
 16, 32, 64, 128, 256, 512 rows get p = 1, 1, 3, 5, 7, 8. An empty mask stays empty.
 """
 
@@ -184,7 +184,7 @@ def _row_chunks(inside: torch.Tensor, min_rows: int, block_rows: int) -> list[to
     if n <= block_rows:
         return [order] if n >= min_rows else []
     full = n // block_rows * block_rows
-    return [order[:full]] + ([order[full:]] if n - full >= min_rows else [])
+    return [order[:full]] + ([order[full:]] if n > full else [])
 
 
 def _check_options(parts: int, min_rows: int, block_rows: int, column_ratio: float) -> None:

@@ -97,10 +97,12 @@ def test_only_exact_two_four_linears_the_kernels_accept_are_converted(monkeypatc
             "hidden": nn.Linear(128, 64),
             "other": nn.Linear(128, 64),
             "out": nn.Linear(64, 10),
+            "attn": nn.MultiheadAttention(64, 4),  # its out_proj fits the kernels, but attention reads it itself
         }
     ).half()
     g = torch.Generator().manual_seed(0)
     masks = nm_masks({f"{n}.weight": torch.rand(model[n].weight.shape, generator=g) for n in ("conv", "hidden", "out")})
+    masks["attn.out_proj.weight"] = nm_masks({"w": torch.rand(64, 64, generator=g)})["w"]
     masks["other.weight"] = torch.rand(64, 128, generator=g) < 0.5
     with pytest.warns(UserWarning) as record:
         assert to_semi_structured(model, masks) == ["hidden.weight"]
@@ -109,6 +111,7 @@ def test_only_exact_two_four_linears_the_kernels_accept_are_converted(monkeypatc
         "conv.weight: not an nn.Linear",
         "other.weight: mask is not exactly 2:4",
         "out.weight: weight shape",
+        "attn.out_proj.weight: not an nn.Linear",
     ):
         assert reason in message
     assert torch.equal(given["w"], (model.hidden.weight * masks["hidden.weight"]).detach())  # pruned weights are 0

@@ -127,11 +127,12 @@ def test_refill_rejects_a_rate_outside_0_1(r):
         refill({"a": rows_mask([1, 2], per=3)}, r=r)
 
 
-def test_refill_layer_rejects_scores_of_the_wrong_shape_or_nan():
+def test_refill_layer_rejects_scores_of_the_wrong_shape_or_not_finite():
     with pytest.raises(TicketlabError, match="shape"):
         refill_layer(rows_mask([1, 2], per=3), torch.ones(3))
-    with pytest.raises(TicketlabError, match="NaN"):
-        refill_layer(rows_mask([1, 2], per=3), torch.tensor([1.0, float("nan")]))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(TicketlabError, match="NaN or infinity"):
+            refill_layer(rows_mask([1, 2], per=3), torch.tensor([1.0, bad]))
 
 
 # ---- refill over a mask set -----------------------------------------------------------------

@@ -89,7 +89,12 @@ def to_semi_structured(model: nn.Module, masks: Masks) -> list[str]:
         ok, reason = semi_structured_support(device)
         if not ok:
             raise TicketlabError(f"cannot run 2:4 sparse layers: {reason}; move the model to an Ampere or newer GPU")
-    linears = {f"{n}.weight" if n else "weight": m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    # an attention block's output projection is a Linear whose weight MultiheadAttention reads itself, in fused
+    # kernels that take no sparse tensor: it stays dense ("not a Linear layer" in the warning)
+    inside_attention = {f"{n}.{child}" if n else child for n, m in model.named_modules()
+                        if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_modules() if child}
+    linears = {f"{n}.weight" if n else "weight": m for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n not in inside_attention}
     converted, dense = [], []
     for name, mask in masks.items():
         reason = _why_dense(linears.get(name), mask)

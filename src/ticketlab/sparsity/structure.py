@@ -69,9 +69,9 @@ def _checked_scores(score: torch.Tensor, c_out: int, layer: str, device: torch.d
             f"channel scores of {layer} have shape {tuple(score.shape)} but its mask has {c_out} output channels; "
             "give one score per output channel"
         )
-    if torch.isnan(score).any():
+    if not torch.isfinite(score).all():  # an infinite score would turn the tied groups' vote into NaN
         raise TicketlabError(
-            f"channel scores of {layer} contain NaN; the refill criterion diverged on this model or batch"
+            f"channel scores of {layer} contain NaN or infinity; the refill criterion diverged on this model or batch"
         )
     return score.detach().to(device=device, dtype=torch.float64)
 

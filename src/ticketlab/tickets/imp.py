@@ -229,11 +229,13 @@ class _Study:
         return train_validation_split(self.dataset, run.data.validation, run.data.split_seed)[0]
 
     def _score_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training examples (never validation or test) for activation-based channel criteria."""
+        """256 training examples (never validation or test) for activation-based channel criteria, drawn with a
+        fixed seed: the first ones of a split sorted by class would all be one class."""
         ds = self.train_set
         mean = torch.tensor(ds.mean, dtype=torch.float32)
         std = torch.tensor(ds.std, dtype=torch.float32)
-        return normalize(ds.train_x[:256], mean, std), ds.train_y[:256].long()
+        chosen = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(0))[:256].sort().values
+        return normalize(ds.train_x[chosen], mean, std), ds.train_y[chosen].long()
 
     def _structured(self, masks: dict[str, torch.Tensor], trained: nn.Module) -> dict[str, torch.Tensor]:
         if not self.structure.active:

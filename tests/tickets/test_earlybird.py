@@ -148,3 +148,19 @@ def test_with_current_masks_only_unpruned_weights_compete():
         assert not (hook.previous[name] & ~current[name]).any()
     kept = sum(int(hook.previous[n].sum()) for n in NAMES)
     assert kept == round(0.8 * sum(int(current[n].sum()) for n in NAMES))
+
+
+def test_a_structured_study_watches_the_structured_mask_settle():
+    trainer = _FakeTrainer()
+    seen = []
+
+    def first_half_of_the_row(mask, model):  # a stand-in structure: the mask's kept count, as a prefix
+        seen.append(model)
+        out = torch.zeros_like(mask["weight"]).flatten()
+        out[: int(mask["weight"].sum())] = True
+        return {"weight": out.view_as(mask["weight"])}
+
+    hook = EarlyBird(["weight"], fraction=0.5, threshold=0.1, window=2, structure=first_half_of_the_row)
+    _drive(hook, trainer, range(3))  # A, C, C: the unstructured masks move by 0.4, the structured ones not at all
+    assert hook.distances == [0.0, 0.0] and hook.stopped_epoch == 3
+    assert seen == [trainer.model] * 3 and hook.previous["weight"].flatten()[:10].all()

@@ -224,3 +224,13 @@ def test_the_gpu_speed_of_a_level_is_timed_as_deployed(monkeypatch):
         if name.endswith("conv1.weight") or name.endswith("conv2.weight"):
             assert shape[0] % 8 == 0 or shape[0] == full[name][0], name
     assert gpu_variants["dense"] is not model  # the caller's model stays where it was
+
+
+@pytest.mark.parametrize("criterion", ["count", "activation"])
+def test_early_bird_in_a_channel_study_watches_refilled_masks(tmp_path, criterion):
+    ds = tiny_dataset(n=96, channels=1, size=8)
+    tickets = TicketConfig(levels=1, baselines=(), rewind="1it", structure="channel", early_bird=0.99,
+                           refill_criterion=criterion)
+    result = find_ticket("lenet_300_100", ds, tickets=tickets, store=tmp_path, epochs=7, batch_size=32, lr=0.003,
+                         optimizer="adam", progress=False)
+    assert result.summary["levels"][0]["stopped_epoch"] == [6]  # the first epoch with five distances

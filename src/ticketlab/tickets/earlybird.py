@@ -8,7 +8,7 @@ dense training would not change it, so the trainer is told to stop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,7 +49,9 @@ class EarlyBird(Hook):
     """Stops training after the first epoch whose last `window` mask distances are all < `threshold`.
 
     The would-be mask is `prune_fraction(magnitude(weights of names), current, fraction, scope,
-    layer_fractions)`, i.e. the next IMP step's mask; each epoch's is compared with the previous
+    layer_fractions)`, given the study's structure by `structure(mask, model)` when there is one (a
+    structured study's ticket is the refilled or regrouped mask, so that is the one to watch settle),
+    i.e. the next IMP step's mask; each epoch's is compared with the previous
     epoch's (`mask_distance(new, previous)`), so the first distance exists after the second epoch.
     `distances` holds every epoch's distance; `stopped_epoch` is the 1-based epoch it stopped after, and
     `previous` the last epoch's mask (once stopped: the early-bird ticket).
@@ -64,6 +66,7 @@ class EarlyBird(Hook):
         threshold: float = 0.08,
         window: int = 5,
         layer_fractions: Mapping[str, float] | None = None,
+        structure: Callable[[Masks, torch.nn.Module], Masks] | None = None,
     ) -> None:
         if not names:
             raise TicketlabError("early-bird stopping needs the names of the layers to prune; got none")
@@ -79,6 +82,7 @@ class EarlyBird(Hook):
         self.fraction, self.current, self.scope = fraction, current, scope
         self.threshold, self.window = threshold, window
         self.layer_fractions = layer_fractions
+        self.structure = structure
         self.previous: Masks | None = None
         self.distances: list[float] = []
         self.stopped_epoch: int | None = None
@@ -96,7 +100,8 @@ class EarlyBird(Hook):
     def _mask_now(self, model: torch.nn.Module) -> Masks:
         params = dict(model.named_parameters())
         weights = {name: params[name] for name in self.names}
-        return prune_fraction(magnitude(weights), self.current, self.fraction, self.scope, self.layer_fractions)
+        mask = prune_fraction(magnitude(weights), self.current, self.fraction, self.scope, self.layer_fractions)
+        return mask if self.structure is None else self.structure(mask, model)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
         if self.stopped_epoch is not None:

@@ -243,6 +243,13 @@ class _Study:
         batch = self._score_batch() if self.structure.needs_batch() else None
         return self.structure.apply(masks, trained.cpu(), batch)
 
+    def _live_structured(self, masks: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """`_structured` for a model still training (early-bird): scored on a CPU copy, the model left alone."""
+        masks = {n: m.cpu() for n, m in masks.items()}
+        if not self.structure.needs_batch():
+            return self.structure.apply(masks)
+        return self.structure.apply(masks, copy.deepcopy(model).cpu(), self._score_batch())
+
     def _model(self, run: RunConfig) -> nn.Module:
         return copy.deepcopy(self.user_model) if self.user_model is not None else initial_model(run, self.dataset)
 
@@ -408,7 +415,8 @@ class _Study:
         hooks = []
         if self.t.early_bird:
             hooks.append(EarlyBird(self.names, self.t.fraction, current=weights, scope=self.t.scope,
-                                   threshold=self.t.early_bird, layer_fractions=self._layer_fractions()))
+                                   threshold=self.t.early_bird, layer_fractions=self._layer_fractions(),
+                                   structure=self._live_structured if self.structure.active else None))
             run = replace(run, hooks=f"early_bird:{self.t.early_bird}:5")
         if not self.prac:
             result = self.train(run, f"{what} ticket (early-bird)", init_state=rewind_state, masks=masks,

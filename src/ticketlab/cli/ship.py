@@ -74,14 +74,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # exact widths are fastest on CPUs; cuDNN's tensor-core kernels want multiples of 8 (BENCHMARKS.md)
     multiple = args.multiple or (8 if device.type == "cuda" else 1)
     variants, shape, notes = _variants(args.model_file, multiple)
-    if "compacted" in variants:
-        notes["multiple"] = multiple
     flops = {name: forward_flops(m, shape) for name, m in variants.items()}  # before --two-four swaps them
     dtype = PRECISION_DTYPES[args.precision]
     if args.two_four:
         from ticketlab.tickets.ticketfile import load_ticket
 
         notes.update(_two_four(variants, load_ticket(args.model_file).masks, device))
+    if "compacted" in variants:  # not where --two-four replaced the variants
+        notes["multiple"] = multiple
     if "dense_fp16" in variants:  # the 2:4 kernels' dtype
         dtype = torch.float16
     else:
@@ -128,7 +128,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise TicketlabError(f"--out {out} is the ticket file itself, which export would overwrite; "
                              "give another path")
     ticket = load_ticket(args.model_file)
-    model = ticket.model if args.no_compact else compact(ticket.model, ticket.masks)
+    try:
+        model = ticket.model if args.no_compact else compact(ticket.model, ticket.masks)
+    except TicketlabError as error:
+        raise TicketlabError(f"{error}; or export the dense network with its masks applied: --no-compact") from None
     batch_shape = (1, *ticket.input_shape)  # the exporters take the shape of a batch, not of one example
     if out.suffix == ".onnx":
         export_onnx(model, out, batch_shape)

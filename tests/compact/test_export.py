@@ -144,6 +144,7 @@ def test_names_that_would_become_code_or_clash_in_the_generated_forward_are_refu
         return a
 
     edits = {
+        "a graph of 50,008 nodes": lambda a: {**a, "nodes": a["nodes"] * (50_001 // len(a["nodes"]) + 1)},
         "keyword arguments named": injected_keyword,
         "two inputs named 'x'": second_input,
         "a graph node named 'fc' twice": lambda a: {**a, "nodes": a["nodes"][:-1] + [

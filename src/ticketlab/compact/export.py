@@ -118,6 +118,9 @@ _METHODS = frozenset({"add", "add_", "amax", "clone", "contiguous", "flatten", "
 # Names end up in the Python source fx generates for the graph, so a file may only use plain
 # identifiers (and digits for Sequential children): nothing in it can become code.
 _PART = re.compile(r"[A-Za-z0-9_]+")
+# fx turns the graph into Python source and compiles it: a ResNet-152 has about 500 nodes, and a file
+# asking for millions would only cost time and memory
+_MOST_NODES = 50_000
 
 
 def _identifier(name: Any) -> bool:
@@ -279,6 +282,8 @@ def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.G
                     owner.register_parameter(leaf, nn.Parameter(tensor))
                 else:
                     owner.register_buffer(leaf, tensor)
+    if len(architecture["nodes"]) > _MOST_NODES:
+        raise _untrusted(f"a graph of {len(architecture['nodes']):,} nodes (at most {_MOST_NODES:,} are read)")
     graph = fx.Graph()
     nodes: dict[str, fx.Node] = {}
     inputs: set[Any] = set()

@@ -154,7 +154,11 @@ def test_companion_masks_silence_the_preactivation_batchnorms_and_conv_biases():
     expected[[0, 3]] = False
     for name in bn("stages.1.1.bn1")[0] + bn("stages.2.0.bn1")[0]:
         assert torch.equal(completed[name], expected), name
-    others = [name for name in completed if name not in masks and name not in stream.companions]
+    for name in stream.consumers:  # the weights that read the dropped channels are dead, and masked
+        assert torch.equal(completed[name].flatten(2).all(2).all(0), expected), name
+        assert bool(completed[name][:, expected].all()), name
+    readers = set(stream.consumers)
+    others = [name for name in completed if name not in masks and name not in set(stream.companions) | readers]
     assert "stages.1.0.bn1.weight" in others and "stages.1.0.bn2.weight" in others  # other groups' BNs stay whole
     assert all(bool(completed[name].all()) for name in others)
 
@@ -162,6 +166,8 @@ def test_companion_masks_silence_the_preactivation_batchnorms_and_conv_biases():
     completed = complete_channel_masks(model, {"features.conv2.weight": rows((64, 64, 3, 3), range(8))})
     assert completed["features.conv2.bias"].tolist() == [i >= 8 for i in range(64)]
     assert bool(completed["features.conv1.bias"].all()) and bool(completed["hidden.fc1.bias"].all())
+    # hidden.fc1 reads conv2's 64 channels through a flatten, 8 x 8 columns each: the first 8 channels' are dead
+    assert completed["hidden.fc1.weight"].all(0).tolist() == [i >= 8 * 64 for i in range(64 * 64)]
 
 
 def test_companion_masks_drop_only_channels_every_producer_drops():

@@ -51,6 +51,12 @@ def test_kept_channels_and_structure_of_conv_and_linear_masks():
     conv[2] = True
     assert is_channel_structured(conv)
     assert channel_counts(conv).tolist() == [8.0, 0.0, 8.0]
+    conv[:, 1] = False  # input channel 1 dropped upstream: every kept row reads the rest whole
+    assert is_channel_structured(conv)
+    conv[0, 0, 0, 0] = False  # part of an input channel
+    assert not is_channel_structured(conv)
+    conv[2, 0, 0, 0] = False
+    assert not is_channel_structured(conv)
 
     linear = torch.tensor([[T, T, T], [F_, F_, F_], [F_, T, F_]])
     assert kept_channels(linear).tolist() == [T, F_, T]

@@ -234,3 +234,21 @@ def test_early_bird_in_a_channel_study_watches_refilled_masks(tmp_path, criterio
     result = find_ticket("lenet_300_100", ds, tickets=tickets, store=tmp_path, epochs=7, batch_size=32, lr=0.003,
                          optimizer="adam", progress=False)
     assert result.summary["levels"][0]["stopped_epoch"] == [6]  # the first epoch with five distances
+
+
+def test_masked_and_compacted_training_give_the_same_chain_of_channel_tickets(tmp_path):
+    """The weights that read removed channels are dead: masked at zero, a study trained masked (where weight
+    decay would shrink them) and one trained compacted (where they are absent) prune the same next level."""
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    levels = {}
+    for compacted in (True, False):
+        tickets = TicketConfig(levels=2, baselines=(), rewind="1it", structure="channel", fraction=0.5,
+                               compact_training=compacted)
+        result = find_ticket("cifar_resnet_20", ds, tickets=tickets, store=tmp_path / str(compacted), epochs=2,
+                             batch_size=32, lr=0.1, optimizer="sgd", weight_decay=0.5, progress=False)
+        levels[compacted] = result.masks
+        row = result.summary["levels"][0]
+        # the density is what the compacted network keeps of the weights, less than refill's whole-row budget
+        assert row["density"] < row["mask_density"] and 0.2 < row["density"] < 0.3
+    for masked, compact in zip(levels[False], levels[True]):
+        assert all(torch.equal(masked[n], compact[n]) for n in masked)

@@ -95,3 +95,12 @@ def test_a_ticket_far_above_dense_warns_of_an_undertrained_baseline():
     assert len(s["warnings"]) == 1 and "under-trained" in s["warnings"][0] and "11.0 points" in s["warnings"][0]
     healthy = summarise([_seed(0.98, (0.981, 0.95), (0.97, 0.94))], ("reinit",), "validation")
     assert healthy["warnings"] == []
+
+
+def test_a_level_whose_seeds_keep_different_densities_reports_their_mean():
+    per_seed = [_seed(0.98, (0.981,), (0.97,), densities=(0.40,)), _seed(0.979, (0.980,), (0.969,), densities=(0.44,))]
+    per_seed[0][1]["mask_density"], per_seed[1][1]["mask_density"] = 0.8, 0.8
+    row = summarise(per_seed, ("reinit",), "validation")["levels"][0]
+    assert row["density"] == pytest.approx(0.42) and row["seed_densities"] == [0.40, 0.44]
+    assert row["mask_density"] == pytest.approx(0.8)
+    assert "seed_densities" not in summarise(per_seed[:1], ("reinit",), "validation")["levels"][0]

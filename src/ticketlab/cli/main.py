@@ -356,7 +356,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
                         exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed,
                         structure=args.structure, start=start)
-    report = density_report(masks, model)
+    # the weights' density: a channel mask also holds the BatchNorm and bias entries of removed channels
+    report = density_report({n: m for n, m in masks.items() if m.dim() > 1}, model)
+
     if report["total"]["kept"] == 0:
         raise TicketlabError(f"--density {args.density} keeps none of the {report['total']['total']:,} prunable "
                              f"weights; choose a density of at least {1 / report['total']['total']:.2g}")
@@ -366,6 +368,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
                 + [("total", report["total"]["kept"], report["total"]["total"],
                     f"{100 * report['total']['density']:.2f}%")]))
+    if args.structure == "channel":
+        print(f"--density {args.density} is refill's budget, which counts the kept channels' whole rows; the masks "
+              "also drop the weights that read removed channels (dead: their input is zero), so the weights kept "
+              f"are {100 * report['total']['density']:.2f}%, about the square of the widths kept")
     compact = " --compact" if args.structure == "channel" else ""
     print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --dataset {args.dataset} "
           f"--masks {args.out}{compact} ...)")

@@ -20,7 +20,7 @@ such consumers are listed in `flat_consumers` with their block size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,21 +152,48 @@ def pruned_channels(group: ChannelGroup, masks: Masks) -> torch.Tensor:
 
 
 def complete_channel_masks(model: nn.Module, masks: Masks) -> Masks:
-    """`masks` plus masks of every group's companions, False at the channels all producers drop.
+    """`masks` plus, at the channels all producers drop, False for every group's companions and for the
+    consumers' weights that read those channels.
 
     Training with these keeps a dropped channel's bias and BN affine parameters at zero, so the
-    channel outputs exactly zero and `compact` can remove it without changing the function.
+    channel outputs exactly zero and `compact` can remove it without changing the function. The weights
+    that read it are dead (their input is zero, so is their gradient); masking them too makes the masks
+    say what the network keeps, and keeps them at zero whether a ticket trains masked (where weight decay
+    would shrink them) or compacted (where they are absent), so both train the same chain.
     """
     check_masks(model, masks)
     params = dict(model.named_parameters())
     completed = dict(masks)
-    for group in channel_groups(model):
+
+    def narrowed(name: str, keep: torch.Tensor) -> None:
+        before = completed.get(name)
+        completed[name] = keep & before.bool() if before is not None else keep.clone()
+
+    groups = channel_groups(model)
+    for group in groups:
         kept = ~pruned_channels(group, masks)
         for name in group.companions:
             shape = params[name].shape
-            rows = kept.to(params[name].device).view(-1, *[1] * (len(shape) - 1)).expand(shape)
-            completed[name] = rows & masks[name].bool() if name in masks else rows.clone()
+            narrowed(name, kept.to(params[name].device).view(-1, *[1] * (len(shape) - 1)).expand(shape))
+    for name, dead in dead_inputs(params, groups, masks).items():
+        narrowed(name, ~dead)
     return completed
+
+
+def dead_inputs(params: Mapping[str, torch.Tensor], groups: list[ChannelGroup], masks: Masks) -> Masks:
+    """Per consumer weight that reads a dropped channel: True at the entries that read one (they see only
+    zeros, so they are dead whatever their value)."""
+    dead: dict[str, torch.Tensor] = {}
+    for group in groups:
+        pruned = pruned_channels(group, masks)
+        if not bool(pruned.any()):
+            continue
+        readers = [(name, pruned.view(1, -1, *[1] * (params[name].dim() - 2))) for name in group.consumers]
+        readers += [(name, pruned.repeat_interleave(n).view(1, -1)) for name, n in group.flat_consumers]
+        for name, columns in readers:
+            columns = columns.to(params[name].device).expand(params[name].shape)
+            dead[name] = dead[name] | columns if name in dead else columns.clone()
+    return dead
 
 
 def _norm(model: nn.Module, norm: str) -> tuple[list[str], list[str]]:

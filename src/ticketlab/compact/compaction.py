@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ticketlab.compact.channels import ChannelGroup, channel_groups, is_depthwise, pruned_channels
+from ticketlab.compact.channels import ChannelGroup, channel_groups, dead_inputs, is_depthwise, pruned_channels
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks, check_masks
 
 
-def _kept(group: ChannelGroup, masks: Masks, tensors: dict[str, torch.Tensor], multiple: int) -> torch.Tensor:
+def _kept(group: ChannelGroup, masks: Masks, tensors: dict[str, torch.Tensor], multiple: int,
+          dead: Masks) -> torch.Tensor:
     """Indices of the channels to keep; the rest are provably silent, so removing them is exact.
 
     `multiple` > 1 keeps some silent channels too, the lowest-numbered first, until the count is a
@@ -27,9 +28,10 @@ def _kept(group: ChannelGroup, masks: Masks, tensors: dict[str, torch.Tensor], m
     silent channel stays exactly zero under its mask, so the function is the same.
     """
     for name in group.producers:
-        if name in masks:
+        if name in masks:  # whole rows, but for the dead weights that read dropped channels (masked or not)
             rows = masks[name].bool().flatten(1)
-            partial = int((rows.any(1) & ~rows.all(1)).sum())
+            reads_dropped = dead[name].flatten(1) if name in dead else torch.zeros_like(rows)
+            partial = int(((rows & ~reads_dropped).any(1) & ~(rows | reads_dropped).all(1)).sum())
             if partial:
                 raise TicketlabError(
                     f"mask of {name} is not channel-structured: {partial} of its {rows.shape[0]} output channels are "
@@ -106,8 +108,9 @@ def kept_entries(model: nn.Module, masks: Masks, multiple: int = 1) -> Kept:
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     rows: dict[str, torch.Tensor] = {}
     columns: dict[str, torch.Tensor] = {}
+    dead = dead_inputs(tensors, groups, masks)
     for group in groups:
-        kept = _kept(group, masks, tensors, multiple)
+        kept = _kept(group, masks, tensors, multiple, dead)
         rows.update(dict.fromkeys(group.producers + group.companions + group.buffers, kept))
         columns.update(dict.fromkeys(group.consumers, kept))
         for name, block in group.flat_consumers:  # channel c is the block of input columns [c * block, ...)

@@ -46,9 +46,15 @@ def kept_channels(mask: torch.Tensor) -> torch.Tensor:
 
 
 def is_channel_structured(mask: torch.Tensor) -> bool:
-    """Every output row all kept or all pruned: what physical compaction needs."""
+    """Every output row all pruned or keeping what every other kept row keeps: all its weights, or all but
+    whole input channels (those a completed mask drops because the previous layer removed them). What
+    physical compaction needs."""
     rows = _rows(mask, "the layer")
-    return bool((rows.all(1) | ~rows.any(1)).all())
+    kept = rows[rows.any(1)]
+    if kept.shape[0] == 0:
+        return True
+    per_input = kept[0].view(mask.shape[1], -1)
+    return bool((kept == kept[0]).all()) and bool((per_input.all(1) | ~per_input.any(1)).all())
 
 
 def channel_counts(mask: torch.Tensor) -> torch.Tensor:

@@ -165,6 +165,7 @@ class _Level:
     search: _Search | None
     to_train: dict[str, Arm]
     constant_units_dropped: int = 0
+    mask_density: float = 1.0  # of the masks before completion: whole rows, as refill budgets (and papers count)
 
 
 @dataclass
@@ -298,7 +299,9 @@ class _Study:
         weights, dropped = self._without_constant_units(weights, chain.rewind_state, chain.trained)
         chain.weights = weights
         masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels
-        report = density_report(weights)
+        # what the ticket keeps: a channel ticket's completed masks also drop the weights that read removed
+        # channels, which `weights` (whole rows, refill's budget) still holds
+        report = density_report({n: masks[n] for n in weights})
         folder = self.store.folder(self.config.run_id) / f"seed_{chain.s}" / f"level_{level}"
         save_masks(folder / "masks.safetensors", masks)
         write_json(folder / "density.json", report)
@@ -323,7 +326,8 @@ class _Study:
         if dropped:
             _log(f"{what}: dropped {dropped} kept filters that are constant at the rewind point "
                  "(BatchNorm cannot normalise them; see ticketlab.tickets.constant_units)")
-        return _Level(level, masks, density, folder, what, search, to_train, dropped)
+        mask_density = density_report(weights)["total"]["density"]
+        return _Level(level, masks, density, folder, what, search, to_train, dropped, mask_density)
 
     def _without_constant_units(self, weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                                 model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
@@ -365,6 +369,8 @@ class _Study:
         chain.results.append(self._record(lv.level, lv.density, arms, speed, lv.search, lv.constant_units_dropped))
         densities = {name: self._density(arm.masks) for name, arm in lv.to_train.items()}
         chain.results[-1]["arm_density"] = densities
+        if lv.mask_density != lv.density:
+            chain.results[-1]["mask_density"] = lv.mask_density
         apart = {name: d for name, d in densities.items() if abs(d - lv.density) > 0.01 * lv.density}
         if apart:  # e.g. a one-shot group arm: regroup keeps another share of a mask it did not grow
             _log(f"{lv.what}: " + ", ".join(f"{k} keeps {d:.1%}" for k, d in apart.items())

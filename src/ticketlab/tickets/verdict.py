@@ -74,8 +74,17 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
         test = {a: stat([seed[level]["test"][a] for seed in per_seed]) for a in arms}
         judge = {a: stat([seed[level][verdict_on][a] for seed in per_seed]) for a in arms}
         v = verdict(dense_judge, judge["ticket"], judge.get("reinit"))
-        density = per_seed[0][level]["density"]
-        row: dict[str, Any] = {"level": level, "density": density}
+        # seeds' structured tickets differ in density (refill keeps whole channels): the row is their mean
+        seed_densities = [seed[level]["density"] for seed in per_seed]
+        density = seed_densities[0]
+        row: dict[str, Any] = {"level": level}
+        if len(set(seed_densities)) > 1:
+            density = sum(seed_densities) / len(seed_densities)
+            row["seed_densities"] = seed_densities
+        row["density"] = density
+        if "mask_density" in per_seed[0][level]:
+            row["mask_density"] = sum(seed[level].get("mask_density", seed[level]["density"])
+                                      for seed in per_seed) / len(per_seed)
         row.update({a: s.as_dict() for a, s in test.items()})
         row.update(winning=v.winning, matches_dense=v.matches_dense, beats_reinit=v.beats_reinit,
                    tolerance=v.tolerance, verdict_on=verdict_on)

@@ -423,7 +423,9 @@ class _Study:
             hooks.append(EarlyBird(self.names, self.t.fraction, current=weights, scope=self.t.scope,
                                    threshold=self.t.early_bird, layer_fractions=self._layer_fractions(),
                                    structure=self._live_structured if self.structure.active else None))
-            run = replace(run, hooks=f"early_bird:{self.t.early_bird}:5")
+            # the run's identity: which stop rule, and which masks it watches settle
+            watched = f":{self.t.structure}" if self.structure.active else ""
+            run = replace(run, hooks=f"early_bird:{self.t.early_bird}:5{watched}")
         if not self.prac:
             result = self.train(run, f"{what} ticket (early-bird)", init_state=rewind_state, masks=masks,
                                 start_iteration=self.k, hooks=hooks)

@@ -325,3 +325,10 @@ def test_activation_scores_need_conv_or_linear_layers():
     model, _ = tiny_model_and_masks()
     with pytest.raises(TicketlabError, match="not the weight of a Conv or Linear"):
         channel_scores("activation", model, {"bn.weight": torch.ones(8, dtype=torch.bool)}, tiny_batch())
+
+
+def test_refill_counts_a_channel_by_its_live_weights_where_inputs_were_removed():
+    mask = torch.zeros(4, 8, dtype=torch.bool)
+    mask[:2, :4] = True  # two rows whose live half (columns 0-3) is whole: 8 weights
+    assert kept_rows(refill({"a": mask})["a"].view(4, 8, 1, 1)) == [0]  # 8 / 8: one whole row's worth
+    assert kept_rows(refill({"a": mask}, widths={"a": 4})["a"].view(4, 8, 1, 1)) == [0, 1]  # 8 / 4: two channels

@@ -252,3 +252,15 @@ def test_masked_and_compacted_training_give_the_same_chain_of_channel_tickets(tm
         assert row["density"] < row["mask_density"] and 0.2 < row["density"] < 0.3
     for masked, compact in zip(levels[False], levels[True]):
         assert all(torch.equal(masked[n], compact[n]) for n in masked)
+
+
+def test_each_channel_level_prunes_its_fraction_of_the_live_weights(tmp_path):
+    """Layer-wise, every layer loses half its live weights per level, so half its channels: fc2's rows read
+    only fc1's kept channels, and refill counts them by those live weights, not by its whole rows."""
+    ds = tiny_dataset(n=64, channels=1, size=8)
+    result = _study(tmp_path, "lenet_300_100", ds, structure="channel", fraction=0.5, levels=2,
+                    baselines=(), scope="layerwise")
+    channels = [{n: int(m.flatten(1).any(1).sum()) for n, m in level.items() if n.startswith("hidden.fc")
+                 and n.endswith("weight")} for level in result.masks]
+    assert channels == [{"hidden.fc1.weight": 150, "hidden.fc2.weight": 50},
+                        {"hidden.fc1.weight": 75, "hidden.fc2.weight": 25}]

@@ -87,12 +87,15 @@ def _dense_rows(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return keep.to(like.device).view(-1, *[1] * (like.dim() - 1)).expand(like.shape).contiguous()
 
 
-def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor] | None, r: float) -> Masks:
+def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor] | None, r: float,
+                  widths: Mapping[str, int] | None = None) -> Masks:
     """One channel set for all of `masks` (a single layer is a group of one).
 
     Budget: c = (Σ nnz) / (Σ weights per channel), so the group keeps the parameters its members
-    had together. Ranking: each member's scores scaled to unit L1 norm (sum 1 for the non-negative
-    scores every criterion gives), then summed, so a wide member does not outvote a narrow one.
+    had together; a channel's weights are its whole row, or `widths[name]` of them where only those
+    are live (the rest read channels an earlier layer removed). Ranking: each member's scores scaled
+    to unit L1 norm (sum 1 for the non-negative scores every criterion gives), then summed, so a wide
+    member does not outvote a narrow one.
     """
     rows = {name: _rows(mask, f"layer {name}") for name, mask in masks.items()}
     sizes = {name: rw.shape[0] for name, rw in rows.items()}
@@ -110,7 +113,8 @@ def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.
         total = score.abs().sum()
         vote += score / total if total > 0 else score
     # exact arithmetic: in floats, 100 channels at r = 0.29 give int(28.999999999999996) = 28, not 29
-    c = Fraction(sum(int(rw.sum()) for rw in rows.values()), sum(rw.shape[1] for rw in rows.values()))
+    width = sum((widths or {}).get(name, rw.shape[1]) for name, rw in rows.items())
+    c = Fraction(sum(int(rw.sum()) for rw in rows.values()), width)
     # at least one channel, so that refill never cuts the network in two
     n = max(1, math.floor(c + (c_out - c) * Fraction(str(r))))
     # stable descending sort: ties go to the lower channel index, so the result is deterministic
@@ -158,9 +162,14 @@ def refill(
     scores: Mapping[str, torch.Tensor] | None = None,
     tied: Sequence[Sequence[str]] = (),
     keep: Collection[str] = (),
+    widths: Mapping[str, int] | None = None,
 ) -> Masks:
     """Refill every layer of `masks`, except the names in `keep` (returned unchanged: e.g. the classifier,
     whose outputs are classes).
+
+    `widths`: per layer, how many weights of a row are live, where an earlier level removed some of its
+    input channels (default: the whole row). The budget then counts a kept channel by its live weights,
+    as the paper's rule counts whole rows of a network whose every input is live.
 
     `tied`: groups of layer names whose output channels are tied (the convs writing into one
     skip-connection stream); a group gets ONE channel set, see `_refill_group`. Names in `tied` or
@@ -177,7 +186,7 @@ def refill(
             )
     out: Masks = {}
     for group in _groups(masks, tied, keep):
-        out.update(_refill_group({name: masks[name] for name in group}, scores, r))
+        out.update(_refill_group({name: masks[name] for name in group}, scores, r, widths))
     return {name: out.get(name, masks[name]) for name in masks}
 
 

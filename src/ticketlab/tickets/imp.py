@@ -18,7 +18,7 @@ import functools
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -238,18 +238,22 @@ class _Study:
         chosen = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(0))[:256].sort().values
         return normalize(ds.train_x[chosen], mean, std), ds.train_y[chosen].long()
 
-    def _structured(self, masks: dict[str, torch.Tensor], trained: nn.Module) -> dict[str, torch.Tensor]:
+    def _structured(self, masks: dict[str, torch.Tensor], trained: nn.Module,
+                    live: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.structure.active:
             return masks
         batch = self._score_batch() if self.structure.needs_batch() else None
-        return self.structure.apply(masks, trained.cpu(), batch)
+        return self.structure.apply(masks, trained.cpu(), batch, live)
 
-    def _live_structured(self, masks: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-        """`_structured` for a model still training (early-bird): scored on a CPU copy, the model left alone."""
-        masks = {n: m.cpu() for n, m in masks.items()}
-        if not self.structure.needs_batch():
-            return self.structure.apply(masks)
-        return self.structure.apply(masks, copy.deepcopy(model).cpu(), self._score_batch())
+    def _live_structured(self, live: dict[str, torch.Tensor]) -> Callable[[dict, nn.Module], dict]:
+        """`_structured` for a model still training (early-bird), from the level's masks `live`: scored on a CPU
+        copy, the model left alone."""
+        def structured(masks: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+            masks = {n: m.cpu() for n, m in masks.items()}
+            if not self.structure.needs_batch():
+                return self.structure.apply(masks, live=live)
+            return self.structure.apply(masks, copy.deepcopy(model).cpu(), self._score_batch(), live)
+        return structured
 
     def _model(self, run: RunConfig) -> nn.Module:
         return copy.deepcopy(self.user_model) if self.user_model is not None else initial_model(run, self.dataset)
@@ -295,10 +299,11 @@ class _Study:
         else:
             weights = prune_fraction(magnitude(previous), chain.weights, self.t.fraction, self.t.scope,
                                      self._layer_fractions())
-            weights = self._structured(weights, chain.trained)
+            weights = self._structured(weights, chain.trained, chain.weights)
         weights, dropped = self._without_constant_units(weights, chain.rewind_state, chain.trained)
-        chain.weights = weights
-        masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels
+        masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels, and dead weights
+        # the next level prunes its fraction of what this one keeps alive
+        chain.weights = {n: masks[n] for n in weights}
         # what the ticket keeps: a channel ticket's completed masks also drop the weights that read removed
         # channels, which `weights` (whole rows, refill's budget) still holds
         report = density_report({n: masks[n] for n in weights})
@@ -307,7 +312,7 @@ class _Study:
         write_json(folder / "density.json", report)
         density = report["total"]["density"]
         what = f"{chain.tag} level {level}/{self.t.levels} ({density:.1%} left)"
-        search = self._search(chain.run, what, chain.rewind_state, masks, weights, chain.trained, chain.dense,
+        search = self._search(chain.run, what, chain.rewind_state, masks, chain.weights, chain.trained, chain.dense,
                               chain.hard)
         to_train = {} if search is not None and not self.prac else {"ticket": Arm(chain.rewind_state, masks, self.k)}
         full = self.steps * self.config.run.train.epochs  # the dense run; each level retrains from the rewind point
@@ -422,7 +427,7 @@ class _Study:
         if self.t.early_bird:
             hooks.append(EarlyBird(self.names, self.t.fraction, current=weights, scope=self.t.scope,
                                    threshold=self.t.early_bird, layer_fractions=self._layer_fractions(),
-                                   structure=self._live_structured if self.structure.active else None))
+                                   structure=self._live_structured(weights) if self.structure.active else None))
             # the run's identity: which stop rule, and which masks it watches settle
             watched = f":{self.t.structure}" if self.structure.active else ""
             run = replace(run, hooks=f"early_bird:{self.t.early_bird}:5{watched}")

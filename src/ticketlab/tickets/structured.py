@@ -36,6 +36,15 @@ def parse_nm(text: str) -> tuple[int, int]:
     return int(n), int(m)
 
 
+def _live_widths(live: Masks) -> dict[str, int]:
+    """Per layer, the weights of a row that read a live input: the columns any kept row still has."""
+    widths = {}
+    for name, mask in live.items():
+        columns = int(mask.flatten(1).any(0).sum()) if mask.dim() > 1 else 0
+        widths[name] = columns or mask[0].numel()
+    return widths
+
+
 def _permuted_blocks(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """`mask` with the rows and the columns of its [C_out, rest] view each permuted at random."""
     view = mask.reshape(mask.shape[0], -1)
@@ -74,13 +83,15 @@ class Structure:
         return self.kind == "channel" and self.criterion in ("activation", "taylor")
 
     def apply(self, masks: Masks, model: nn.Module | None = None,
-              batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> Masks:
-        """Structure an unstructured weight mask (the classifier's entry is left as it is)."""
+              batch: tuple[torch.Tensor, torch.Tensor] | None = None, live: Masks | None = None) -> Masks:
+        """Structure an unstructured weight mask (the classifier's entry is left as it is). `live`: the level's
+        starting masks, completed (`complete`), whose columns say how much of each row is live."""
         if self.kind == "channel":
             scores = None
             if self.criterion != "count":
                 scores = channel_scores(self.criterion, model, masks, batch)
-            return refill(masks, r=self.rate, scores=scores, tied=self.tied, keep=self.keep)
+            return refill(masks, r=self.rate, scores=scores, tied=self.tied, keep=self.keep,
+                          widths=None if live is None else _live_widths(live))
         if self.kind == "group":
             return regroup(masks, keep=self.keep)
         return masks

@@ -11,6 +11,7 @@ from ticketlab.compact import (
     compaction_report,
     complete_channel_masks,
 )
+from ticketlab.compact.training import compacted_for_training
 from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
 from ticketlab.models.wide_resnet import WideResNet
@@ -230,6 +231,25 @@ def test_a_group_keeps_one_channel_when_every_channel_is_dropped():
     reference = copy.deepcopy(model)
     apply_masks(reference, masks)
     assert max_gap(small, reference, torch.randn(2, 1, 28, 28)) <= 1e-6
+
+
+def test_a_layer_whose_every_input_was_dropped_keeps_its_constant_channels():
+    """fc2 reads only dropped channels, yet its kept rows still output their biases: completion keeps those
+    rows (it would otherwise call them dropped and, completing again, mask their biases too)."""
+    model = build("lenet_300_100")
+    randomise(model, torch.Generator().manual_seed(4))
+    masks = {"hidden.fc1.weight": torch.zeros(300, 784, dtype=torch.bool),
+             "hidden.fc2.weight": rows((100, 300), torch.arange(100) < 50)}
+    once = complete_channel_masks(model, masks)
+    assert int(once["hidden.fc2.weight"].any(1).sum()) == 50 and int(once["hidden.fc2.bias"].sum()) == 50
+    twice = complete_channel_masks(model, once)
+    assert all(torch.equal(once[n], twice[n]) for n in once)  # idempotent
+    reference = copy.deepcopy(model)
+    apply_masks(reference, once)
+    x = torch.randn(2, 1, 28, 28)
+    assert max_gap(compact(model, once), reference, x) <= 1e-6
+    training = compacted_for_training(model, once)
+    assert max_gap(training.small, reference, x) <= 1e-6
 
 
 def test_report_counts_parameters_and_channels():

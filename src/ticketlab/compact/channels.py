@@ -176,7 +176,13 @@ def complete_channel_masks(model: nn.Module, masks: Masks) -> Masks:
             shape = params[name].shape
             narrowed(name, kept.to(params[name].device).view(-1, *[1] * (len(shape) - 1)).expand(shape))
     for name, dead in dead_inputs(params, groups, masks).items():
-        narrowed(name, ~dead)
+        base = completed[name].bool() if name in completed else torch.ones_like(dead)
+        keep = base & ~dead
+        # a row that reads only dropped channels still outputs its bias or BatchNorm shift: a kept (constant)
+        # channel, not a dropped one, so its row stays as it was
+        emptied = base.flatten(1).any(1) & ~keep.flatten(1).any(1)
+        keep[emptied] = base[emptied]
+        completed[name] = keep
     return completed
 
 

@@ -48,7 +48,8 @@ def kept_channels(mask: torch.Tensor) -> torch.Tensor:
 def is_channel_structured(mask: torch.Tensor) -> bool:
     """Every output row all pruned or keeping what every other kept row keeps: all its weights, or all but
     whole input channels (those a completed mask drops because the previous layer removed them). What
-    physical compaction needs."""
+    physical compaction needs of one layer; whether the inputs it skips are the ones an earlier layer
+    removed depends on the model, which `compact` checks."""
     rows = _rows(mask, "the layer")
     kept = rows[rows.any(1)]
     if kept.shape[0] == 0:

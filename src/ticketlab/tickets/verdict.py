@@ -82,7 +82,7 @@ def summarise(per_seed: list[list[dict[str, Any]]], baselines: tuple[str, ...], 
             density = sum(seed_densities) / len(seed_densities)
             row["seed_densities"] = seed_densities
         row["density"] = density
-        if "mask_density" in per_seed[0][level]:
+        if any("mask_density" in seed[level] for seed in per_seed):
             row["mask_density"] = sum(seed[level].get("mask_density", seed[level]["density"])
                                       for seed in per_seed) / len(per_seed)
         row.update({a: s.as_dict() for a, s in test.items()})

@@ -10,7 +10,6 @@ from pathlib import Path
 from ticketlab.cli.table import table
 from ticketlab.config import PRECISIONS
 from ticketlab.errors import TicketlabError
-from ticketlab.store.files import writable
 
 
 def _variants(ticket_path: str, multiple: int = 1) -> tuple[dict, tuple[int, ...], dict]:
@@ -116,6 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ticketlab.compact import compact, compaction_report, export_onnx, save_model
+    from ticketlab.store.files import writable
     from ticketlab.tickets.ticketfile import load_ticket
 
     out = Path(args.out)

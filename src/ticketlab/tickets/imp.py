@@ -451,7 +451,7 @@ class _Study:
 
     def _density(self, masks: dict[str, torch.Tensor]) -> float:
         """Kept fraction of the prunable weights (a channel arm's masks also hold BatchNorm entries)."""
-        return sum(int(masks[n].sum()) for n in self.names) / sum(masks[n].numel() for n in self.names)
+        return density_report({n: masks[n] for n in self.names})["total"]["density"]
 
     def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,
                 search: _Search | None = None, constant_units_dropped: int = 0) -> dict[str, Any]:

@@ -46,6 +46,9 @@ class InterruptAt(Hook):
         if trainer.iteration == self.at:
             trainer.interrupt()
 
+    def identity(self) -> str:
+        return ""  # an interruption changes no number: the resumed run is the same run
+
 
 class TinyNet(nn.Module):
     """Conv + BN + Linear: enough to exercise masks, BN buffers and momentum."""

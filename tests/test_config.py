@@ -119,3 +119,30 @@ def test_a_scaled_schedule_keeps_its_shape():
     longer = scaled_train(cfg, 29 / 16)  # a scratch baseline's budget
     assert longer.epochs == 290 and longer.milestones == (145.0, 217.5) and longer.warmup_epochs == 3.625
     longer.validate()
+
+
+def test_equal_values_written_as_int_float_or_bool_are_one_run():
+    ints = RunConfig(train=TrainConfig(lr=1, weight_decay=0, milestones=(5,), drop_last=1, schedule="step"))
+    floats = RunConfig(train=TrainConfig(lr=1.0, weight_decay=0.0, milestones=(5.0,), drop_last=True, schedule="step"))
+    assert ints == floats and run_id(ints) == run_id(floats)
+    assert ints.train.milestones == (5.0,) and ints.train.drop_last is True
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(weight_decay=float("nan")), "--weight-decay must be a finite number"),
+    (dict(lr=float("inf")), "--lr must be a finite number"),
+    (dict(bias_lr_scale=float("inf")), "--bias-lr-scale must be a finite"),
+    (dict(epochs=2.5), "--epochs must be a whole number"),
+    (dict(batch_size=8.5), "--batch-size must be a whole number"),
+    (dict(lookahead_every=2.5), "--lookahead must be a whole number"),
+    (dict(schedule="step", milestones=(float("nan"),)), "--milestones must be a finite"),
+    (dict(nesterov="yes"), "--nesterov must be true or false"),
+])
+def test_settings_of_the_wrong_kind_are_user_errors(bad, message):
+    with pytest.raises(TicketlabError, match=message):
+        TrainConfig(**bad).validate()
+
+
+def test_a_model_option_that_is_not_plain_data_is_a_user_error():
+    with pytest.raises(TicketlabError, match="plain numbers"):
+        run_id(RunConfig(model=ModelConfig.of("fastnet", {"dtype": float})))

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -39,13 +40,18 @@ class DataConfig:
     cutout: int = 0  # side of the square cut out per image; 0 is off
     noise: str = ""  # label noise of the training labels, e.g. "uniform:0.4" (ticketlab.data.noise)
     noise_seed: int = 0  # the noisy labels stay fixed across training seeds
+    noise_file: str = ""  # content digest of `file:` noise's label file
     subset: str = ""  # digest of the training examples used, when not all are (PrAC sets)
+
+    def __post_init__(self) -> None:
+        _normalise(self)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "lenet_300_100"
     kwargs: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, so equal settings hash equally
+    architecture: str = ""  # a user module's digest (class, layers, source): its name alone says too little
 
     @classmethod
     def of(cls, name: str, options: Mapping[str, Any] | None = None) -> ModelConfig:
@@ -92,7 +98,11 @@ class TrainConfig:
     sat_alpha: float = 0.9  # SAT's target momentum
     sat_start: int = 60  # SAT's first epoch (0-based); plain cross-entropy before it
 
+    def __post_init__(self) -> None:
+        _normalise(self)
+
     def validate(self) -> None:
+        _check_types(self)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("tta", self.tta, TTA_MODES)
@@ -146,6 +156,46 @@ class TrainConfig:
         bad = [m for m in self.milestones if not 0 < m < self.epochs]
         if bad:
             raise TicketlabError(f"--milestones must lie inside (0, epochs={self.epochs}); got {bad}")
+
+
+# the command-line flags whose names are not the field's
+_FLAGS = {"warmup_epochs": "--warmup", "lookahead_every": "--lookahead", "ema_decay": "--ema"}
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _normalise(config: Any) -> None:
+    """One form for equal settings written differently (1, 1.0 and numpy's 1.0; 1 and True), so they
+    hash alike; values of the wrong kind are left for `_check_types` to name."""
+    def number(value: Any, kind: type) -> Any:
+        fits = numbers.Integral if kind is int else numbers.Real
+        return kind(value) if isinstance(value, fits) and not isinstance(value, bool) else value
+
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.type in ("int", "float"):
+            value = number(value, int if f.type == "int" else float)
+        elif f.type == "bool" and isinstance(value, int) and value in (0, 1):
+            value = bool(value)
+        elif f.type == "tuple[float, ...]" and isinstance(value, (list, tuple)):
+            value = tuple(number(v, float) for v in value)
+        object.__setattr__(config, f.name, value)
+
+
+def _check_types(config: Any) -> None:
+    """Whole numbers where counts go and finite numbers elsewhere: a NaN or 2.5 epochs would otherwise
+    surface later as divergence or a type error far from its cause."""
+    for f in fields(config):
+        value, flag = getattr(config, f.name), _flag(f.name)
+        if f.type == "int" and type(value) is not int:
+            raise TicketlabError(f"{flag} must be a whole number, got {value!r}")
+        if f.type == "bool" and type(value) is not bool:
+            raise TicketlabError(f"{flag} must be true or false, got {value!r}")
+        for v in value if f.type == "tuple[float, ...]" else (value,) if f.type == "float" else ():
+            if type(v) is not float or not math.isfinite(v):
+                raise TicketlabError(f"{flag} must be a finite number, got {value!r}")
 
 
 # Options that act only under another setting: given explicitly without it, they would be ignored.
@@ -254,7 +304,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def canonical_json(config: Any) -> str:
     """Only non-default fields, sorted: the text the run id is a hash of."""
-    return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"))
+    try:
+        return json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as error:  # a model option that is an object, not plain data
+        raise TicketlabError(f"a setting cannot be part of a run's identity ({error}); give options as plain "
+                             "numbers, strings, booleans or lists of them") from None
 
 
 def run_id(config: Any) -> str:

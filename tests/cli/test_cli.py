@@ -341,3 +341,16 @@ def test_damaged_ticket_metadata_and_empty_masks_are_named(tmp_path, tiny_npz, c
     code, _, err = _run(capsys, "train", "--model", "conv_2", "--dataset", tiny_npz, "--masks",
                         tmp_path / "m.safetensors", "--store", tmp_path / "store", "--quiet")
     assert code == 2 and "keep no weight at all" in err
+
+
+def test_prune_refuses_cutout_and_scores_without_the_validation_examples(tmp_path, tiny_npz, capsys):
+    base = ["--dataset", str(tiny_npz), "--store", str(tmp_path / "store"), "--quiet", "--criterion", "snip"]
+    code, _, err = _run(capsys, "prune", "--density", "0.5", "--cutout", "4", *base)
+    assert code == 2 and "--cutout would be ignored" in err
+    outs = []
+    for extra in ([], ["--validation", "8"]):
+        out = tmp_path / f"m{len(outs)}.safetensors"
+        code, _, _ = _run(capsys, "prune", "--density", "0.5", *base, *extra, "--out", str(out))
+        assert code == 0
+        outs.append(out.read_bytes())
+    assert outs[0] != outs[1]  # SNIP's batch came from the training part only

@@ -106,3 +106,20 @@ def test_not_a_zip(tmp_path):
     with pytest.raises(TicketlabError, match="junk.npz is not a .npz archive") as error:
         load_dataset(tmp_path / "junk.npz")
     assert "allow_pickle" not in str(error.value)  # numpy's own message invites unpickling
+
+
+def test_a_member_that_is_no_npy_array_is_refused(tmp_path):
+    import zipfile
+
+    path = save(tmp_path, x=images(4, 5, 5), y=labels(4))
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("junk.npy", b"not an array")
+    with pytest.raises(TicketlabError, match="junk is"):
+        load_dataset(path)
+
+
+def test_one_huge_label_does_not_make_a_trillion_classes(tmp_path):
+    y = labels(4)
+    y[3] = 10**12
+    with pytest.raises(TicketlabError, match="labels run up to 1000000000000 but only 4 different ones occur"):
+        load_dataset(save(tmp_path, x=images(4, 5, 5), y=y, x_test=images(2, 5, 5), y_test=labels(2)))

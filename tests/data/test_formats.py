@@ -178,3 +178,71 @@ def test_damaged_svhn_names_the_file(tmp_path):
     (tmp_path / "svhn" / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
     with pytest.raises(TicketlabError, match="test_32x32.mat is damaged"):
         parse_svhn(tmp_path / "svhn")
+
+
+def _hollow_array_pickle(shape) -> bytes:
+    reconstruct = np.empty(0).__reduce__()[0]  # numpy's _reconstruct, as real CIFAR pickles name it
+
+    class Hollow:
+        def __reduce__(self):
+            return reconstruct, (np.ndarray, shape, b"B")
+
+    return pickle.dumps({b"data": Hollow(), b"labels": [0] * shape[0]}, protocol=2)
+
+
+def test_an_array_the_file_never_fills_is_refused(tmp_path):
+    """A 200-byte file must not become 30 MB of uninitialised 'images' (or ask for gigabytes)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    (folder / "data_batch_3").write_bytes(_hollow_array_pickle((10000, 3072)))
+    with pytest.raises(TicketlabError, match=r"data_batch_3 is damaged.*not filled from the file"):
+        parse_cifar10(folder)
+
+
+@pytest.mark.parametrize("labels", [[3.9, 1.0, 2.0, 0.0], 7, [b"1", b"2", b"3", b"4"], [2**70, 0, 0, 0]])
+def test_cifar_labels_that_are_no_class_indices_are_refused(tmp_path, labels):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    batch = {**cifar_batch(4, 1), b"labels": labels}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(TicketlabError, match="data_batch_1 is damaged"):
+        parse_cifar10(folder)
+
+
+def test_an_idx_header_promising_more_than_4_gib_is_refused_at_once(tmp_path):
+    path = tmp_path / "images.gz"
+    header = b"".join(d.to_bytes(4, "big") for d in (2051, 2**31, 2**31, 4))
+    path.write_bytes(gzip.compress(header))
+    with pytest.raises(TicketlabError, match="promises .* over 4 GiB"):
+        read_idx(path, 2051)
+
+
+def test_a_gzip_that_decompresses_past_its_header_is_refused(tmp_path):
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.arange(10) % 10, 2049) + bytes(10_000_000)))
+    with pytest.raises(TicketlabError, match="19 bytes where the header \\(10,\\) implies 18"):
+        read_idx(path, 2049)
+
+
+@pytest.mark.parametrize("labels", [np.array([["1"], ["2"], ["3"]]), np.array([[1 + 1j], [2 + 0j], [3 + 0j]])])
+def test_svhn_labels_that_are_no_numbers_are_refused(tmp_path, labels):
+    pytest.importorskip("scipy")
+    from scipy.io import savemat
+
+    _write_svhn(tmp_path / "svhn")
+    x = np.zeros((32, 32, 3, 3), dtype=np.uint8)
+    savemat(tmp_path / "svhn" / "test_32x32.mat", {"X": x, "y": labels})
+    with pytest.raises(TicketlabError, match="test_32x32.mat is damaged.*one label 1..10"):
+        parse_svhn(tmp_path / "svhn")
+
+
+def test_cifar_files_re_pickled_with_text_keys_read_alike(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    before = parse_cifar10(folder)
+    for name in ("data_batch_2", "batches.meta"):
+        content = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+        (folder / name).write_bytes(pickle.dumps({k.decode(): v for k, v in content.items()}, protocol=4))
+    after = parse_cifar10(folder)
+    assert after.train_x.equal(before.train_x) and after.train_y.equal(before.train_y)
+    assert after.classes == before.classes

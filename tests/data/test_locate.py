@@ -191,3 +191,10 @@ def test_gzip_and_plain_idx_both_accepted(tmp_path):
     b = load_dataset("mnist", data_dir=tmp_path / "b", download=False)
     assert a.train_x.equal(b.train_x) and a.test_y.equal(b.test_y)
     assert a.train_x[:, 0].numpy().tolist() == plain["train-images-idx3-ubyte"].tolist()
+
+
+def test_data_dir_may_be_the_datasets_own_folder(tmp_path, isolated_roots):
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    inside = load_dataset("cifar10", data_dir=tmp_path / "cifar-10-batches-py", download=False)
+    above = load_dataset("cifar10", data_dir=tmp_path, download=False)
+    assert inside.train_x.equal(above.train_x) and inside.test_y.equal(above.test_y)

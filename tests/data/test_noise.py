@@ -206,7 +206,7 @@ def test_torch_pickle_is_refused_unread(tmp_path, monkeypatch):
 def test_object_array_is_refused(tmp_path):
     path = tmp_path / "objects.npz"
     np.savez(path, worse_label=np.array([1, "a"], dtype=object))
-    with raises("cannot read .* as a .npz of plain arrays"):
+    with raises("holds object arrays, which ticketlab never unpickles"):
         labels_from_file(path, "worse_label", 2, 10)
 
 
@@ -240,3 +240,25 @@ def test_asymmetric_refuses_ten_classes_that_are_not_cifar10():
         add_label_noise(balanced(5), 10, NoiseSpec("asymmetric", 0.4), seed=0, classes=digits)
     cifar = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     assert add_label_noise(balanced(5), 10, NoiseSpec("asymmetric", 0.4), seed=0, classes=cifar).shape == (50,)
+
+
+def test_a_seed_beyond_64_bits_is_a_user_error():
+    with pytest.raises(TicketlabError, match="--noise-seed must be a whole number in"):
+        add_label_noise(balanced(2), 10, parse_noise("flip:0.1"), seed=10**23)
+
+
+def test_a_rewritten_label_file_is_another_run(tmp_path):
+    import ticketlab
+    from ticketlab.config import DataConfig
+
+    from helpers import tiny_dataset
+
+    ds, path = tiny_dataset(n=64), tmp_path / "labels.npz"
+    np.savez(path, noisy=ds.train_y.numpy())
+    options = dict(model="conv_2", epochs=1, batch_size=32, progress=False, store=tmp_path / "store",
+                   data=DataConfig(noise=f"file:{path}:noisy"))
+    first = ticketlab.train(dataset=ds, **options)
+    np.savez(path, noisy=((ds.train_y + 1) % 4).numpy())
+    second = ticketlab.train(dataset=ds, **options)
+    assert first.run_id != second.run_id and not second.reused
+    assert first.summary["noise_rate"] == 0.0 and second.summary["noise_rate"] == 1.0

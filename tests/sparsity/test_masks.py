@@ -216,3 +216,10 @@ def test_save_load_round_trip(tmp_path):
 def test_nan_scores_are_refused():
     with pytest.raises(TicketlabError, match="NaN"):
         global_masks({"a": torch.tensor([1.0, float("nan")])}, 0.5)
+
+
+def test_a_mask_with_values_between_zero_and_one_is_refused():
+    net = nn.Linear(4, 2)
+    with pytest.raises(TicketlabError, match="other than 0 and 1"):
+        apply_masks(net, {"weight": torch.full((2, 4), 0.5)})
+    apply_masks(net, {"weight": torch.ones(2, 4)})  # float 0/1 masks stay fine

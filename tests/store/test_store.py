@@ -53,6 +53,9 @@ class _Gate(Hook):
         self.started.set()
         assert self.go.wait(30)
 
+    def identity(self) -> str:
+        return ""  # it changes no number, so it does not make another run
+
 
 def _in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
     out: list = []
@@ -230,3 +233,12 @@ def test_writing_onto_a_folder_is_a_user_error(tmp_path):
     with pytest.raises(TicketlabError, match="is a folder; give the path of a file"):
         write_json(tmp_path, {"a": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tied_weights_are_written_as_copies(tmp_path):
+    """Two names for one tensor (a tied embedding and classifier) would make safetensors refuse the file."""
+    shared = torch.arange(6.0).reshape(2, 3)
+    write_tensors(tmp_path / "tied.safetensors", {"a.weight": shared, "b.weight": shared, "c": shared[0]})
+    back = read_tensors(tmp_path / "tied.safetensors")
+    assert torch.equal(back["a.weight"], shared) and torch.equal(back["b.weight"], shared)
+    assert torch.equal(back["c"], shared[0])

@@ -1,14 +1,17 @@
 import pytest
 import torch
+from torch import nn
 
 import ticketlab
 from ticketlab.config import DataConfig
+from ticketlab.data import ImageDataset
 from ticketlab.data.augment import Augment
 from ticketlab.sparsity import density
+from ticketlab.train.hooks import Hook
 from ticketlab.train.run import default_augment
 
 from conftest import need
-from helpers import DEVICES, TinyNet, tiny_dataset
+from helpers import DEVICES, InterruptAt, TinyNet, tiny_dataset
 
 
 def test_bundled_mnist_subset_trains_offline(tmp_path):
@@ -120,3 +123,98 @@ def test_fastnet_whitening_fitted_on_the_gpu_matches_the_cpu():
     # the patch moments differ in their last float32 bits (summation order), and eigh magnifies that
     # for close eigenvalues: 3e-4 at most on an H200 (2026-12-04)
     torch.testing.assert_close(models[1].whiten.weight.cpu(), models[0].whiten.weight, rtol=1e-3, atol=1e-3)
+
+
+def _pair(act: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    net = TinyNet()
+    net.act = act  # a submodule forward ignores: only the repr differs
+    return net
+
+
+def test_a_user_modules_identity_is_its_architecture_not_only_its_class_name(tmp_path):
+    ds = tiny_dataset(n=64)
+    a = ticketlab.train(_pair(nn.ReLU()), ds, store=tmp_path, epochs=1, batch_size=32, progress=False)
+    b = ticketlab.train(_pair(nn.Dropout(0.9)), ds, store=tmp_path, epochs=1, batch_size=32, progress=False)
+    again = ticketlab.train(_pair(nn.ReLU()), ds, store=tmp_path, epochs=1, batch_size=32, progress=False)
+    assert a.run_id != b.run_id and not b.reused
+    assert again.reused and again.run_id == a.run_id
+
+
+def test_masks_enter_the_identity_with_their_layer_names(tmp_path):
+    """The same mask tensor on another layer of the same shape is another run."""
+
+    class TwoLayers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.b(self.a(x.flatten(1)[:, :16])))
+
+    ds = tiny_dataset(n=64)
+    keep = torch.zeros(16, 16, dtype=torch.bool)
+    keep[:, :4] = True
+    runs = []
+    for name in ("a.weight", "b.weight"):
+        torch.manual_seed(0)
+        runs.append(ticketlab.train(TwoLayers(), ds, masks={name: keep}, store=tmp_path, epochs=1, batch_size=32,
+                                    progress=False))
+    assert runs[0].run_id != runs[1].run_id and not runs[1].reused
+    assert int(runs[1].model.a.weight.count_nonzero()) == 256 and int(runs[1].model.b.weight.count_nonzero()) == 64
+
+
+class _Scale(Hook):
+    """Shrinks the weights after every step: it changes the numbers."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    @torch.no_grad()
+    def after_step(self, trainer, step) -> None:
+        for p in trainer.model.parameters():
+            p.mul_(self.factor)
+
+
+def test_hooks_that_change_the_numbers_make_another_run(tmp_path):
+    ds, options = tiny_dataset(n=64), dict(model="conv_2", epochs=1, batch_size=32, progress=False)
+    plain = ticketlab.train(dataset=ds, store=tmp_path, **options)
+    scaled = ticketlab.train(dataset=ds, store=tmp_path, hooks=[_Scale(0.5)], **options)
+    other = ticketlab.train(dataset=ds, store=tmp_path, hooks=[_Scale(0.9)], **options)
+    assert len({plain.run_id, scaled.run_id, other.run_id}) == 3 and not scaled.reused and not other.reused
+    assert ticketlab.train(dataset=ds, store=tmp_path, hooks=[_Scale(0.5)], **options).reused
+    # a hook that only watches (or interrupts) is the same run
+    assert ticketlab.train(dataset=ds, store=tmp_path, hooks=[InterruptAt(99)], **options).run_id == plain.run_id
+
+
+def test_fastnet_whitening_never_sees_the_validation_images():
+    from ticketlab.config import ModelConfig, RunConfig
+    from ticketlab.data.split import stratified_indices
+    from ticketlab.train.run import initial_model
+
+    ds = tiny_dataset(n=64, size=16)
+    config = RunConfig(data=DataConfig(validation=16), model=ModelConfig.of("fastnet", {"widths": [4, 8]}))
+    _, held = stratified_indices(ds.train_y, 16, 0)
+    changed_x = ds.train_x.clone()
+    changed_x[held] = 255 - changed_x[held]
+    changed = ImageDataset.create("tiny", changed_x, ds.train_y, ds.test_x, ds.test_y, ds.classes)
+    whiten = [next(initial_model(config, d).parameters()) for d in (ds, changed)]
+    assert torch.equal(whiten[0], whiten[1])
+    # and the training images do move it
+    train_changed = ds.train_x.clone()
+    train_changed[0] = 255 - train_changed[0]
+    other = ImageDataset.create("tiny", train_changed, ds.train_y, ds.test_x, ds.test_y, ds.classes)
+    assert held[0] != 0 and not torch.equal(whiten[0], next(initial_model(config, other).parameters()))
+
+
+def test_a_stored_run_that_no_longer_fits_its_model_is_a_clear_error(tmp_path):
+    from ticketlab.store import CorruptFileError, write_tensors
+
+    ds = tiny_dataset(n=64)
+    run = ticketlab.train("conv_2", ds, store=tmp_path, epochs=1, batch_size=32, progress=False)
+    state = dict(run.model.state_dict())
+    state.pop(next(iter(state)))
+    write_tensors(run.folder / "final.safetensors", state)
+    with pytest.raises(CorruptFileError, match="runs rm"):
+        ticketlab.train("conv_2", ds, store=tmp_path, epochs=1, batch_size=32, progress=False)

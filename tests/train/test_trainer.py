@@ -572,3 +572,35 @@ def test_compiled_training_matches_eager_training(exact_cuda):
     eager, compiled = (t.model.state_dict() for t in runs)
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_the_weight_ema_of_a_masked_run_is_as_sparse_as_the_run():
+    """Evaluation uses the EMA: it must average the masked weights, not the dense ones it was copied from."""
+    model = TinyNet()
+    masks = _masks(model)
+    t = _trainer(cfg=TrainConfig(epochs=2, batch_size=16, lr=0.05, ema_decay=0.9, ema_every=1),
+                 hooks=[MaskHook(masks)], model=model)
+    t.fit()
+    ema = dict(t.eval_model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.all(ema[name][mask == 0] == 0) and ema[name][mask == 1].abs().sum() > 0
+
+
+def test_a_second_fit_after_an_interrupt_trains_to_the_end(tmp_path):
+    t = _trainer(tmp_path, hooks=[InterruptAt(3)])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    t.hooks = [h for h in t.hooks if not isinstance(h, InterruptAt)]
+    try:
+        result = t.fit()
+    except KeyboardInterrupt:  # caught here: uncaught, it would end the whole test session
+        pytest.fail("the first fit's interrupt also ended the second")
+    assert result.iterations == t.total_steps
+
+
+def test_snapshots_before_the_start_of_a_rewound_run_are_a_user_error(tmp_path):
+    with pytest.raises(TicketlabError, match=r"trains iterations 5 to"):
+        ds = tiny_dataset()
+        data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment())
+        Trainer(TinyNet(), data, TrainConfig(epochs=2, batch_size=16), save_at=(2, 8), start_iteration=5,
+                checkpoint_dir=tmp_path, progress=False)

@@ -311,9 +311,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ticketlab.sparsity import density_report, save_masks
     from ticketlab.store import RunStore, read_tensors, writable
     from ticketlab.tickets.oneshot import prune_model
-    from ticketlab.train.run import initial_model
+    from ticketlab.train.run import initial_model, training_part
 
     given = [f"--{f.replace('_', '-')}" for f in _TRAIN_FIELDS if f != "seed" and getattr(args, f) is not None]
+    given += ["--cutout"] if args.cutout else []
     if given:
         raise TicketlabError(f"prune trains nothing, so {', '.join(given)} would be ignored; drop them")
     if args.device != "cpu":
@@ -341,6 +342,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
     model = initial_model(config, dataset)
     start = {k: v.clone() for k, v in model.state_dict().items()}  # what `train --masks` will start from
+    dataset = training_part(config, dataset)  # criteria that read data see what training will: no held-out example
     source = "the seeded initialisation"
     if weights is not None:
         if not weights.is_file():

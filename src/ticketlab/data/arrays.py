@@ -37,20 +37,31 @@ TEST_FRACTION = 0.1
 TEST_SEED = 0
 
 
-def load_npz(path: Path, name: str | None = None) -> ImageDataset:
-    """Read a ``.npz`` of arrays into an ImageDataset (named ``name`` or the file's stem)."""
-    name = name or path.stem
-    how = "save it with numpy.savez (keys x, y, optional x_test, y_test, classes) and no object arrays"
+def read_npz(path: Path, how: str) -> dict[str, np.ndarray]:
+    """Every array of a .npz, read without unpickling; `how` says how to write a good file."""
     # numpy reads a file that is no zip as a pickle (and its refusal suggests unpickling): never get there
     if not zipfile.is_zipfile(path):
         raise TicketlabError(f"{path} is not a .npz archive (a zip of .npy arrays); {how}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except ValueError:
-        raise TicketlabError(f"{path} holds object arrays, which ticketlab never unpickles; {how}") from None
+    except ValueError as exc:
+        pickled = "allow_pickle" in str(exc)
+        why = "holds object arrays, which ticketlab never unpickles" if pickled else f"is damaged ({exc})"
+        raise TicketlabError(f"{path} {why}; {how}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise TicketlabError(f"cannot read {path} as a .npz of plain arrays: {exc}; {how}") from None
+    odd = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
+    if odd:  # numpy hands back a member that is no .npy file as raw bytes
+        raise TicketlabError(f"{path}: {', '.join(odd)} is not a .npy array; {how}")
+    return arrays
+
+
+def load_npz(path: Path, name: str | None = None) -> ImageDataset:
+    """Read a ``.npz`` of arrays into an ImageDataset (named ``name`` or the file's stem)."""
+    name = name or path.stem
+    arrays = read_npz(path, "save it with numpy.savez (keys x, y, optional x_test, y_test, classes) and no "
+                            "object arrays")
 
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
@@ -81,6 +92,12 @@ def load_npz(path: Path, name: str | None = None) -> ImageDataset:
             "so no model can learn them; check that y and y_test use the same label numbering"
         )
     num_classes = len(classes) if classes else int(max(y.max(), test_y.max())) + 1
+    distinct = len(np.union1d(y, test_y))
+    if not classes and num_classes > max(1000, 10 * distinct):
+        raise TicketlabError(
+            f"{path}: labels run up to {num_classes - 1} but only {distinct} different ones occur; number the "
+            "classes 0..K-1, or save their names as classes"
+        )
     for key, labels in (("y", y), ("y_test", test_y)):
         if int(labels.max()) >= num_classes:
             raise TicketlabError(
@@ -127,6 +144,8 @@ def _labels(y: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
         )
     if len(y) != n:
         raise TicketlabError(f"{path}: {key} has {len(y)} labels for {n} images; give one label per image")
+    if y.dtype.kind == "u" and int(y.max()) > np.iinfo(np.int64).max:
+        raise TicketlabError(f"{path}: {key} has label {int(y.max())}, too large for a class id; labels must be 0..K-1")
     if y.min() < 0:
         raise TicketlabError(f"{path}: {key} has negative label {int(y.min())}; labels must be 0..K-1")
     return y.astype(np.int64)

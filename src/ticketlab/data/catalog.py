@@ -59,7 +59,8 @@ class DatasetSpec:
 
     def find(self, roots: list[Path]) -> Path | None:
         for root in roots:
-            for candidate in self.folder_candidates:
+            # a root may also be the dataset's folder itself (--data-dir .../cifar-10-batches-py)
+            for candidate in (*self.folder_candidates, ""):
                 folder = root / candidate
                 if folder.is_dir() and not self.missing_files(folder):
                     return folder

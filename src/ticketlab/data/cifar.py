@@ -31,9 +31,17 @@ def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _empty_array(subtype: type, shape: tuple, dtype: bytes) -> np.ndarray:
+    """numpy pickles start each array empty, shape (0,), and fill it from bytes in the file (which checks
+    their size); any other shape would have numpy allocate memory the file never supplies, left as it was."""
+    if subtype is not np.ndarray or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"refusing an array of shape {shape!r} that is not filled from the file")
+    return _reconstruct(subtype, shape, dtype)
+
+
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _encode_latin1,
@@ -62,22 +70,32 @@ def read_pickle(path: Path) -> dict:
     return content
 
 
+def _text_keys(content: dict) -> dict:
+    """The official files key by bytes; a copy re-pickled by Python 3 keys by str: read both alike."""
+    return {(k.encode() if isinstance(k, str) else k): v for k, v in content.items()}
+
+
 def _corrupt(path: Path, why: str) -> str:
     return f"{path} is damaged or not a CIFAR file ({why}); delete it so that it is downloaded again"
 
 
 def _batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    content = read_pickle(path)
+    content = _text_keys(read_pickle(path))
     data, labels = content.get(b"data"), content.get(label_key)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise TicketlabError(_corrupt(path, "no uint8 'data' array of shape (N, 3072)"))
-    if labels is None or len(labels) != len(data):
-        raise TicketlabError(_corrupt(path, f"no {label_key.decode()!r} list with one label per image"))
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    whole = (isinstance(labels, list) and all(type(v) is int for v in labels)) or (
+        isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu")
+    if not whole or len(labels) != len(data):
+        raise TicketlabError(_corrupt(path, f"no {label_key.decode()!r} list of whole numbers, one label per image"))
+    try:
+        return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise TicketlabError(_corrupt(path, "a label too large to be a class index")) from None
 
 
 def _names(path: Path, key: bytes) -> tuple[str, ...]:
-    names = read_pickle(path).get(key)
+    names = _text_keys(read_pickle(path)).get(key)
     if not isinstance(names, list) or not names:
         raise TicketlabError(_corrupt(path, f"no {key.decode()!r} list"))
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)

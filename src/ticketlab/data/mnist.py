@@ -8,9 +8,11 @@ so a truncated or mismatched file is reported by name instead of producing wrong
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -36,12 +38,16 @@ def idx_path(folder: Path, name: str) -> Path:
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """Read an IDX file of uint8 values with the expected ``magic``; shape comes from its header."""
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read(header)
+            if len(raw) >= 4 and int.from_bytes(raw[:4], "big") == magic and len(raw) == header:
+                dims = tuple(int.from_bytes(raw[i:i + 4], "big") for i in range(4, header, 4))
+                if math.prod(dims) > _MAX_BYTES:
+                    raise TicketlabError(_corrupt(path, f"its header promises {dims} values, over 4 GiB"))
+                raw += _read_at_most(f, math.prod(dims) + 1)  # one byte more tells a file that is too long
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise TicketlabError(_corrupt(path, f"{type(exc).__name__}: {exc}")) from exc
     if len(raw) < 4:
@@ -49,15 +55,25 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise TicketlabError(_corrupt(path, f"magic number {found}, expected {magic}"))
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
     if len(raw) < header:
         raise TicketlabError(_corrupt(path, "header is cut short"))
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)
     if len(raw) != expected:
         raise TicketlabError(_corrupt(path, f"{len(raw)} bytes where the header {dims} implies {expected}"))
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+_MAX_BYTES = 1 << 32
+
+
+def _read_at_most(f: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes, in pieces: memory follows what the file holds, not what its header claims,
+    so a small file that decompresses to gigabytes is refused having read only that much."""
+    pieces = []
+    while size > 0 and (piece := f.read(min(size, 1 << 24))):
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
 
 
 def _corrupt(path: Path, why: str) -> str:

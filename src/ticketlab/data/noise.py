@@ -13,7 +13,7 @@ as CIFAR-10N. Every generator returns a new int64 tensor and leaves its input un
 
 from __future__ import annotations
 
-import zipfile
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ticketlab.data.arrays import read_npz
 from ticketlab.errors import TicketlabError
 
 NOISE_KINDS = ("uniform", "flip", "asymmetric", "file")
@@ -160,20 +161,11 @@ def labels_from_file(path: str | Path, key: str, n: int, num_classes: int) -> to
         )
     if path.suffix != ".npz":
         raise TicketlabError(f"{path} is not a .npz; save the label arrays with numpy.savez(path, name=labels, ...)")
-    if not zipfile.is_zipfile(path):  # numpy would read it as a pickle, and its refusal suggests unpickling
-        raise TicketlabError(f"{path} is not a .npz archive (a zip of .npy arrays); save the label arrays with "
-                             "numpy.savez(path, name=labels, ...)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if key not in npz.files:
-                raise TicketlabError(
-                    f"{path} has no label array {key!r}; it has {', '.join(sorted(npz.files)) or 'none'}: "
-                    "name one of them after the last colon"
-                )
-            array = npz[key]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        # ValueError also covers object arrays, which would need unpickling
-        raise TicketlabError(f"cannot read {path} as a .npz of plain arrays ({exc}); save it with numpy.savez") from exc
+    arrays = read_npz(path, "save the label arrays with numpy.savez(path, name=labels, ...)")
+    if key not in arrays:
+        raise TicketlabError(f"{path} has no label array {key!r}; it has {', '.join(sorted(arrays)) or 'none'}: "
+                             "name one of them after the last colon")
+    array = arrays[key]
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise TicketlabError(
             f"{path}: {key} must be a 1-D array of integer labels, got {array.dtype} of shape {array.shape}"
@@ -199,6 +191,8 @@ def add_label_noise(
     `classes` (the dataset's class names) lets asymmetric noise refuse a 10-class dataset that is
     not CIFAR-10, such as MNIST, whose digits its class pairs would confuse arbitrarily.
     """
+    if not 0 <= seed < 2**63:
+        raise TicketlabError(f"--noise-seed must be a whole number in [0, 2**63), got {seed}")
     generator = torch.Generator().manual_seed(seed)
     if spec.kind == "uniform":
         return uniform_noise(labels, num_classes, spec.rate, generator)
@@ -218,6 +212,18 @@ def add_label_noise(
         return asymmetric_noise(labels, spec.rate, generator)
     _check_range(_as_labels(labels), num_classes)
     return labels_from_file(spec.path, spec.key, len(labels), num_classes).to(labels.device)
+
+
+def noise_file_digest(text: str) -> str:
+    """The content hash of `file:` noise's label file ("" for other noise), for the run's identity: by its
+    path alone, a run would be reused after the file was rewritten with other labels."""
+    spec = parse_noise(text)
+    if spec.kind != "file":
+        return ""
+    try:
+        return hashlib.sha256(Path(spec.path).read_bytes()).hexdigest()[:16]
+    except OSError:  # reading the labels reports it
+        return ""
 
 
 def noise_rate(clean: torch.Tensor, noisy: torch.Tensor) -> float:

@@ -37,6 +37,8 @@ def stratified_indices(labels: torch.Tensor, n_held: int, seed: int) -> tuple[to
     order = torch.sort(-(exact - share), stable=True).indices
     share[order[:remaining]] += 1
 
+    if not 0 <= seed < 2**63:
+        raise TicketlabError(f"the validation split's seed must be a whole number in [0, 2**63), got {seed}")
     generator = torch.Generator().manual_seed(seed)
     held = []
     for cls, k in zip(classes.tolist(), share.tolist(), strict=True):

@@ -33,7 +33,7 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = content.get("X"), content.get("y")
     if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
         raise TicketlabError(_corrupt(path, "no uint8 X of shape (32, 32, 3, N) and y"))
-    y = y.reshape(-1)
+    y = y.reshape(-1) if isinstance(y, np.ndarray) and y.dtype.kind in "iuf" else np.empty(0)  # not cells, text
     if y.size == 0 or y.size != x.shape[3] or not np.array_equal(y, np.rint(y)) or y.min() < 1 or y.max() > 10:
         raise TicketlabError(_corrupt(path, "y must hold one label 1..10 per image"))
     return x.transpose(3, 2, 0, 1), (y.astype(np.int64) % 10)

@@ -247,6 +247,11 @@ def check_masks(model: nn.Module, masks: Masks) -> None:
                 f"mask does not fit the model: mask of {name} has shape {tuple(mask.shape)} but the weight is "
                 f"{tuple(params[name].shape)}; the masks were made for another architecture or width"
             )
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            raise TicketlabError(
+                f"mask of {name} holds values other than 0 and 1; a mask keeps (1) or prunes (0) each weight, "
+                "and anything between would shrink the kept weights at every step: pass a boolean mask"
+            )
 
 
 @torch.no_grad()

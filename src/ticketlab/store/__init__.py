@@ -7,6 +7,7 @@ from ticketlab.store.files import (
     read_json,
     read_tensors,
     save_state,
+    unreadable,
     writable,
     write_json,
     write_tensors,
@@ -15,5 +16,5 @@ from ticketlab.store.store import RunRecord, RunStore, resolve_store_root
 
 __all__ = [
     "CorruptFileError", "RunRecord", "RunStore", "resolve_store_root", "load_state", "save_state",
-    "read_json", "write_json", "read_tensors", "write_tensors", "UnwritableFileError", "writable",
+    "read_json", "write_json", "read_tensors", "write_tensors", "UnwritableFileError", "unreadable", "writable",
 ]

@@ -37,7 +37,7 @@ class UnwritableFileError(TicketlabError):
     make training discard the run, which resumes once the user has fixed the cause."""
 
 
-def _unreadable(path: Path, error: Exception) -> CorruptFileError:
+def unreadable(path: Path, error: Exception) -> CorruptFileError:
     """The error for `path`, with the fix: discard the stored run the file belongs to (found by
     walking up to a `runs/<id>` folder of a store), or replace a file of the user's own."""
     path = Path(path)
@@ -81,6 +81,7 @@ def atomic_write(path: Path, write) -> None:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared like any other
     try:
         write(tmp)
+        _sync(tmp)  # on disk before it takes the name: after a power cut a run's file is whole or absent
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a quota
         Path(tmp).unlink(missing_ok=True)
@@ -89,6 +90,14 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -105,12 +114,18 @@ def read_json(path: Path) -> Any:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    # safetensors refuses shared or non-contiguous storage; a detached contiguous copy is always safe
-    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # safetensors refuses non-contiguous tensors and tensors sharing storage (tied weights): those get copies
+    clean, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        if v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        clean[k] = v
     atomic_write(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
@@ -118,7 +133,7 @@ def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
 def split_tensors(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -170,4 +185,4 @@ def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         return join_tensors(skeleton, tensors)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:  # Key/TypeError: a bad skeleton
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None

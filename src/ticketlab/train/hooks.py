@@ -6,6 +6,7 @@ only what they need; the loop itself is never copied.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,27 @@ class Hook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def identity(self) -> str:
+        """This hook's part of a stored run's identity (`RunConfig.hooks`), so a run trained with it is
+        never mistaken for one trained without it. The default is the class and its public settings
+        (plain values; tensors by content); a hook that only watches returns "" and splits no runs."""
+        from ticketlab.train.run import tensor_digest  # run imports this module
+
+        def plain(value: Any) -> Any:
+            if value is None or isinstance(value, (bool, int, float, str)):
+                return value
+            if isinstance(value, torch.Tensor):
+                return "tensor:" + tensor_digest([value])
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {str(k): plain(v) for k, v in value.items()}
+            return type(value).__qualname__
+
+        settings = {k: plain(v) for k, v in vars(self).items() if not k.startswith("_")}
+        cls = type(self)
+        return f"{cls.__module__}.{cls.__qualname__}{json.dumps(settings, sort_keys=True)}"
 
 
 class MaskHook(Hook):

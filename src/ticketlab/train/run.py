@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
+import json
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +35,7 @@ from ticketlab.store import (
     UnwritableFileError,
     read_json,
     read_tensors,
+    unreadable,
     write_json,
     write_tensors,
 )
@@ -65,9 +68,14 @@ def resolve_device(device: str, train: TrainConfig | None = None) -> torch.devic
     return dev
 
 
-def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
-    """Content hash of tensors (for run identity of user-supplied weights, masks or data)."""
+def tensor_digest(tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor]) -> str:
+    """Content hash of tensors (for run identity of user-supplied weights, masks or data); of a mapping,
+    names included, so the same tensors under other names (another layer's mask) hash differently."""
     h = hashlib.sha256()
+    if isinstance(tensors, Mapping):
+        named = sorted(tensors.items())
+        h.update(json.dumps([name for name, _ in named]).encode())
+        tensors = [t for _, t in named]
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
@@ -106,14 +114,28 @@ def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init"
         )
     init_from_data = getattr(model, "initialize_from_data", None)
     if callable(init_from_data):
+        # fitted on the examples training sees, normalised as training normalises them: never the held-out ones
+        train_set = training_part(config, dataset) if config.data.validation else dataset
         g = torch.Generator().manual_seed(stream_seed(f"{stream}-data", config.train.seed))
-        pick = torch.randperm(len(dataset.train_y), generator=g)[:5000]
+        pick = torch.randperm(len(train_set.train_y), generator=g)[:5000]
         # on the GPU a run trains on, these statistics take a millisecond instead of a tenth of a second
         device = torch.device("cuda" if config.device == "cuda" and torch.cuda.is_available() else "cpu")
-        mean = torch.tensor(dataset.mean, dtype=torch.float32, device=device)
-        std = torch.tensor(dataset.std, dtype=torch.float32, device=device)
-        init_from_data(normalize(dataset.train_x[pick].to(device), mean, std))
+        mean = torch.tensor(train_set.mean, dtype=torch.float32, device=device)
+        std = torch.tensor(train_set.std, dtype=torch.float32, device=device)
+        init_from_data(normalize(train_set.train_x[pick].to(device), mean, std))
     return model
+
+
+def architecture_digest(model: nn.Module) -> str:
+    """A user module's architecture: its class, its layers with their settings (repr) and, where Python
+    has it, its class's source, so a changed activation, stride or dropout rate is another run."""
+    cls = type(model)
+    parts = [f"{cls.__module__}.{cls.__qualname__}", repr(model)]
+    try:
+        parts.append(inspect.getsource(cls))
+    except (OSError, TypeError):  # defined in an interactive session
+        pass
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 _DATASET_DIGESTS: "weakref.WeakKeyDictionary[ImageDataset, str]" = weakref.WeakKeyDictionary()
@@ -133,6 +155,10 @@ def dataset_identity(dataset: ImageDataset) -> str:
 def _load_data(
     config: RunConfig, dataset: ImageDataset | None, data_dir, download: bool
 ) -> tuple[RunConfig, ImageDataset]:
+    if config.data.noise:
+        from ticketlab.data.noise import noise_file_digest
+
+        config = replace(config, data=replace(config.data, noise_file=noise_file_digest(config.data.noise)))
     if dataset is None:
         dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download)
         if config.data.dataset in DATASETS:
@@ -180,6 +206,13 @@ def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | No
     return _Data(train_set, validation, clean[keep] if clean is not None else None, rate)
 
 
+def training_part(config: RunConfig, dataset: ImageDataset) -> ImageDataset:
+    """The examples a run of `config` trains on: its label noise applied, its validation examples held out
+    (with the mean and std of what is left). What looks at data before training (a data-dependent
+    initialisation, pruning at initialisation) looks at these only."""
+    return _prepare(config, dataset, None).train_set
+
+
 def _summary(config: RunConfig, model: nn.Module, result) -> dict[str, Any]:
     last = result.history[-1] if result.history else {}
     summary = {
@@ -214,13 +247,17 @@ def _identify(
     if model is None:
         model = initial_model(config, dataset, extra_outputs=extra_outputs)
     else:
-        config = replace(config, model=ModelConfig(name=type(model).__name__))
+        config = replace(config, model=ModelConfig(name=type(model).__name__, architecture=architecture_digest(model)))
         init_state = init_state if init_state is not None else model.state_dict()
     if init_state is not None:
-        model.load_state_dict(init_state)
-        config = replace(config, init=tensor_digest(init_state[k] for k in sorted(init_state)))
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as error:
+            raise TicketlabError(f"the starting weights do not fit {type(model).__name__}: "
+                                 f"{str(error).splitlines()[-1].strip()}; give weights of this architecture") from None
+        config = replace(config, init=tensor_digest(init_state))
     if masks:
-        config = replace(config, masks=tensor_digest(masks[k] for k in sorted(masks)))
+        config = replace(config, masks=tensor_digest(masks))
     return replace(config, start=start_iteration, snapshots=tuple(sorted(set(save_at)))), model
 
 
@@ -251,8 +288,8 @@ def train_run(
     rewind weights) become part of the run's identity, as do `masks`, `start_iteration`
     (continue the schedule from there) and `save_at` (which weight snapshots are kept).
     `subset` (indices into the training examples left after the validation split, e.g. a PrAC
-    set) trains on those only. Hooks that change the numbers must describe themselves in
-    `config.hooks`. `records` keeps per-example records (train/records.py) in the run folder.
+    set) trains on those only. Hooks enter the run's identity by their `identity()`, unless
+    `config.hooks` already describes them. `records` keeps per-example records (train/records.py) in the run folder.
     `compacted` (a channel multiple, e.g. 8) trains channel-structured `masks` as the physically
     compacted network (compact/training.py): the masked training's numbers up to float rounding,
     at the smaller network's cost; hooks then see the compacted network.
@@ -272,6 +309,8 @@ def train_run(
     train_set, validation = data.train_set, data.validation
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
+    if hooks and not config.hooks:
+        config = replace(config, hooks=";".join(filter(None, (hook.identity() for hook in hooks))))
     save_at = config.snapshots
     shrunk = None
     if compacted:
@@ -319,8 +358,8 @@ def train_run(
         if loss_hook is not None:
             summary.update(sat_outcome(loss_hook, model, dataset, data.train_set.train_y, data.clean_train_y,
                                        record.folder, seed=config.train.seed))
-        (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
         store.finish(config.run_id, summary)
+        (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
         return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)
 
 
@@ -343,7 +382,11 @@ def _fit(store: RunStore, config: RunConfig, record: RunRecord, model: nn.Module
 
 
 def _reuse(record: RunRecord, model: nn.Module, dev: torch.device) -> RunResult:
-    model.load_state_dict(read_tensors(record.folder / "final.safetensors"))
+    path = record.folder / "final.safetensors"
+    try:
+        model.load_state_dict(read_tensors(path))
+    except RuntimeError as error:  # written for another version of the model's code, or edited
+        raise unreadable(path, error) from None
     history = read_json(record.folder / "history.json")
     return RunResult(record.run_id, model.to(dev), record.summary or {}, history, record.folder, reused=True)
 

@@ -155,8 +155,9 @@ def _train_group(
                                    "test_accuracies": result.test["accuracies"], "test_losses": result.test["losses"]}
         if result.validation is not None:
             summary.update(val_accuracies=result.validation["accuracies"], val_losses=result.validation["losses"])
-        (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)
-        return store.finish(group.run_id, summary)
+        finished = store.finish(group.run_id, summary)
+        (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # after: a crash between keeps the run
+        return finished
 
 
 def _group_members(record: RunRecord, net: nn.Module) -> dict[str, tuple[nn.Module, TrainResult]]:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ticketlab.config import TrainConfig
 from ticketlab.data.batches import DeviceData, check_batch_size, stream_seed
 from ticketlab.errors import TicketlabError
-from ticketlab.store.files import load_state, save_state, write_tensors
+from ticketlab.store.files import load_state, save_state, unreadable, write_tensors
 from ticketlab.train.averaging import Lookahead, WeightEMA
 from ticketlab.train.evaluate import evaluate
 from ticketlab.train.hooks import Hook, Step
@@ -62,6 +62,7 @@ class _InterruptFlag:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_InterruptFlag":
+        self.raised = False  # a signal that ended an earlier fit() must not end this one
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
@@ -140,10 +141,11 @@ class Trainer:
                 f"({cfg.epochs} epochs of {self.steps_per_epoch}); pick a rewind point inside training"
             )
         self.start_iteration = start_iteration
-        beyond = sorted(k for k in self.save_at if not 0 <= k <= self.total_steps)
+        beyond = sorted(k for k in self.save_at if not start_iteration <= k <= self.total_steps)
         if beyond:
             raise TicketlabError(
-                f"cannot save weights at iteration(s) {beyond}: training has {self.total_steps} iterations"
+                f"cannot save weights at iteration(s) {beyond}: this run trains iterations {start_iteration} to "
+                f"{self.total_steps}; ask for snapshots inside that range"
             )
         self.networks = model.count if isinstance(model, StackedModels) else 1
         if seeds is not None and len(seeds) != self.networks:
@@ -373,7 +375,10 @@ class Trainer:
             load_state(self.checkpoint_dir / "checkpoint.safetensors", self.device) if self.checkpoint_dir else None
         )
         if resumed is not None:
-            self.load_state_dict(resumed)
+            try:
+                self.load_state_dict(resumed)
+            except (RuntimeError, KeyError, ValueError, IndexError) as error:  # another model's checkpoint
+                raise unreadable(self.checkpoint_dir / "checkpoint.safetensors", error) from None
         else:
             # a rewound run continues the schedule and data order from its rewind point
             self.iteration = self.start_iteration
@@ -381,6 +386,9 @@ class Trainer:
         self.model.train()  # whatever mode it was handed in: BatchNorm and dropout train
         for hook in self.hooks:
             hook.on_start(self)
+        if resumed is None and self.ema is not None:
+            # the average starts from the weights training starts from: masked, rewound, loaded after __init__
+            self.ema.model.load_state_dict(self.model.state_dict())
         self._snapshot()
 
         bar = tqdm(

@@ -119,6 +119,9 @@ def test_a_scaled_schedule_keeps_its_shape():
     longer = scaled_train(cfg, 29 / 16)  # a scratch baseline's budget
     assert longer.epochs == 290 and longer.milestones == (145.0, 217.5) and longer.warmup_epochs == 3.625
     longer.validate()
+    sat = TrainConfig(epochs=200, loss="sat", sat_start=60, schedule="step", milestones=(80.0, 120.0))
+    assert scaled_train(sat, 0.5).sat_start == 30 and scaled_train(sat, 2.0).sat_start == 120
+    assert scaled_train(sat, 0.001).sat_start == 0  # one epoch: SAT from the start, still inside training
 
 
 def test_equal_values_written_as_int_float_or_bool_are_one_run():

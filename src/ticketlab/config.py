@@ -51,13 +51,17 @@ class DataConfig:
 class ModelConfig:
     name: str = "lenet_300_100"
     kwargs: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs, so equal settings hash equally
-    architecture: str = ""  # a user module's digest (class, layers, source): its name alone says too little
+    architecture: str = ""  # a user module's digest (class, layers, source), or a registered model's revision
 
     @classmethod
     def of(cls, name: str, options: Mapping[str, Any] | None = None) -> ModelConfig:
-        """The config of `name` built with `options`, in canonical form (sorted, lists as tuples)."""
+        """The config of registered model `name` built with `options`, in canonical form (sorted, lists as
+        tuples), with the model's revision."""
+        from ticketlab.models.registry import model_revision  # the registry's modules import this one
+
         items = (options or {}).items()
-        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items)))
+        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items)),
+                   model_revision(name))
 
     def kwargs_dict(self) -> dict[str, Any]:
         return dict(self.kwargs)
@@ -212,13 +216,13 @@ _ONLY_WITH: dict[str, tuple[Any, str]] = {
 
 
 def scaled_train(cfg: TrainConfig, fraction: float) -> TrainConfig:
-    """Epochs, milestones and warm-up scaled by `fraction` (at least one epoch), so the schedule keeps
-    its shape: a PrAC search on part of the data runs shorter, a scratch baseline's budget longer."""
+    """Epochs, milestones, warm-up and SAT's start scaled by `fraction` (at least one epoch), so the schedule
+    keeps its shape: a PrAC search on part of the data runs shorter, a scratch baseline's budget longer."""
     epochs = max(1, round(cfg.epochs * fraction))
     scale = epochs / cfg.epochs
     milestones = tuple(m for m in (round(m * scale, 4) for m in cfg.milestones) if 0 < m < epochs)
     schedule = cfg.schedule if milestones or cfg.schedule != "step" else "constant"
-    sat_start = min(cfg.sat_start, epochs - 1) if cfg.loss != "ce" else cfg.sat_start
+    sat_start = min(round(cfg.sat_start * scale), epochs - 1) if cfg.loss != "ce" else cfg.sat_start
     return dataclasses.replace(cfg, epochs=epochs, milestones=milestones, schedule=schedule,
                                warmup_epochs=min(cfg.warmup_epochs * scale, epochs * 0.5), sat_start=sat_start)
 

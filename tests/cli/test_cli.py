@@ -74,6 +74,7 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--drop-last", "--batch-size", "100000"], "larger than the 160 training examples"),
     (["--batch-size", "161"], "larger than the 160 training examples"),
     (["--cutout", "-3"], "--cutout is the side of the square"),
+    (["--warmup", "-1e-3"], "--warmup must be in [0, epochs=1)"),
     (["--cutout", "8"], "must be in [0, 8)"),
     (["--gamma", "0.5"], "--gamma has no effect without --schedule step"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum has no effect without --optimizer sgd"),
@@ -173,6 +174,7 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
     code, out, _ = _run(capsys, *base, "--levels", "1", "--baselines", "random", "--stack", "--json")
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["stacked"] is True
     for argv, message in ((["--fraction", "1.5"], "--fraction"), (["--rewind", "50ep"], "beyond training"),
+                          (["--rewind", "-1ep"], "cannot read rewind point '-1ep'"),
                           (["--baselines", "reinit,nope"], "unknown baseline 'nope'"),
                           (["--stack", "--loss", "sat", "--sat-start", "1"], "--stack trains")):
         code, _, err = _run(capsys, *base, *argv)

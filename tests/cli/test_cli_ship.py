@@ -316,3 +316,31 @@ def test_prune_structure_channel_then_train_compact(tmp_path, tiny_npz, capsys):
     code, _, err = _run(capsys, "prune", "--model", "lenet_300_100", "--dataset", tiny_npz, "--density", "0.4",
                         "--structure", "nm")
     assert code == 2 and "invalid choice: 'nm'" in err
+
+
+def test_export_no_compact_of_a_network_without_a_channel_plan_succeeds(tmp_path, capsys):
+    """--no-compact is the way out the compaction error names, so it must work where no channel plan exists
+    (channels concatenated), and say so with exit code 0."""
+    from torch import nn
+
+    from ticketlab.tickets.ticketfile import save_ticket
+
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = torch.relu(self.conv1(x))
+            return self.fc(torch.flatten(self.pool(self.conv2(torch.cat([y, y], 1))), 1))
+
+    ticket_file = save_ticket(tmp_path / "t.safetensors", Concat(), {}, model_name=None, model_options={},
+                              num_classes=2, in_channels=3, image_size=8)
+    out = tmp_path / "dense.safetensors"
+    code, stdout, err = _run(capsys, "export", "--model-file", ticket_file, "--out", out, "--no-compact", "--json")
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["parameters"]["after"] == sum(
+        p.numel() for p in Concat().parameters())
+    x = torch.randn(2, 3, 8, 8)
+    assert load_model(out)(x).shape == (2, 2)

@@ -77,6 +77,41 @@ def test_a_user_network_compacted_by_its_traced_plan_saves_and_loads(tmp_path):
         assert float((loaded(x) - small(x)).abs().max()) <= 1e-6
 
 
+def test_every_operation_a_channel_plan_passes_can_be_saved(tmp_path):
+    """Upsampling, zero padding, clamping, negation and subtraction keep a removed channel silent, so
+    compaction accepts them; save_model must store them too."""
+    import torch.nn.functional as F
+
+    class Ops(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 2, 1)
+            self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+
+        def forward(self, x):
+            y = torch.clamp(F.pad(F.interpolate(self.c1(x), scale_factor=0.5), (1, 1, 1, 1)), min=-1.0)
+            y = torch.neg(y).float().clamp(max=2.0).clip(-3.0, 3.0)
+            z = self.c2(y)
+            z = torch.sub(z, y.neg()) - y
+            z -= 0.5 * y
+            return self.c3(self.up(z.sub(y)))
+
+    torch.manual_seed(0)
+    model = Ops().eval()
+    params = dict(model.named_parameters())
+    masks = {}
+    for group in channel_groups(model):
+        keep = torch.arange(group.channels) % 2 == 0
+        for producer in group.producers:
+            masks[producer] = keep.view(-1, 1, 1, 1).expand(params[producer].shape).clone()
+    small = compact(model, complete_channel_masks(model, masks)).eval()
+    save_model(tmp_path / "ops.safetensors", small, (2, 3, 8, 8))
+    loaded = load_model(tmp_path / "ops.safetensors")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert float((loaded(x) - small(x)).abs().max()) <= 1e-6
+
+
 def test_a_loaded_model_saves_again_and_keeps_frozen_weights(tmp_path):
     model = compacted("fastnet")
     model.whiten.weight.requires_grad_(False)

@@ -12,8 +12,6 @@ from ticketlab.models.registry import RECIPE_KEYS
 
 # Too big to run twice per test session on two CPU cores: one forward at batch 1 only.
 BIG = {"resnet34", "wide_resnet_28_10"}
-# Five 2x max-pools need at least 32x32 inputs (documented in ticketlab.models.vgg).
-NEEDS_32 = {"cifar_vgg_11", "cifar_vgg_13", "cifar_vgg_16", "cifar_vgg_19"}
 
 # Exact counts for 3x32x32 -> 10 classes, and the published (rounded) sizes they must be near.
 PARAM_COUNTS = {
@@ -58,10 +56,6 @@ def test_all_families_registered() -> None:
 @pytest.mark.parametrize(("channels", "size", "classes"), [(3, 32, 10), (1, 28, 7)])
 def test_forward_shape(name: str, channels: int, size: int, classes: int) -> None:
     torch.manual_seed(0)
-    if name in NEEDS_32 and size < 32:
-        with pytest.raises(TicketlabError, match="image_size >= 32"):
-            build_model(name, num_classes=classes, in_channels=channels, image_size=size)
-        return
     model = build_model(name, num_classes=classes, in_channels=channels, image_size=size)
     model.train()  # BN needs a batch > 1 here, which 2 images give
     with torch.no_grad():
@@ -105,6 +99,32 @@ def test_resnet_init_is_kaiming_fan_out() -> None:
     conv = build_model("resnet18").stages[3][0].conv2  # 512 -> 512, 3x3
     expected_std = (2 / (512 * 9)) ** 0.5
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_20", "cifar_vgg_16"])
+def test_openlth_nets_start_from_openlths_init(name: str) -> None:
+    """Kaiming normal with fan_in on every Conv2d and the fc, BatchNorm scales U(0, 1) (OpenLTH's
+    model_init='kaiming_normal', batchnorm_init='uniform'): global pruning compares these scales."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+        fan_in = layer.weight[0].numel()
+        if layer.weight.numel() >= 1000:  # enough draws for the std to be within a few percent
+            assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1), layer
+    scales = torch.cat([m.weight.detach() for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert 0 <= scales.min() and scales.max() < 1 and abs(scales.mean().item() - 0.5) < 0.05
+
+
+def test_cifar_vgg_pools_four_times_and_averages_the_last_map() -> None:
+    """OpenLTH's plan: the last stage runs at 2x2, and the head takes its mean (not a fifth max-pool)."""
+    torch.manual_seed(0)
+    vgg = build_model("cifar_vgg_16").eval()
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.modules()) == 4
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        last = vgg.features(x)
+        assert last.shape == (2, 512, 2, 2)
+        assert torch.allclose(vgg(x), vgg.fc(last.mean((2, 3))), atol=1e-6)
 
 
 def test_vgg_batchnorm_scales_start_uniform() -> None:
@@ -155,7 +175,7 @@ def test_unknown_option_lists_accepted_ones() -> None:
 def test_bad_shapes_and_options() -> None:
     with pytest.raises(TicketlabError, match="num_classes must be a positive integer"):
         build_model("cifar_resnet_20", num_classes=0)
-    with pytest.raises(TicketlabError, match="cifar_vgg_16 needs image_size >= 32"):
+    with pytest.raises(TicketlabError, match="cifar_vgg_16 needs image_size >= 16"):
         build_model("cifar_vgg_16", image_size=8)
     with pytest.raises(TicketlabError, match="conv_6 needs image_size >= 8"):
         build_model("conv_6", image_size=4)
@@ -298,3 +318,30 @@ def test_fastnet_recipe_is_airbench94s() -> None:
 def test_unknown_augment_key_in_registration_is_an_error() -> None:
     with pytest.raises(TicketlabError, match="augment for model 'bad_aug' has unknown key"):
         register_model("bad_aug", augment={"rotate": 10})
+
+
+def test_a_models_revision_enters_run_ids_and_refuses_its_old_ticket_files(monkeypatch, tmp_path) -> None:
+    """A changed builder must not reuse stored runs of the old network, nor load its ticket files."""
+    import dataclasses
+
+    from ticketlab.config import ModelConfig, RunConfig, run_id
+    from ticketlab.tickets.ticketfile import load_ticket, save_ticket
+    from ticketlab.train.run import _identify
+
+    from helpers import tiny_dataset
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    assert ModelConfig.of("cifar_vgg_16").architecture == "revision 1"
+    assert ModelConfig.of("lenet_300_100").architecture == ""  # first revisions keep their old run ids
+    ds = tiny_dataset(n=16, channels=1, size=8)
+    written = RunConfig(model=ModelConfig("lenet_300_100"))
+    model = build_model("lenet_300_100", num_classes=4, in_channels=1, image_size=8)
+    path = save_ticket(tmp_path / "t.safetensors", model, {}, model_name="lenet_300_100", model_options={},
+                       num_classes=4, in_channels=1, image_size=8)
+    before = _identify(written, ds, None, None, None, 0, (), 0)[0]
+    MODELS._entries["lenet_300_100"] = dataclasses.replace(MODELS._entries["lenet_300_100"], revision=2)
+    after = _identify(written, ds, None, None, None, 0, (), 0)[0]
+    assert after.model.architecture == "revision 2" and run_id(after) != run_id(before)
+    assert run_id(after) == run_id(dataclasses.replace(written, model=ModelConfig.of("lenet_300_100")))
+    with pytest.raises(TicketlabError, match="holds revision 0 of lenet_300_100, this ticketlab builds revision 2"):
+        load_ticket(path)

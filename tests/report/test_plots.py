@@ -43,3 +43,32 @@ def test_the_study_plot_draws_every_arm_the_study_ran(tmp_path, monkeypatch):
         level.update(winning=False, mine=level["ticket"])  # a baseline the user registered
     assert plot_study(summary, tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
     assert drawn == ["ticket", "finetune", "reinit", "random", "scratch", "mine"]
+
+
+def test_one_level_plots_sparser_to_the_right_like_many(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    axes = []
+    real = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **kw: (lambda fa: axes.append(fa[1]) or fa)(real(*a, **kw)))
+    summary = _summary()
+    for level in summary["levels"]:
+        level["winning"] = False
+    plot_study(summary, tmp_path / "two.png")
+    plot_study({**summary, "levels": summary["levels"][:1]}, tmp_path / "one.png")
+    assert [ax.xaxis_inverted() for ax in axes] == [True, True]
+
+
+def test_a_failed_write_leaves_no_figure_open(tmp_path):
+    import matplotlib.pyplot as plt
+    import pytest
+
+    from ticketlab.errors import TicketlabError
+
+    summary = _summary()
+    for level in summary["levels"]:
+        level["winning"] = False
+    before = len(plt.get_fignums())
+    with pytest.raises((TicketlabError, OSError)):
+        plot_study(summary, tmp_path)  # a folder, not a file
+    assert len(plt.get_fignums()) == before

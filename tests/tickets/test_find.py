@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,6 +129,7 @@ def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path, monkeyp
     (TicketConfig(levels=0), "--levels"), (TicketConfig(rewind="99ep"), "beyond training"),
     (TicketConfig(baselines=("magic",)), "unknown baseline"), (TicketConfig(output_fraction=0.1), "layerwise"),
     (TicketConfig(seeds=0), "--seeds"),
+    (TicketConfig(scope="layerwise", output_fraction=0.1, exclude_last=True), "--exclude-last keeps the classifier"),
 ])
 def test_bad_study_settings(tmp_path, tickets, match):
     with pytest.raises(TicketlabError, match=match):
@@ -181,3 +183,31 @@ def test_stacked_arms_give_the_one_by_one_study(tmp_path, seeds):
 def test_stack_refuses_a_loss_it_cannot_stack(tmp_path):
     with pytest.raises(TicketlabError, match="--stack .* cross-entropy"):
         _find(tmp_path, tickets=TicketConfig(levels=1, stack=True), loss="sat", sat_start=1)
+
+
+def test_densities_count_the_layers_left_out_of_pruning_as_dense(tmp_path):
+    """Papers quote density over every Conv2d/Linear weight; an unpruned classifier is kept in full."""
+    from ticketlab.models import build_model
+    from ticketlab.sparsity import prunable_parameters
+
+    result = _find(tmp_path, tickets=TicketConfig(levels=2, baselines=("random",), exclude_last=True))
+    probe = build_model("lenet_300_100", num_classes=4, in_channels=1, image_size=8)
+    sizes = {n: w.numel() for n, w in prunable_parameters(probe).items()}
+    last = list(sizes)[-1]
+    for row, masks in zip(result.summary["levels"], result.masks):
+        assert last not in masks and set(masks) == set(sizes) - {last}
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert row["density"] == pytest.approx((kept + sizes[last]) / sum(sizes.values()), abs=1e-4)
+        assert row["density"] != pytest.approx(kept / (sum(sizes.values()) - sizes[last]), abs=1e-3)
+
+
+def test_a_study_at_another_seed_draws_the_baselines_of_that_seed(tmp_path):
+    """`--seed 1 --seeds 1` is the second chain of `--seed 0 --seeds 2`: the same dense run, the same
+    random-pruning arm (its mask drawn from the seed it trains with, not from the chain's position)."""
+    tickets = TicketConfig(levels=1, baselines=("random",), rewind="2it")
+    two = _find(tmp_path, tickets=replace(tickets, seeds=2))
+    one = _find(tmp_path, tickets=tickets, seed=1)
+    per_seed = json.loads((two.folder / "per_seed.json").read_text())
+    alone = json.loads((one.folder / "per_seed.json").read_text())
+    assert alone[0][0]["runs"] == per_seed[1][0]["runs"]  # the dense run, reused
+    assert alone[0][1]["runs"]["random"] == per_seed[1][1]["runs"]["random"]

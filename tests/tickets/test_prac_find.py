@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -61,3 +62,39 @@ def test_a_wrong_prac_file_fails_before_anything_trains(tmp_path):
     with pytest.raises(TicketlabError, match="no PrAC file"):
         find_ticket("lenet_300_100", ds, tickets=t, store=tmp_path / "s", epochs=1, progress=False)
     assert RunStore(tmp_path / "s").list() == []
+
+
+def test_a_prac_file_of_other_data_settings_or_damaged_is_refused(tmp_path):
+    info = {"dataset": "tiny@abc", "validation": 12, "split_seed": 0, "noise": "", "noise_seed": 0}
+    path = save_prac(tmp_path / "p.safetensors", PracSet(torch.tensor([True, False, True]), info))
+    assert load_prac(path, 3, info).info == info
+    for key, value in (("dataset", "other@def"), ("split_seed", 7), ("noise", "uniform:0.4"), ("validation", 20)):
+        with pytest.raises(TicketlabError, match=f"computed with {key}"):
+            load_prac(path, 3, {**info, key: value})
+    old = save_prac(tmp_path / "old.safetensors", PracSet(torch.tensor([True, False, True]), {"model": "m"}))
+    assert load_prac(old, 3, info).hard.tolist() == [True, False, True]  # keys a file predates are not checked
+    square = save_prac(tmp_path / "sq.safetensors", PracSet(torch.ones(2, 2, dtype=torch.bool), info))
+    with pytest.raises(TicketlabError, match=r"shape \(2, 2\)"):
+        load_prac(square, 4)
+    from ticketlab.store.files import write_tensors
+    write_tensors(tmp_path / "bad.safetensors", {"hard": torch.ones(3, dtype=torch.bool)},
+                  metadata={"ticketlab.prac": "{not json"})
+    with pytest.raises(TicketlabError, match="not a readable PrAC file"):
+        load_prac(tmp_path / "bad.safetensors", 3)
+
+
+def test_study_scores_and_indexes_the_examples_its_noisy_runs_train_on(tmp_path):
+    """With label noise the runs split the noisy labels: the study's training part (PrAC indices,
+    score batches) must be the same examples in the same order, none of them held out."""
+    from ticketlab.config import DataConfig, RunConfig
+    from ticketlab.store import RunStore
+    from ticketlab.tickets.imp import StudyConfig, _Study
+    from ticketlab.train.run import training_part
+
+    ds = tiny_dataset(n=250, channels=1, size=8)
+    run = RunConfig(data=DataConfig(dataset="tiny", validation=20, noise="uniform:0.4"))
+    run = replace(run, model=replace(run.model, name="lenet_300_100"))
+    study = _Study(StudyConfig(run, TicketConfig(levels=1, baselines=())), RunStore(tmp_path), ds, None, "cpu", False)
+    expected = training_part(run, ds)
+    assert torch.equal(study.train_set.train_x, expected.train_x)
+    assert torch.equal(study.train_set.train_y, expected.train_y)

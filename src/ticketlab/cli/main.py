@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import signal
 import sys
 import threading
@@ -402,7 +403,8 @@ def cmd_prac(args: argparse.Namespace) -> int:
     records = ExampleRecords.load(result.folder / "records.safetensors")
     prac = from_records(records.correct, records.seen, {
         "dataset": result.summary["dataset"], "validation": config.data.validation,
-        "split_seed": config.data.split_seed, "model": config.model.name, "run_id": result.run_id})
+        "split_seed": config.data.split_seed, "noise": config.data.noise, "noise_seed": config.data.noise_seed,
+        "model": config.model.name, "run_id": result.run_id})
     save_prac(args.out, prac)
     i = prac.info
     print(key_values({"run_id": result.run_id, "test_accuracy": result.summary["test_accuracy"],
@@ -587,13 +589,26 @@ def _terminated(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _attach_dashed_values(argv: Sequence[str]) -> list[str]:
+    """`--rewind -1ep` as `--rewind=-1ep`: argparse takes a value that starts with a dash and is not a
+    plain number for an option, and would answer "expected one argument" instead of the value's own
+    check naming what is wrong with it."""
+    out: list[str] = []
+    for token in argv:
+        if out and re.match(r"^-\d", token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (schedulers, `timeout`) ends a command as Ctrl-C does: inside training after a checkpoint
     # (the trainer's own handler), elsewhere at once, with the same message and exit code
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        args, extra = build_parser().parse_known_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
         if extra:  # argparse would name the top-level help; the subcommand's lists the options
             raise TicketlabError(f"unrecognized arguments: {' '.join(extra)} (see `ticketlab {args.command} --help`)")
         return args.func(args)

@@ -132,13 +132,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = ticket.model if args.no_compact else compact(ticket.model, ticket.masks)
     except TicketlabError as error:
         raise TicketlabError(f"{error}; or export the dense network with its masks applied: --no-compact") from None
+    # before anything is written: a failure must not leave a file behind an exit code of 2. Uncompacted, the
+    # network has no channel plan to report (a user's network may have none at all)
+    size = sum(p.numel() for p in ticket.model.parameters())
+    report = {"parameters": {"before": size, "after": size}} if args.no_compact else compaction_report(ticket.model,
+                                                                                                        model)
     batch_shape = (1, *ticket.input_shape)  # the exporters take the shape of a batch, not of one example
     if out.suffix == ".onnx":
         export_onnx(model, out, batch_shape)
     else:
         info = {k: v for k, v in ticket.info.items() if k != "architecture"}  # the file stores its own graph
         save_model(out, model, batch_shape, metadata={"ticket": info})
-    report = compaction_report(ticket.model, model)
     print(f"wrote {out}: {report['parameters']['after']:,} parameters "
           f"(the ticket's dense architecture has {report['parameters']['before']:,})")
     if args.json:

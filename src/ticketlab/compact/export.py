@@ -68,6 +68,7 @@ _MODULES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "Hardtanh": (nn.Hardtanh, ("min_val", "max_val", "inplace")),
     "Hardswish": (nn.Hardswish, ("inplace",)),
     "Mish": (nn.Mish, ("inplace",)),
+    "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")),
 }
 _MODULE_NAMES = {cls: name for name, (cls, _) in _MODULES.items()}
 
@@ -91,6 +92,13 @@ _FUNCTIONS = {
     "operator.iadd": operator.iadd,
     "operator.imul": operator.imul,
     "operator.itruediv": operator.itruediv,
+    "operator.isub": operator.isub,
+    "torch.sub": torch.sub,
+    "torch.neg": torch.neg,
+    "torch.clamp": torch.clamp,
+    "torch.clip": torch.clip,
+    "torch.nn.functional.interpolate": F.interpolate,
+    "torch.nn.functional.pad": F.pad,
     "torch.relu_": torch.relu_,
     "torch.tanh": torch.tanh,
     "torch.mean": torch.mean,
@@ -112,8 +120,9 @@ _FUNCTIONS = {
     "torch.nn.functional.adaptive_max_pool2d": F.adaptive_max_pool2d,
 }
 _FUNCTION_NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
-_METHODS = frozenset({"add", "add_", "amax", "clone", "contiguous", "flatten", "mean", "mul", "relu", "relu_",
-                      "reshape", "size", "squeeze", "sum", "tanh", "view"})
+_METHODS = frozenset({"add", "add_", "amax", "clamp", "clamp_", "clip", "clone", "contiguous", "flatten", "float",
+                      "mean", "mul", "neg", "relu", "relu_", "reshape", "size", "squeeze", "sub", "sub_", "sum",
+                      "tanh", "view"})
 
 # Names end up in the Python source fx generates for the graph, so a file may only use plain
 # identifiers (and digits for Sequential children): nothing in it can become code.

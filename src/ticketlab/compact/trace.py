@@ -16,6 +16,11 @@ from each Conv2d/Linear (a *producer*, which starts a space of output channels) 
 - a space's batch size and spatial sizes may be read; its channel count may not be used, since
   compaction changes it (`view(n, -1)` is a flatten only when n is the batch size of that tensor).
 
+fx records no shapes, so the rank of the input is unknown: a Linear applied to the input itself is
+taken to read [batch, features] (as an MLP does), its output features on dim 1. A network that feeds
+a Linear a [batch, steps, features] input and then a BatchNorm1d over the steps breaks that
+assumption; register a plan for it by hand.
+
 Anything else that touches a space (concatenation, sigmoid, adding a constant, scaling by a
 per-channel parameter, a grouped conv that is not depthwise, a layer called twice or sharing its
 weight) could turn a zero channel into a non-zero one or break a shape, so the plan is refused with

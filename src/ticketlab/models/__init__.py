@@ -16,9 +16,11 @@ from ticketlab.models.registry import (
     model_augment,
     model_options,
     model_recipe,
+    model_revision,
     register_model,
 )
 
 __all__ = [
-    "MODELS", "build_model", "list_models", "model_augment", "model_options", "model_recipe", "register_model",
+    "MODELS", "build_model", "list_models", "model_augment", "model_options", "model_recipe", "model_revision",
+    "register_model",
 ]

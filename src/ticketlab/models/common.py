@@ -8,8 +8,9 @@ from ticketlab.errors import TicketlabError
 
 
 def kaiming_init_(model: nn.Module) -> None:
-    """He et al. 2015 init as in the ResNet/VGG reference code: conv weights Kaiming normal
-    (fan_out, ReLU gain), BatchNorm weight 1 and bias 0; linear layers keep PyTorch's default."""
+    """He et al. 2015 init as torchvision's ResNets and the WRN reference code use it: conv weights
+    Kaiming normal (fan_out, ReLU gain), BatchNorm weight 1 and bias 0; linear layers keep PyTorch's
+    default."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -17,6 +18,20 @@ def kaiming_init_(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def openlth_init_(model: nn.Module) -> None:
+    """OpenLTH's init for its CIFAR ResNets and VGGs (model_init='kaiming_normal',
+    batchnorm_init='uniform'), whose lottery-ticket results these nets are compared with: Conv2d and
+    Linear weights Kaiming normal with fan_in and ReLU gain, BatchNorm scales U(0, 1) and shifts 0;
+    biases keep PyTorch's default. Global magnitude pruning ranks weights across layers, so each
+    layer's starting scale decides what IMP removes."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight)
             nn.init.zeros_(module.bias)
 
 

@@ -60,15 +60,20 @@ class ModelEntry:
     builder: Builder
     recipe: Mapping[str, Any]
     augment: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    revision: int = 0
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(
-    name: str, recipe: dict[str, Any] | None = None, augment: dict[str, Any] | None = None
+    name: str, recipe: dict[str, Any] | None = None, augment: dict[str, Any] | None = None, revision: int = 0
 ) -> Callable[[Builder], Builder]:
-    """Decorator adding `builder(num_classes, in_channels, image_size, **options)` under `name`."""
+    """Decorator adding `builder(num_classes, in_channels, image_size, **options)` under `name`.
+
+    Raise `revision` when a change to the builder changes what a run computes (an init, a layer): it
+    enters run ids, so a store retrains such runs instead of reusing ones of the old network, and
+    ticket files of another revision are refused rather than loaded into the wrong network."""
     recipe, augment = dict(recipe or {}), dict(augment or {})
     for what, given, keys in (("recipe", recipe, RECIPE_KEYS), ("augment", augment, AUGMENT_KEYS)):
         unknown = sorted(set(given) - keys)
@@ -87,10 +92,17 @@ def register_model(
                 f"model builder for {name!r} must accept num_classes, in_channels and image_size; "
                 f"add the missing parameter(s): {', '.join(missing)}"
             )
-        MODELS.register(name)(ModelEntry(builder, MappingProxyType(recipe), MappingProxyType(augment)))
+        MODELS.register(name)(ModelEntry(builder, MappingProxyType(recipe), MappingProxyType(augment), revision))
         return builder
 
     return decorate
+
+
+def model_revision(name: str) -> str:
+    """The revision part of a registered model's identity: "" for the first, "revision N" after
+    changes that alter its numbers (unknown names: "", the build names them)."""
+    revision = MODELS.get(name).revision if name in MODELS else 0
+    return f"revision {revision}" if revision else ""
 
 
 def model_options(name: str) -> dict[str, Any] | None:

@@ -3,10 +3,11 @@
 Two published shapes share one implementation:
   * cifar_resnet_{20,32,56,110}: the paper's CIFAR-10 nets (Sec. 4.2), 16/32/64 channels and
     n = (depth - 2) / 6 blocks per stage. Where the shape changes the shortcut is a 1x1 conv + BN
-    (option B), as in OpenLTH, the framework most lottery-ticket results on CIFAR come from.
+    (option B), and the init is OpenLTH's (common.openlth_init_), as in OpenLTH, the framework most
+    lottery-ticket results on CIFAR come from.
   * resnet18 / resnet34: the ImageNet widths and depths (64..512 channels, [2,2,2,2] / [3,4,6,3])
     with the usual CIFAR stem: one 3x3 stride-1 conv and no max-pool, since 32x32 inputs cannot
-    afford the 4x downsampling of the ImageNet stem.
+    afford the 4x downsampling of the ImageNet stem, and torchvision's init.
 
 Attribute names (`stem`, `stages[i][j]` blocks with `conv1, bn1, conv2, bn2, shortcut`, `fc`) are
 relied on by the code that compacts pruned channels.
@@ -15,12 +16,12 @@ relied on by the code that compacts pruned channels.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ticketlab.models.common import kaiming_init_
+from ticketlab.models.common import kaiming_init_, openlth_init_
 from ticketlab.models.registry import register_model
 
 
@@ -54,7 +55,8 @@ class ResNet(nn.Module):
     """3x3 conv stem, stages of BasicBlocks (stride 2 from the second stage on), global average
     pool, linear classifier."""
 
-    def __init__(self, widths: Sequence[int], depths: Sequence[int], num_classes: int, in_channels: int) -> None:
+    def __init__(self, widths: Sequence[int], depths: Sequence[int], num_classes: int, in_channels: int,
+                 init: Callable[[nn.Module], None] = kaiming_init_) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             OrderedDict(
@@ -76,7 +78,7 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes)
-        kaiming_init_(self)
+        init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
@@ -113,9 +115,10 @@ RESNET_RECIPE = {
 def _register_cifar_resnet(depth: int) -> None:
     blocks = (depth - 2) // 6
 
-    @register_model(f"cifar_resnet_{depth}", CIFAR_RESNET_RECIPE)
+    # revision 1: OpenLTH's init (was torchvision's fan_out init with BatchNorm scales of 1)
+    @register_model(f"cifar_resnet_{depth}", CIFAR_RESNET_RECIPE, revision=1)
     def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-        return ResNet((16, 32, 64), (blocks,) * 3, num_classes, in_channels)
+        return ResNet((16, 32, 64), (blocks,) * 3, num_classes, in_channels, init=openlth_init_)
 
     build.__doc__ = f"ResNet-{depth} for CIFAR (He et al. 2016): {blocks} blocks per stage, 16/32/64 channels."
 

@@ -1,9 +1,11 @@
 """VGG with BatchNorm for CIFAR (Simonyan & Zisserman 2015, configs A/B/D/E = VGG-11/13/16/19).
 
 Each conv is 3x3/pad 1 -> BN -> ReLU (BN after Ioffe & Szegedy 2015, which lets these deep plain
-nets train without the paper's staged init). The head is OpenLTH's CIFAR head: after the fifth
-max-pool, a global average pool and one linear layer 512 -> classes, instead of the three large
-ImageNet fully connected layers. Conv biases are dropped: the BN that follows cancels them.
+nets train without the paper's staged init). As in OpenLTH, whose lottery-ticket results these nets
+are compared with: four max-pools, not the ImageNet plan's five (the last stage runs at 2x2 on CIFAR),
+then an average pool and one linear layer 512 -> classes instead of the three large ImageNet fully
+connected layers, and OpenLTH's init (common.openlth_init_). Conv biases are dropped: the BN that
+follows cancels them.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ticketlab.models.common import kaiming_init_, require_image_size
+from ticketlab.models.common import openlth_init_, require_image_size
 from ticketlab.models.registry import register_model
 from ticketlab.models.resnet import CIFAR_RESNET_RECIPE
 
 POOL = "M"
 
-# Simonyan & Zisserman 2015, Table 1 (numbers are output channels, "M" a 2x2 max-pool).
+# Simonyan & Zisserman 2015, Table 1 (numbers are output channels, "M" a 2x2 max-pool), without the
+# last max-pool, as OpenLTH's plans: its average pool takes the mean of the final 2x2 map, not the max.
 CONFIGS: dict[int, tuple[int | str, ...]] = {
-    11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
-    13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
-    16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL),
+    11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512),
+    13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512),
+    16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512),
     19: (
         64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
-        512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL,
+        512, 512, 512, 512, POOL, 512, 512, 512, 512,
     ),
 }  # fmt: skip
 
@@ -54,13 +57,9 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes)
-        kaiming_init_(self)
-        # OpenLTH's VGG init (batchnorm_init='uniform'), whose recipe these nets train with: BN scales
-        # U(0, 1). With scales of 1, VGG-16 at lr 0.1 blows up in its first steps and stays at chance
-        # (BENCHMARKS.md). A second pass after every conv's draw, so the conv weights are unchanged.
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                nn.init.uniform_(module.weight)
+        # with BN scales of 1 instead of OpenLTH's U(0, 1), VGG-16 at lr 0.1 blows up in its first steps
+        # and stays at chance (BENCHMARKS.md)
+        openlth_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.features(x))))
@@ -70,8 +69,9 @@ def _register_vgg(depth: int) -> None:
     config = CONFIGS[depth]
     pools = config.count(POOL)
 
-    # OpenLTH trains its CIFAR VGGs with the ResNet-20 recipe.
-    @register_model(f"cifar_vgg_{depth}", CIFAR_RESNET_RECIPE)
+    # OpenLTH trains its CIFAR VGGs with the ResNet-20 recipe. Revision 1: OpenLTH's four max-pools (was
+    # five, so the head took the max of the last 2x2 map) and its fan_in init of every conv and the fc.
+    @register_model(f"cifar_vgg_{depth}", CIFAR_RESNET_RECIPE, revision=1)
     def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         require_image_size(f"cifar_vgg_{depth}", image_size, 2**pools, f"it halves the image {pools} times")
         return VGG(config, num_classes, in_channels)

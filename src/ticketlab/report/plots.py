@@ -22,10 +22,12 @@ _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3
 
 def save_png(fig: plt.Figure, path: str | Path) -> Path:
     """Lay out, write atomically (a reader never sees half a PNG) and free the figure."""
-    fig.tight_layout()
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:  # a failed write must not leave the figure in pyplot's registry for the rest of a long study
+        plt.close(fig)
     return path
 
 
@@ -46,7 +48,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
         ax.axvline(min(wins), color="C0", lw=0.8, ls=":", label=f"sparsest winning ({min(wins):.1f}%)")
     ax.set_xscale("log")
     if len(x) == 1:  # one level: give the log axis a range around it
-        ax.set_xlim(x[0] * 2, x[0] / 2)
+        ax.set_xlim(x[0] / 2, x[0] * 2)
     ax.invert_xaxis()
     ax.xaxis.set_minor_locator(NullLocator())  # label the measured densities, nothing else
     ax.set_xticks(x)

@@ -33,7 +33,7 @@ class Arm:
 
 @dataclass
 class LevelContext:
-    seed: int
+    seed: int  # the seed the arm trains with (the study's --seed plus the chain), so draws follow it
     level: int
     scope: str
     masks: Tensors  # the ticket's masks at this level

@@ -28,7 +28,7 @@ from ticketlab.config import REFILL_CRITERIA, STRUCTURES, DataConfig, RunConfig,
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import check_batch_size, steps_per_epoch, stream_seed
-from ticketlab.data.split import check_held_out, train_validation_split
+from ticketlab.data.split import check_held_out
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
 from ticketlab.store import RunStore, read_tensors, writable, write_json
@@ -49,6 +49,7 @@ from ticketlab.train.run import (
     recipe_config,
     resolve_device,
     train_run,
+    training_part,
 )
 from ticketlab.train.stacked_run import Member, train_stacked
 from ticketlab.train.trainer import STACKED_GRAPHS
@@ -87,6 +88,9 @@ class TicketConfig:
                 raise TicketlabError(f"--output-fraction must be in (0, 1), got {self.output_fraction}")
             if self.scope != "layerwise":
                 raise TicketlabError("--output-fraction needs --scope layerwise (global pruning has one rate)")
+            if self.exclude_last:
+                raise TicketlabError("--output-fraction is the classifier's rate, and --exclude-last keeps the "
+                                     "classifier unpruned; pass one of them")
         if self.scope not in SCOPES:
             raise TicketlabError(f"unknown --scope {self.scope!r}; choose one of: {', '.join(SCOPES)}")
         if self.seeds < 1:
@@ -203,6 +207,7 @@ class _Study:
         self.user_model, self.device, self.progress = user_model, device, progress
         self.t = config.tickets
         probe = self._model(config.run)
+        self.probe = probe  # its Conv2d/Linear weights are what densities are quoted over
         self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last))
         n_train = len(dataset.train_y) - config.run.data.validation
         check_batch_size(config.run.train.batch_size, n_train)
@@ -217,17 +222,18 @@ class _Study:
         self.n_train = n_train
         self.steps = steps
         # a saved PrAC set is checked before anything trains, so a wrong file costs nothing
-        self.saved_hard = load_prac(self.t.prac_file, n_train).hard if self.t.prac_file else None
+        data = config.run.data
+        expected = {"dataset": dataset_identity(dataset), "validation": data.validation, "split_seed": data.split_seed,
+                    "noise": data.noise, "noise_seed": data.noise_seed}
+        self.saved_hard = load_prac(self.t.prac_file, n_train, expected).hard if self.t.prac_file else None
         # masked arms train as the compacted network: the same numbers up to float rounding, faster
         self.compacted = TRAIN_MULTIPLE if self.structure.compactable and self.t.compact_training else 0
 
     @functools.cached_property
     def train_set(self) -> ImageDataset:
-        """The training examples left after the validation split (computed once per study)."""
-        run = self.config.run
-        if not run.data.validation:
-            return self.dataset
-        return train_validation_split(self.dataset, run.data.validation, run.data.split_seed)[0]
+        """The examples the study's runs train on, in their order and with their labels (label noise
+        applied before the validation split, as the runs do): PrAC indices and score batches index them."""
+        return training_part(self.config.run, self.dataset)
 
     def _score_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """256 training examples (never validation or test) for activation-based channel criteria, drawn with a
@@ -272,7 +278,7 @@ class _Study:
     def begin(self, s: int) -> _Chain:
         """Seed s's chain: its dense run (level 0), with the weights its tickets rewind to."""
         run = replace(self.config.run, train=replace(self.config.run.train, seed=self.config.run.train.seed + s))
-        tag = f"seed {s + 1}/{self.t.seeds}"
+        tag = f"seed {run.train.seed} ({s + 1}/{self.t.seeds})"
         if self.user_model is not None:
             init = self.user_model.state_dict() if s == 0 else _user_init(self.user_model, "init", run.train.seed)
         else:
@@ -306,7 +312,7 @@ class _Study:
         chain.weights = {n: masks[n] for n in weights}
         # what the ticket keeps: a channel ticket's completed masks also drop the weights that read removed
         # channels, which `weights` (whole rows, refill's budget) still holds
-        report = density_report({n: masks[n] for n in weights})
+        report = self._density_report(masks)
         folder = self.store.folder(self.config.run_id) / f"seed_{chain.s}" / f"level_{level}"
         save_masks(folder / "masks.safetensors", masks)
         write_json(folder / "density.json", report)
@@ -317,8 +323,8 @@ class _Study:
         to_train = {} if search is not None and not self.prac else {"ticket": Arm(chain.rewind_state, masks, self.k)}
         full = self.steps * self.config.run.train.epochs  # the dense run; each level retrains from the rewind point
         spent = -(-(full + level * (full - self.k)) // self.steps)  # in whole epochs, rounded up
-        ctx = LevelContext(chain.s, level, self.t.scope, weights, chain.rewind_state, self.k, chain.dense_final,
-                           chain.previous, lambda: self._fresh_init(chain.run), spent)
+        ctx = LevelContext(chain.run.train.seed, level, self.t.scope, weights, chain.rewind_state, self.k,
+                           chain.dense_final, chain.previous, lambda: self._fresh_init(chain.run), spent)
         for name in self.t.baselines:
             arm = BASELINES.get(name)(ctx)
             # a baseline that draws its own mask gets the ticket's structure and budget too: random channels, ...
@@ -331,7 +337,7 @@ class _Study:
         if dropped:
             _log(f"{what}: dropped {dropped} kept filters that are constant at the rewind point "
                  "(BatchNorm cannot normalise them; see ticketlab.tickets.constant_units)")
-        mask_density = density_report(weights)["total"]["density"]
+        mask_density = self._density(weights)
         return _Level(level, masks, density, folder, what, search, to_train, dropped, mask_density)
 
     def _without_constant_units(self, weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
@@ -428,9 +434,12 @@ class _Study:
             hooks.append(EarlyBird(self.names, self.t.fraction, current=weights, scope=self.t.scope,
                                    threshold=self.t.early_bird, layer_fractions=self._layer_fractions(),
                                    structure=self._live_structured(weights) if self.structure.active else None))
-            # the run's identity: which stop rule, and which masks it watches settle
-            watched = f":{self.t.structure}" if self.structure.active else ""
-            run = replace(run, hooks=f"early_bird:{self.t.early_bird}:5{watched}")
+            # the run's identity: which stop rule, and which masks it watches settle (the pruning step's
+            # settings; the level's current masks enter it as the run's masks)
+            t = self.t
+            watched = f":{t.structure}:{t.refill_rate}:{t.refill_criterion}:{t.nm}" if self.structure.active else ""
+            run = replace(run, hooks=f"early_bird:{t.early_bird}:5:{t.fraction}:{t.scope}:{t.output_fraction}"
+                                     f"{watched}")
         if not self.prac:
             result = self.train(run, f"{what} ticket (early-bird)", init_state=rewind_state, masks=masks,
                                 start_iteration=self.k, hooks=hooks)
@@ -449,9 +458,13 @@ class _Study:
                             masks=masks, subset=subset, hooks=hooks, compacted=0 if hooks else self.compacted)
         return _Search(result, fraction, result.summary["iterations"])
 
+    def _density_report(self, masks: dict[str, torch.Tensor]) -> dict[str, dict]:
+        """Kept weights over all Conv2d/Linear weights, as papers quote density: layers left out of pruning
+        (--exclude-first/last) count as dense; a channel arm's BatchNorm entries do not count."""
+        return density_report({n: masks[n] for n in self.names}, self.probe)
+
     def _density(self, masks: dict[str, torch.Tensor]) -> float:
-        """Kept fraction of the prunable weights (a channel arm's masks also hold BatchNorm entries)."""
-        return density_report({n: masks[n] for n in self.names})["total"]["density"]
+        return self._density_report(masks)["total"]["density"]
 
     def _record(self, level: int, density: float, arms: dict[str, RunResult], speed: dict[str, Any] | None = None,
                 search: _Search | None = None, constant_units_dropped: int = 0) -> dict[str, Any]:

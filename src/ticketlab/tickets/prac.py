@@ -13,6 +13,7 @@ architectures. Indices count the training examples left after the validation spl
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,10 @@ def save_prac(path: str | Path, prac: PracSet) -> Path:
     return Path(path)
 
 
-def load_prac(path: str | Path, n_train: int) -> PracSet:
+def load_prac(path: str | Path, n_train: int, expected: Mapping[str, Any] | None = None) -> PracSet:
+    """A saved PrAC set, checked against the study's data: its indices mean nothing on another dataset,
+    validation split or label noise. `expected` holds the study's values of the info keys a file records
+    (a file predating a key is not checked on it)."""
     path = Path(path)
     if not path.is_file():
         raise TicketlabError(f"no PrAC file at {path}; compute one with `ticketlab prac --out {path}`")
@@ -74,13 +78,20 @@ def load_prac(path: str | Path, n_train: int) -> PracSet:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             hard = f.get_tensor("hard") if "hard" in f.keys() else None
+        info = json.loads(meta[KEY]) if KEY in meta else None
     except (SafetensorError, OSError, ValueError) as error:
-        raise TicketlabError(f"{path} is not a readable safetensors file ({error}); "
+        raise TicketlabError(f"{path} is not a readable PrAC file ({error}); "
                              "give a file from `ticketlab prac`") from None
-    if KEY not in meta or hard is None:
+    if not isinstance(info, dict) or hard is None:
         raise TicketlabError(f"{path} is not a PrAC file (no {KEY!r} metadata or 'hard' tensor); "
                              "give a file written by `ticketlab prac`")
-    if hard.dtype != torch.bool or hard.numel() != n_train:
-        raise TicketlabError(f"the PrAC set in {path} covers {hard.numel()} examples but this study trains on "
-                             f"{n_train}; compute it on the same dataset with the same --validation split")
-    return PracSet(hard, json.loads(meta[KEY]))
+    if hard.dtype != torch.bool or hard.dim() != 1 or hard.numel() != n_train:
+        raise TicketlabError(f"the PrAC set in {path} covers {hard.numel()} examples (shape {tuple(hard.shape)}) but "
+                             f"this study trains on {n_train}; compute it on the same dataset with the same "
+                             "--validation split")
+    for key, value in (expected or {}).items():
+        if key in info and info[key] != value:
+            raise TicketlabError(f"the PrAC set in {path} was computed with {key} {info[key]!r}, this study has "
+                                 f"{value!r}; its indices would pick other examples, so compute it with the study's "
+                                 "data settings (`ticketlab prac` with the same --dataset, --validation, --noise)")
+    return PracSet(hard, info)

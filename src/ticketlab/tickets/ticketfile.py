@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ticketlab.errors import TicketlabError, state_mismatch
-from ticketlab.models import build_model
+from ticketlab.models import MODELS, build_model
 from ticketlab.sparsity import Masks, apply_masks
 from ticketlab.store.files import write_tensors
 
@@ -55,6 +55,8 @@ def save_ticket(
     when it cannot be: see `ticketlab.compact.save_model`)."""
     info = {"model": model_name or type(model).__name__, "options": model_options, "num_classes": num_classes,
             "in_channels": in_channels, "image_size": image_size, **(extra or {})}
+    if model_name is not None and MODELS.get(model_name).revision:
+        info["revision"] = MODELS.get(model_name).revision
     if model_name is None:
         from ticketlab.compact.export import describe_model
 
@@ -103,6 +105,11 @@ def load_ticket(path: str | Path) -> Ticket:
 
 
 def _built(path: Path, info: dict[str, Any], device: torch.device) -> nn.Module:
+    saved, current = info.get("revision", 0), MODELS.get(info["model"]).revision
+    if saved != current:  # the same weights in a changed network would compute something else
+        raise TicketlabError(f"{path} holds revision {saved} of {info['model']}, this ticketlab builds revision "
+                             f"{current} (models/ says what changed); load it with the ticketlab version that "
+                             "wrote it, or find the ticket again")
     try:
         with device:
             return build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],

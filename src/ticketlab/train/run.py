@@ -26,7 +26,7 @@ from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError
-from ticketlab.models import MODELS, build_model, model_augment
+from ticketlab.models import MODELS, build_model, model_augment, model_revision
 from ticketlab.sparsity import density
 from ticketlab.store import (
     CorruptFileError,
@@ -246,6 +246,8 @@ def _identify(
     """The run's full identity, and its model at its starting weights."""
     if model is None:
         model = initial_model(config, dataset, extra_outputs=extra_outputs)
+        # a config written by hand names the model without its revision
+        config = replace(config, model=replace(config.model, architecture=model_revision(config.model.name)))
     else:
         config = replace(config, model=ModelConfig(name=type(model).__name__, architecture=architecture_digest(model)))
         init_state = init_state if init_state is not None else model.state_dict()

@@ -344,3 +344,13 @@ def test_export_no_compact_of_a_network_without_a_channel_plan_succeeds(tmp_path
         p.numel() for p in Concat().parameters())
     x = torch.randn(2, 3, 8, 8)
     assert load_model(out)(x).shape == (2, 2)
+
+
+def test_bench_threads_apply_to_the_timing_only(conv_ticket, capsys):
+    """`main` may run inside a caller's process: --threads must not change its thread count after."""
+    before = torch.get_num_threads()
+    threads = 1 if before > 1 else 2
+    code, out, _ = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "1", "--repeats", "1",
+                        "--threads", str(threads), "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["threads"] == threads
+    assert torch.get_num_threads() == before

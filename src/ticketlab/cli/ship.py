@@ -62,6 +62,16 @@ def _two_four(variants: dict, masks: dict, device) -> dict:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    threads = torch.get_num_threads()
+    try:
+        return _bench(args)
+    finally:  # `main` may run inside a caller's process (a notebook, the tests): its thread count is theirs
+        torch.set_num_threads(threads)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
     from ticketlab.speed import PRECISION_DTYPES, forward_flops, measure
     from ticketlab.train.run import resolve_device
 

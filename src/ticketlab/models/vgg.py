@@ -57,8 +57,8 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes)
-        # with BN scales of 1 instead of OpenLTH's U(0, 1), VGG-16 at lr 0.1 blows up in its first steps
-        # and stays at chance (BENCHMARKS.md)
+        # with torchvision's fan_out init and BN scales of 1, VGG-16 at lr 0.1 blew up in its first steps and
+        # stayed at chance; with OpenLTH's init it learns fastest (BENCHMARKS.md, "starts learning")
         openlth_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

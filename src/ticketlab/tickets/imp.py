@@ -222,10 +222,12 @@ class _Study:
         self.n_train = n_train
         self.steps = steps
         # a saved PrAC set is checked before anything trains, so a wrong file costs nothing
-        data = config.run.data
-        expected = {"dataset": dataset_identity(dataset), "validation": data.validation, "split_seed": data.split_seed,
-                    "noise": data.noise, "noise_seed": data.noise_seed}
-        self.saved_hard = load_prac(self.t.prac_file, n_train, expected).hard if self.t.prac_file else None
+        self.saved_hard = None
+        if self.t.prac_file:
+            data = config.run.data
+            expected = {"dataset": dataset_identity(dataset), "validation": data.validation,
+                        "split_seed": data.split_seed, "noise": data.noise, "noise_seed": data.noise_seed}
+            self.saved_hard = load_prac(self.t.prac_file, n_train, expected).hard
         # masked arms train as the compacted network: the same numbers up to float rounding, faster
         self.compacted = TRAIN_MULTIPLE if self.structure.compactable and self.t.compact_training else 0
 

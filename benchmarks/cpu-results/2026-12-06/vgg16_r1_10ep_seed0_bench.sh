@@ -1,0 +1,7 @@
+#!/bin/bash
+# bench at b64, 3 rounds, on the idle machine after the study
+cd /work/r1
+T=$(ls S/runs/*/seed_0/level_1/ticket.safetensors | head -1)
+for i in 1 2 3; do
+  PYTHONPATH=/work/r1/tree/src /work/main/.venv/bin/python -m ticketlab.cli.main bench --model-file "$T" --batch-sizes 64 --repeats 7 --json > bench_$i.json 2> bench_$i.err
+done

@@ -20,17 +20,17 @@ _run = run_cli
 def test_train_json_contract_and_reuse(tmp_path, tiny_npz, capsys):
     args = ["train", "--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "2", "--batch-size", "32",
             "--lr", "0.003", "--store", str(tmp_path / "store"), "--json", "--quiet"]
-    code, out, _ = _run(capsys, *args)
-    assert code == 0
-    result = json.loads(out.strip().splitlines()[-1])
+    code, out, err = _run(capsys, *args)
+    assert code == 0 and out.count("\n") == 1 and "test_accuracy" in err  # stdout: the object alone
+    result = json.loads(out)
     for key in ("run_id", "model", "dataset", "epochs", "test_accuracy", "train_seconds", "parameters", "density"):
         assert key in result
     assert result["model"] == "conv_2" and result["epochs"] == 2 and result["density"] == 1.0
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["parameters"] > 0
     # the same command again reuses the finished run instead of training
-    code, out, _ = _run(capsys, *args)
-    assert code == 0 and "reusing" in out
-    assert json.loads(out.strip().splitlines()[-1]) == result
+    code, out, err = _run(capsys, *args)
+    assert code == 0 and "reusing" in err
+    assert json.loads(out) == result
     code, out, _ = _run(capsys, "runs", "list", "--store", str(tmp_path / "store"))
     assert result["run_id"] in out and "finished" in out
     code, out, _ = _run(capsys, "runs", "show", result["run_id"][:5], "--store", str(tmp_path / "store"))
@@ -42,13 +42,13 @@ def test_train_json_contract_and_reuse(tmp_path, tiny_npz, capsys):
 def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     base = ["train", "--dataset", str(tiny_npz), "--epochs", "2", "--seeds", "3", "--seed", "4",
             "--store", str(tmp_path / "store"), "--quiet", "--json"]
-    code, out, _ = _run(capsys, *base)
-    assert code == 0 and "mean ± sample std over 3 seeds" in out
-    plain = json.loads(out.strip().splitlines()[-1])
+    code, out, err = _run(capsys, *base)
+    assert code == 0 and "mean ± sample std over 3 seeds" in err
+    plain = json.loads(out)
     assert plain["seeds"] == [4, 5, 6] and len(set(plain["run_ids"])) == 3 and not plain["stacked"]
     assert plain["test_accuracy"] == pytest.approx(sum(plain["test_accuracies"]) / 3)
     code, out, _ = _run(capsys, *base, "--stack")
-    stacked = json.loads(out.strip().splitlines()[-1])
+    stacked = json.loads(out)
     assert code == 0 and stacked["stacked"] and set(stacked["run_ids"]).isdisjoint(plain["run_ids"])
     assert stacked["test_accuracies"] == pytest.approx(plain["test_accuracies"], abs=1e-9)  # float rounding only
     code, _, err = _run(capsys, *base[:-1], "--seeds", "0")
@@ -161,7 +161,7 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
     code, out, _ = _run(capsys, *base, "--levels", "2", "--baselines", "reinit,random", "--plot",
                         str(tmp_path / "p.png"), "--json")
     assert code == 0
-    s = json.loads(out.strip().splitlines()[-1])
+    s = json.loads(out)
     assert set(s["dense"]) >= {"mean", "std"} and len(s["levels"]) == 2
     for row in s["levels"]:
         assert {"level", "density", "ticket", "reinit", "random", "winning"} <= set(row)
@@ -172,7 +172,7 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
                         "--store", tmp_path / "store", "--out", tmp_path / "m.safetensors")
     assert code == 2 and "is a ticket study, not a training run" in err and not (tmp_path / "m.safetensors").exists()
     code, out, _ = _run(capsys, *base, "--levels", "1", "--baselines", "random", "--stack", "--json")
-    assert code == 0 and json.loads(out.strip().splitlines()[-1])["stacked"] is True
+    assert code == 0 and json.loads(out)["stacked"] is True
     for argv, message in ((["--fraction", "1.5"], "--fraction"), (["--rewind", "50ep"], "beyond training"),
                           (["--rewind", "-1ep"], "cannot read rewind point '-1ep'"),
                           (["--baselines", "reinit,nope"], "unknown baseline 'nope'"),
@@ -198,18 +198,18 @@ def test_prune_at_init_every_criterion_then_train_the_masks(tmp_path, tiny_npz, 
     code, out, _ = _run(capsys, "prune", "--model", "conv_2", "--dataset", str(tiny_npz), "--criterion", criterion,
                         "--density", "0.25", "--out", str(masks), "--json")
     assert code == 0
-    report = json.loads(out.strip().splitlines()[-1])
+    report = json.loads(out)
     assert report["density"] == pytest.approx(0.25, abs=1e-4)
     code, out, _ = _run(capsys, "train", "--model", "conv_2", "--dataset", str(tiny_npz), "--masks", str(masks),
                         "--epochs", "1", "--store", store, "--quiet", "--json")
-    assert code == 0 and json.loads(out.strip().splitlines()[-1])["density"] == pytest.approx(0.25, abs=1e-3)
+    assert code == 0 and json.loads(out)["density"] == pytest.approx(0.25, abs=1e-3)
 
 
 def test_prune_a_finished_run_and_bad_inputs(tmp_path, tiny_npz, capsys):
     store = str(tmp_path / "store")
     code, out, _ = _run(capsys, "train", "--model", "conv_2", "--dataset", str(tiny_npz), "--epochs", "1",
                         "--store", store, "--quiet", "--json")
-    run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+    run_id = json.loads(out)["run_id"]
     out_masks = tmp_path / "m.safetensors"
     code, out, _ = _run(capsys, "prune", "--run", run_id[:6], "--dataset", str(tiny_npz), "--store", store,
                         "--budget", "erk", "--density", "0.1", "--out", str(out_masks))
@@ -239,7 +239,7 @@ def test_prune_refuses_training_flags_and_a_model_other_than_the_runs(tmp_path, 
     code, _, err = _run(capsys, "prune", "--density", "0.5", "--epochs", "-5", "--lr", "0.3", *base)
     assert code == 2 and "prune trains nothing, so --epochs, --lr would be ignored" in err
     code, out, _ = _run(capsys, "train", "--epochs", "1", *base, "--json")
-    run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+    run_id = json.loads(out)["run_id"]
     code, _, err = _run(capsys, "prune", "--density", "0.5", "--run", run_id, "--model", "conv_2", *base,
                         "--out", str(tmp_path / "m.safetensors"))
     assert code == 2 and "trained lenet_300_100, not --model conv_2" in err

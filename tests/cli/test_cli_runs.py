@@ -15,10 +15,12 @@ from helpers import run_cli
 _run = run_cli
 
 
-def _last_json(out: str) -> dict:
-    last = json.loads(out.strip().splitlines()[-1])
-    assert isinstance(last, dict)
-    return last
+def _only_json(out: str) -> dict:
+    """`--json`: stdout is one object on one line and nothing else."""
+    assert out.count("\n") == 1, out
+    only = json.loads(out)
+    assert isinstance(only, dict)
+    return only
 
 
 def _user_error(code: int, err: str, *expected: str, log: bool = False) -> None:
@@ -30,19 +32,19 @@ def _user_error(code: int, err: str, *expected: str, log: bool = False) -> None:
         assert text in lines[-1], err
 
 
-def test_runs_json_is_one_object_on_the_last_line(tmp_path, capsys):
+def test_runs_json_is_one_object_alone_on_stdout(tmp_path, capsys):
     store = RunStore(tmp_path)
     a, b = RunConfig(train=TrainConfig(epochs=2)), RunConfig(train=TrainConfig(epochs=3))
     store.begin(a), store.begin(b)
     store.finish(a.run_id, {"test_accuracy": 0.5})
 
     code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
-    runs = _last_json(out)["runs"]
+    runs = _only_json(out)["runs"]
     assert code == 0 and {r["run_id"]: r["status"] for r in runs} == {a.run_id: "finished", b.run_id: "incomplete"}
     assert next(r for r in runs if r["run_id"] == a.run_id)["summary"] == {"test_accuracy": 0.5}
 
     code, out, _ = _run(capsys, "runs", "show", a.run_id[:6], b.run_id, "--store", tmp_path, "--json")
-    shown = _last_json(out)["runs"]
+    shown = _only_json(out)["runs"]
     assert code == 0 and [r["run_id"] for r in shown] == [a.run_id, b.run_id]
     assert shown[0]["summary"] == {"test_accuracy": 0.5} and shown[1]["config"]["train"]["epochs"] == 3
     assert shown[0]["folder"] == str(store.folder(a.run_id))
@@ -51,9 +53,9 @@ def test_runs_json_is_one_object_on_the_last_line(tmp_path, capsys):
     assert code == 0 and json.loads(out)["run_id"] == a.run_id and out.count("\n") > 1
 
     code, out, _ = _run(capsys, "runs", "rm", a.run_id, "--store", tmp_path, "--json")
-    assert code == 0 and _last_json(out) == {"removed": [a.run_id]}
+    assert code == 0 and _only_json(out) == {"removed": [a.run_id]}
     code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
-    assert [r["run_id"] for r in _last_json(out)["runs"]] == [b.run_id]
+    assert [r["run_id"] for r in _only_json(out)["runs"]] == [b.run_id]
 
 
 def test_a_run_held_by_a_training_process_is_listed_as_training_and_not_removed(tmp_path, capsys):
@@ -69,7 +71,7 @@ def test_a_run_held_by_a_training_process_is_listed_as_training_and_not_removed(
     assert held.wait(30)
     try:
         code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
-        assert [r["status"] for r in _last_json(out)["runs"]] == ["training"]
+        assert [r["status"] for r in _only_json(out)["runs"]] == ["training"]
         code, _, err = _run(capsys, "runs", "rm", cfg.run_id, "--store", tmp_path)
         _user_error(code, err, cfg.run_id, "being trained by another process")
         assert RunStore(tmp_path).get(cfg.run_id) is not None
@@ -77,7 +79,7 @@ def test_a_run_held_by_a_training_process_is_listed_as_training_and_not_removed(
         done.set()
         holder.join(30)
     code, out, _ = _run(capsys, "runs", "list", "--store", tmp_path, "--json")
-    assert [r["status"] for r in _last_json(out)["runs"]] == ["incomplete"]  # interrupted: resumable, removable
+    assert [r["status"] for r in _only_json(out)["runs"]] == ["incomplete"]  # interrupted: resumable, removable
     assert _run(capsys, "runs", "rm", cfg.run_id, "--store", tmp_path)[0] == 0
 
 
@@ -97,7 +99,7 @@ def test_corrupt_artifacts_of_a_finished_run_are_user_errors(tmp_path, tiny_npz,
     train = ["train", "--model", "conv_2", "--dataset", tiny_npz, "--epochs", "1", "--batch-size", "32",
              "--store", store, "--quiet", "--json"]
     code, out, _ = _run(capsys, *train)
-    run = _last_json(out)["run_id"]
+    run = _only_json(out)["run_id"]
     folder = store / "runs" / run
     fix = f"`ticketlab runs rm {run} --store {store}`"
 
@@ -117,8 +119,8 @@ def test_corrupt_artifacts_of_a_finished_run_are_user_errors(tmp_path, tiny_npz,
     assert not (tmp_path / "m.safetensors").exists()
 
     assert _run(capsys, "runs", "rm", run, "--store", store)[0] == 0  # the fix the messages name works
-    code, out, _ = _run(capsys, *train)
-    assert code == 0 and _last_json(out)["run_id"] == run and "reusing" not in out
+    code, out, err = _run(capsys, *train)
+    assert code == 0 and _only_json(out)["run_id"] == run and "reusing" not in err
 
 
 def test_a_study_that_fails_leaves_no_study_record(tmp_path, tiny_npz, capsys, monkeypatch):
@@ -128,7 +130,7 @@ def test_a_study_that_fails_leaves_no_study_record(tmp_path, tiny_npz, capsys, m
 
     def runs() -> dict[str, tuple[str, str]]:
         code, out, _ = _run(capsys, "runs", "list", "--store", store, "--json")
-        return {r["run_id"]: (r["kind"], r["status"]) for r in _last_json(out)["runs"]}
+        return {r["run_id"]: (r["kind"], r["status"]) for r in _only_json(out)["runs"]}
 
     code, _, err = _run(capsys, *find, "--lr", "1e30", "--optimizer", "sgd")  # the dense run diverges
     _user_error(code, err, "diverged", log=True)

@@ -36,12 +36,12 @@ def channel_study(tmp_path_factory, grey_npz):
 
 
 def test_find_structure_json_carries_speed(channel_study, grey_npz, capsys):
-    code, out, _ = _run(capsys, "find", *COMMON, "--dataset", grey_npz, "--store", channel_study, "--levels", "2",
-                        "--structure", "channel", "--baselines", "random", "--json")
-    assert code == 0 and "CPU speed-up" in out and "ticket train s" in out and "FLOPs vs dense" in out
-    summary = json.loads(out.strip().splitlines()[-1])
+    code, out, err = _run(capsys, "find", *COMMON, "--dataset", grey_npz, "--store", channel_study, "--levels", "2",
+                          "--structure", "channel", "--baselines", "random", "--json")
+    assert code == 0 and "CPU speed-up" in err and "ticket train s" in err and "FLOPs vs dense" in err
+    summary = json.loads(out)
     assert all(row["speedup_cpu"] > 0 for row in summary["levels"])
-    assert "GPU speed-up" not in out  # a CPU study has no GPU figure
+    assert "GPU speed-up" not in err  # a CPU study has no GPU figure
     for row, ratio in zip(summary["levels"], (1.25, 1.75)):  # as a study trained on a GPU records them
         row["speedup_gpu"] = ratio
     table = study_table(summary)
@@ -50,22 +50,22 @@ def test_find_structure_json_carries_speed(channel_study, grey_npz, capsys):
 
 def test_bench_and_export_a_ticket(channel_study, tmp_path, capsys):
     ticket_file = next(channel_study.glob("runs/*/seed_0/level_2/ticket.safetensors"))
-    code, out, _ = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "1,8", "--repeats", "2",
-                        "--json")
+    code, out, err = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "1,8", "--repeats", "2",
+                          "--json")
     assert code == 0
-    report = json.loads(out.strip().splitlines()[-1])
+    report = json.loads(out)
     variants = {(t["variant"], t["batch_size"]) for t in report["timings"]}
     assert variants == {(v, b) for v in ("dense", "masked", "compacted") for b in (1, 8)}
     assert report["parameters"]["compacted"] < report["parameters"]["dense"]
     flops = report["flops"]  # a masked network computes its zeros; the compacted one does not
     assert flops["masked"] == flops["dense"] and 0 < flops["compacted"] < flops["dense"]
-    assert "MFLOPs/image" in out
+    assert "MFLOPs/image" in err
     assert report["multiple"] == 1 and report["cuda_graph"] is False  # exact widths: fastest on CPUs
 
-    code, out, _ = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "2", "--repeats", "1",
-                        "--multiple", "8", "--json")
-    padded = json.loads(out.strip().splitlines()[-1])
-    assert code == 0 and padded["multiple"] == 8 and "padded to multiples of 8" in out
+    code, out, err = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "2", "--repeats", "1",
+                          "--multiple", "8", "--json")
+    padded = json.loads(out)
+    assert code == 0 and padded["multiple"] == 8 and "padded to multiples of 8" in err
     assert report["parameters"]["compacted"] < padded["parameters"]["compacted"] <= report["parameters"]["dense"]
     assert all(g["channels"]["after"] % 8 == 0 or g["channels"]["after"] == g["channels"]["before"]
                for g in padded["compaction"]["groups"])
@@ -142,8 +142,8 @@ def test_bench_refuses_cuda_graphs_on_the_cpu(conv_ticket, capsys):
 def test_bench_compiled_times_every_variant_and_says_so(conv_ticket, capsys):
     code, out, err = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
                           "--compile", "--json")
-    assert code == 0 and "compiled by torch.compile with frozen weights" in out.splitlines()[0]
-    report = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and "compiled by torch.compile with frozen weights" in err
+    report = json.loads(out)
     assert report["compiled"] is True
     assert [t["variant"] for t in report["timings"]] == ["dense", "masked", "compacted"]
     assert "Traceback" not in err
@@ -160,10 +160,10 @@ def test_bench_times_every_variant_in_the_precision_asked_for(conv_ticket, capsy
         return real(variants, *args, **kwargs)
 
     monkeypatch.setattr(ticketlab.speed, "measure", spy)
-    code, out, _ = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
-                        "--precision", "bf16", "--json")
-    assert code == 0 and ", bfloat16," in out.splitlines()[0]
-    assert json.loads(out.strip().splitlines()[-1])["precision"] == "bfloat16"
+    code, out, err = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
+                          "--precision", "bf16", "--json")
+    assert code == 0 and ", bfloat16," in err
+    assert json.loads(out)["precision"] == "bfloat16"
     assert seen == {"dense": {torch.bfloat16}, "masked": {torch.bfloat16}, "compacted": {torch.bfloat16},
                     "input": torch.bfloat16}
     code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--two-four", "--precision", "bf16")
@@ -176,12 +176,12 @@ def test_bench_refuses_negative_threads(conv_ticket, capsys):
 
 
 def test_bench_two_four_says_a_ticket_without_two_four_masks_ran_nothing_sparse(conv_ticket, capsys):
-    code, out, _ = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
+    code, out, err = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "2", "--repeats", "1",
                         "--two-four", "--json")
     assert code == 0
-    report = json.loads(out.strip().splitlines()[-1])
+    report = json.loads(out)
     assert "no Linear layer" in report["semi_structured"] and "2:4" in report["semi_structured"]
-    assert report["semi_structured"] in out.strip().splitlines()[:-1]  # printed as well
+    assert report["semi_structured"] in err.splitlines()  # printed for people as well, on stderr
 
 
 def test_bench_rejects_files_that_are_not_tickets(tmp_path, capsys):
@@ -232,7 +232,7 @@ def test_train_noise_and_sat_flags(tmp_path, grey_npz, capsys):
     code, out, _ = _run(capsys, "train", *COMMON, "--dataset", grey_npz, "--store", tmp_path, "--noise", "uniform:0.5",
                         "--loss", "sat", "--sat-start", "1", "--json")
     assert code == 0
-    s = json.loads(out.strip().splitlines()[-1])
+    s = json.loads(out)
     assert 0.2 < s["noise_rate"] < 0.6 and "corrected_fraction" in s
     code, _, err = _run(capsys, "train", *COMMON, "--dataset", grey_npz, "--store", tmp_path, "--noise", "gaussian:0.5")
     assert code == 2 and "uniform" in err
@@ -245,7 +245,7 @@ def test_prac_command_saves_a_reusable_set(tmp_path, grey_npz, capsys):
     code, out, _ = _run(capsys, "prac", *COMMON, "--dataset", grey_npz, "--store", tmp_path / "s", "--out", out_file,
                         "--json")
     assert code == 0
-    info = json.loads(out.strip().splitlines()[-1])
+    info = json.loads(out)
     assert 0 <= info["prac_fraction"] <= 1 and info["examples"] == 144  # find's 10% validation split held out
     # another architecture searches on it
     code, out, _ = _run(capsys, "find", "--model", "conv_2", "--epochs", "2", "--batch-size", "32", "--quiet",
@@ -259,7 +259,7 @@ def test_bench_two_four_says_why_not_on_cpu(tmp_path, grey_npz, capsys):
     code, out, _ = _run(capsys, "bench", "--model-file", ticket_file, "--batch-sizes", "2", "--repeats", "1",
                         "--two-four", "--json")
     assert code == 0
-    report = json.loads(out.strip().splitlines()[-1])
+    report = json.loads(out)
     assert "not run sparse" in report["semi_structured"] and "CUDA" in report["semi_structured"].upper()
     assert {t["variant"] for t in report["timings"]} == {"dense", "masked"}
 
@@ -270,9 +270,9 @@ def test_train_compact_trains_a_studys_channel_masks_as_the_smaller_network(chan
     base = ["train", *COMMON, "--dataset", grey_npz, "--store", tmp_path / "store", "--masks", masks]
     code, out, _ = _run(capsys, *base, "--compact", "--json")
     assert code == 0
-    small = json.loads(out.strip().splitlines()[-1])
+    small = json.loads(out)
     code, out, _ = _run(capsys, *base, "--json")
-    masked = json.loads(out.strip().splitlines()[-1])
+    masked = json.loads(out)
     assert small["run_id"] != masked["run_id"] and "trained_parameters" not in masked
     assert small["trained_parameters"] < small["parameters"] == masked["parameters"]
     assert small["density"] == masked["density"]
@@ -295,12 +295,12 @@ def test_train_compact_refuses_what_it_cannot_compact(tmp_path, grey_npz, capsys
 def test_prune_structure_channel_then_train_compact(tmp_path, tiny_npz, capsys):
     """One-shot channel pruning at init (refill after the criterion), trained as the smaller network."""
     masks_file = tmp_path / "m.safetensors"
-    code, out, _ = _run(capsys, "prune", "--model", "cifar_resnet_20", "--dataset", tiny_npz, "--density", "0.4",
-                        "--structure", "channel", "--out", masks_file, "--json")
-    assert code == 0 and f"--masks {masks_file} --compact" in out
-    report = json.loads(out.strip().splitlines()[-1])
+    code, out, err = _run(capsys, "prune", "--model", "cifar_resnet_20", "--dataset", tiny_npz, "--density", "0.4",
+                          "--structure", "channel", "--out", masks_file, "--json")
+    assert code == 0 and f"--masks {masks_file} --compact" in err
+    report = json.loads(out)
     # refill keeps the criterion's budget in whole rows; the weights reading removed channels are dropped too
-    assert 0.4**2 * 0.7 < report["density"] < 0.4**2 * 1.5 and "the weights kept are" in out
+    assert 0.4**2 * 0.7 < report["density"] < 0.4**2 * 1.5 and "the weights kept are" in err
     from ticketlab.sparsity import load_masks
     from ticketlab.sparsity.structure import is_channel_structured
 
@@ -311,7 +311,7 @@ def test_prune_structure_channel_then_train_compact(tmp_path, tiny_npz, capsys):
     code, out, _ = _run(capsys, "train", "--model", "cifar_resnet_20", "--dataset", tiny_npz, "--masks", masks_file,
                         "--compact", "--epochs", "1", "--batch-size", "32", "--store", tmp_path / "store",
                         "--quiet", "--json")
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(out)
     assert code == 0 and summary["trained_parameters"] < summary["parameters"]
     code, _, err = _run(capsys, "prune", "--model", "lenet_300_100", "--dataset", tiny_npz, "--density", "0.4",
                         "--structure", "nm")
@@ -352,5 +352,5 @@ def test_bench_threads_apply_to_the_timing_only(conv_ticket, capsys):
     threads = 1 if before > 1 else 2
     code, out, _ = _run(capsys, "bench", "--model-file", conv_ticket, "--batch-sizes", "1", "--repeats", "1",
                         "--threads", str(threads), "--json")
-    assert code == 0 and json.loads(out.strip().splitlines()[-1])["threads"] == threads
+    assert code == 0 and json.loads(out)["threads"] == threads
     assert torch.get_num_threads() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ticketlab.cli import ship
-from ticketlab.cli.table import key_values, table
+from ticketlab.cli.table import key_values, print_json, table
 from ticketlab.config import (
     LOSSES,
     OPTIMIZERS,
@@ -119,7 +120,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the rest goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -189,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"{100 * r['selective_error']:.2f}%") for r in s["coverage"]]))
         print(f"plot: {s['coverage_plot']}")
     if args.json:
-        print(json.dumps(s, sort_keys=True))
+        print_json(args, s)
     return 0
 
 
@@ -224,13 +225,13 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
     print(f"test accuracy {100 * test.mean:.2f} ± {100 * test.std:.2f}% (mean ± sample std over {len(seeds)} seeds)")
     if args.json:
         first = results[0].summary
-        print(json.dumps({
+        print_json(args, {
             "model": first["model"], "dataset": first["dataset"], "epochs": first["epochs"], "seeds": seeds,
             "stacked": args.stack, "run_ids": [r.run_id for r in results], "test_accuracy": test.mean,
             "test_accuracy_std": test.std, "test_accuracies": [r.summary["test_accuracy"] for r in results],
             "train_seconds": round(sum(r.summary["train_seconds"] for r in results), 3),
             "parameters": first["parameters"], "density": first["density"],
-        }, sort_keys=True))
+        })
     return 0
 
 
@@ -268,7 +269,7 @@ def cmd_find(args: argparse.Namespace) -> int:
     for warning in s["warnings"]:
         print(f"warning: {warning}")
     if args.json:
-        print(json.dumps(s, sort_keys=True))
+        print_json(args, s)
     return 0
 
 
@@ -379,8 +380,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --dataset {args.dataset} "
           f"--masks {args.out}{compact} ...)")
     if args.json:
-        print(json.dumps({"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
-                          "density": report["total"]["density"], "layers": report["layers"]}, sort_keys=True))
+        print_json(args, {"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
+                          "density": report["total"]["density"], "layers": report["layers"]})
     return 0
 
 
@@ -413,13 +414,13 @@ def cmd_prac(args: argparse.Namespace) -> int:
                       "saved to": args.out}))
     print(f"use it: ticketlab find --data prac --prac-file {args.out} ... (any model, same dataset and --validation)")
     if args.json:
-        print(json.dumps({**i, "prac_fraction": prac.fraction, "out": str(args.out)}, sort_keys=True))
+        print_json(args, {**i, "prac_fraction": prac.fraction, "out": str(args.out)})
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """List, show or remove stored runs. Only an existing store is opened: these commands never
-    create one. With --json the last line is one object, `{"runs": [...]}` (rm: `{"removed": [...]}`)."""
+    create one. With --json stdout is one object, `{"runs": [...]}` (rm: `{"removed": [...]}`)."""
     from ticketlab.store import RunStore
 
     store = RunStore(args.store, create=False)
@@ -433,8 +434,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             for r, s, c in zip(runs, status, runs_of)
         ]
         if args.json:
-            print(json.dumps({"runs": [{"run_id": r.run_id, "kind": r.kind, "status": s, "summary": r.summary}
-                                       for r, s in zip(runs, status)]}, sort_keys=True))
+            print_json(args, {"runs": [{"run_id": r.run_id, "kind": r.kind, "status": s, "summary": r.summary}
+                                       for r, s in zip(runs, status)]})
         elif rows:
             print(table(("run", "kind", "status", "model", "dataset", "test_acc"), rows))
         else:
@@ -447,7 +448,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         shown = [{"run_id": r.run_id, "status": r.status, "folder": str(r.folder), "config": r.config,
                   "summary": r.summary} for r in records]
         if args.json:
-            print(json.dumps({"runs": shown}, sort_keys=True))
+            print_json(args, {"runs": shown})
         else:
             for run in shown:
                 print(json.dumps(run, indent=2, sort_keys=True))
@@ -460,7 +461,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         store.remove(record.run_id)
         print(f"removed {record.run_id}")
     if args.json:
-        print(json.dumps({"removed": [r.run_id for r in records]}))
+        print_json(args, {"removed": [r.run_id for r in records]})
     return 0
 
 
@@ -469,7 +470,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     names = list_models()
     if args.json:
-        print(json.dumps({n: model_recipe(n) for n in names}, sort_keys=True))
+        print_json(args, {n: model_recipe(n) for n in names})
         return 0
 
     def options(name: str) -> str:
@@ -489,7 +490,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from ticketlab.data import list_datasets
 
     names = list_datasets()
-    print(json.dumps(names) if args.json else "\n".join(names))
+    if args.json:
+        print_json(args, names)
+    else:
+        print("\n".join(names))
     return 0
 
 
@@ -572,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "show", "rm"))
     p.add_argument("ids", nargs="*", help="run ids or unique prefixes (show, rm)")
     p.add_argument("--store", help="an existing run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the rest goes to stderr)")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("models", help="list registered models and their training recipes")
@@ -611,7 +615,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = build_parser().parse_known_args(_attach_dashed_values(sys.argv[1:] if argv is None else argv))
         if extra:  # argparse would name the top-level help; the subcommand's lists the options
             raise TicketlabError(f"unrecognized arguments: {' '.join(extra)} (see `ticketlab {args.command} --help`)")
-        return args.func(args)
+        if not getattr(args, "json", False):
+            return args.func(args)
+        # stdout carries `--json`'s object alone; tables, notes and warnings still reach the terminal, on stderr
+        args.json_stdout = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.func(args)
     except TicketlabError as e:
         print(f"ticketlab: error: {e}", file=sys.stderr)
         return 2

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ticketlab.cli.table import table
+from ticketlab.cli.table import print_json, table
 from ticketlab.config import PRECISIONS
 from ticketlab.errors import TicketlabError
 
@@ -115,11 +114,10 @@ def _bench(args: argparse.Namespace) -> int:
         if isinstance(notes.get(key), str):
             print(notes[key])
     if args.json:
-        print(json.dumps({"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
+        print_json(args, {"model_file": args.model_file, "device": device.type, "threads": torch.get_num_threads(),
                           "layout": args.layout, "cuda_graph": args.cuda_graph, "compiled": args.compile,
                           "precision": precision,
-                          "timings": [t.as_dict() for t in timings], "parameters": params, "flops": flops, **notes},
-                         sort_keys=True))
+                          "timings": [t.as_dict() for t in timings], "parameters": params, "flops": flops, **notes})
     return 0
 
 
@@ -156,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {report['parameters']['after']:,} parameters "
           f"(the ticket's dense architecture has {report['parameters']['before']:,})")
     if args.json:
-        print(json.dumps({"out": str(out), **report}, sort_keys=True))
+        print_json(args, {"out": str(out), **report})
     return 0
 
 
@@ -209,7 +207,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="weights and inputs of every variant in this dtype (default fp32); a GPU deployment "
                         "serves in half precision, where tensor cores change what a narrower layer saves")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the rest goes to stderr)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="save a ticket as a compacted model (safetensors + JSON graph, or .onnx)")

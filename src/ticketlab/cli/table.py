@@ -1,7 +1,11 @@
-"""Plain-text tables for terminal summaries (no dependency for what a few lines do)."""
+"""What commands print: plain-text tables for people (no dependency for what a few lines do) and `--json`'s
+object for scripts."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from typing import Any, Sequence
 
 
@@ -21,3 +25,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def key_values(pairs: dict[str, Any]) -> str:
     return table(("", ""), [(k, v) for k, v in pairs.items()]).split("\n", 2)[2]
+
+
+def print_json(args: argparse.Namespace, obj: Any) -> None:
+    """`--json`'s object, on the stdout `main` set aside: a command's other output goes to stderr with `--json`,
+    so stdout is this one line alone (`> out.json`, `| jq`)."""
+    print(json.dumps(obj, sort_keys=True), file=getattr(args, "json_stdout", sys.stdout))

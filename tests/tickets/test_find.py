@@ -211,3 +211,8 @@ def test_a_study_at_another_seed_draws_the_baselines_of_that_seed(tmp_path):
     alone = json.loads((one.folder / "per_seed.json").read_text())
     assert alone[0][0]["runs"] == per_seed[1][0]["runs"]  # the dense run, reused
     assert alone[0][1]["runs"]["random"] == per_seed[1][1]["runs"]["random"]
+    # the study folders name the seed, as the progress lines do, not its position in the study
+    assert sorted(f.name for f in two.folder.glob("seed_*")) == ["seed_0", "seed_1"]
+    assert [f.name for f in one.folder.glob("seed_*")] == ["seed_1"]
+    masks = [load_masks(f.folder / "seed_1" / "level_1" / "masks.safetensors") for f in (one, two)]
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])

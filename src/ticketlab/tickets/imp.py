@@ -315,7 +315,7 @@ class _Study:
         # what the ticket keeps: a channel ticket's completed masks also drop the weights that read removed
         # channels, which `weights` (whole rows, refill's budget) still holds
         report = self._density_report(masks)
-        folder = self.store.folder(self.config.run_id) / f"seed_{chain.s}" / f"level_{level}"
+        folder = self.store.folder(self.config.run_id) / f"seed_{chain.run.train.seed}" / f"level_{level}"
         save_masks(folder / "masks.safetensors", masks)
         write_json(folder / "density.json", report)
         density = report["total"]["density"]

@@ -145,11 +145,13 @@ def test_compacted_training_on_cuda_matches_masked_training(tmp_path, exact_cuda
 @pytest.mark.parametrize("name", COMPACTABLE)
 def test_every_compactable_architecture_trains_compacted_as_it_trains_masked(name):
     """A few steps with momentum, weight decay, EMA and lookahead, on every architecture with a channel plan:
-    the same weights up to rounding. (WRN's dropout is off: it draws its masks at the trained width.)"""
+    the same weights up to rounding. In float64: in fp32 a rounding difference that flips a ReLU or a
+    max-pool choice grows, over a few steps, past any tolerance that would still catch a wrong wiring.
+    (WRN's dropout is off: it draws its masks at the trained width.)"""
     options, shape = COMPACTABLE[name]
     options = {**options, "dropout": 0.0} if "dropout" in options else options
     torch.manual_seed(0)
-    model = build_model(name, num_classes=4, **options)
+    model = build_model(name, num_classes=4, **options).double()
     if name == "fastnet":  # its dirac init makes a kept channel that reads only removed ones constant, and the
         for module in model.modules():  # BatchNorm of a constant blows gradients up (1e9) in either form
             if isinstance(module, torch.nn.Conv2d):
@@ -164,7 +166,8 @@ def test_every_compactable_architecture_trains_compacted_as_it_trains_masked(nam
     masks["fc.weight"] = torch.rand(params["fc.weight"].shape, generator=g) < 0.7
     masks = complete_channel_masks(model, masks)
     x = torch.randint(0, 256, (48, *shape[1:]), generator=g, dtype=torch.uint8)
-    data = DeviceData(x, torch.arange(48) % 4, (0.5,) * shape[1], (0.25,) * shape[1], "cpu", Augment())
+    data = DeviceData(x, torch.arange(48) % 4, (0.5,) * shape[1], (0.25,) * shape[1], "cpu", Augment(),
+                      dtype=torch.float64)
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, weight_decay=5e-4, ema_decay=0.9, ema_every=1,
                       lookahead_every=2)
     plan = compacted_for_training(model, masks)
@@ -174,4 +177,4 @@ def test_every_compactable_architecture_trains_compacted_as_it_trains_masked(nam
     assert sum(p.numel() for p in plan.small.parameters()) < sum(p.numel() for p in model.parameters())
     for key, value in model.state_dict().items():
         if "running" not in key:
-            assert torch.allclose(trained[key], value, atol=1e-4), key
+            assert trained[key].dtype == value.dtype and torch.allclose(trained[key], value, atol=1e-10), key

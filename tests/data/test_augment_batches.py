@@ -72,3 +72,17 @@ def test_an_epoch_augmented_at_once_gives_the_batches_of_augmenting_each_batch()
             assert torch.equal(inputs, expected)
     inputs, _, idx = data.batch(data.epoch(3, 0), 0, 16)
     assert not torch.equal(inputs, normalize(x[idx], data.mean, data.std))  # the augmentation did something
+
+
+def test_batches_come_in_the_requested_dtype_with_the_same_augmentation():
+    x = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    aug = Augment(crop_padding=2, flip=True, cutout=3)
+    single = DeviceData(x, torch.arange(40) % 4, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), "cpu", aug)
+    double = DeviceData(x, torch.arange(40) % 4, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), "cpu", aug, dtype=torch.float64)
+    plain = DeviceData(x, torch.arange(40) % 4, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), "cpu", Augment(),
+                       dtype=torch.float64)
+    a, _, ia = single.batch(single.epoch(1, 0), 1, 16)
+    b, _, ib = double.batch(double.epoch(1, 0), 1, 16)
+    assert a.dtype == torch.float32 and b.dtype == torch.float64 and torch.equal(ia, ib)
+    assert torch.allclose(a.double(), b, atol=1e-6) and not torch.equal(a.double(), b)  # computed in float64
+    assert plain.batch(plain.epoch(1, 0), 0, 8)[0].dtype == torch.float64  # unaugmented batches too

@@ -95,11 +95,11 @@ def cutout_mask(shape: torch.Size, cy: torch.Tensor, cx: torch.Tensor, size: int
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> float32, per-channel standardised (mean/std on the 0..1 scale, of shape
-    [C] or already [1, C, 1, 1], which spares a training step two operations)."""
+    """uint8 [B, C, H, W] -> floats of mean's dtype, per-channel standardised (mean/std on the 0..1 scale,
+    of shape [C] or already [1, C, 1, 1], which spares a training step two operations)."""
     if mean.dim() == 1:
         mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x.to(mean.dtype) / 255.0 - mean) / std
 
 
 def shift_and_flip(aug: Augment, x: torch.Tensor, d: Draws) -> torch.Tensor:

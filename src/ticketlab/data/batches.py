@@ -42,16 +42,18 @@ class Epoch:
 
 
 class DeviceData:
-    """Images as uint8 on the device, labels as int64; float batches are made on demand."""
+    """Images as uint8 on the device, labels as int64; float batches are made on demand, in `dtype`
+    (float64 lets a test compare two computations without fp32 rounding amplified by training)."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, mean, std, device: str | torch.device, augment: Augment
+        self, x: torch.Tensor, y: torch.Tensor, mean, std, device: str | torch.device, augment: Augment,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
+        self.mean = torch.as_tensor(mean, dtype=dtype, device=self.device)
+        self.std = torch.as_tensor(std, dtype=dtype, device=self.device)
         self._mean4, self._std4 = self.mean.view(1, -1, 1, 1), self.std.view(1, -1, 1, 1)
         self.augment = augment
 

@@ -90,9 +90,9 @@ def plot(arms: list[dict[str, Any]], path: Path, title: str, tolerance: float, s
     for key, name, style in (("test", "test", dict(color="C0", marker="o")),
                              ("val", "validation", dict(color="C1", marker="s", ls="--"))):
         ax.plot(x, [a[f"gap_{key}"] for a in arms], label=f"ticket − dense, {name} (mean of seeds)", **style)
-        for a in arms:
+        for i, a in enumerate(arms):
             ax.scatter([a["speedup_median"]] * a["seeds"], a[f"seed_gaps_{key}"], s=12, alpha=0.35,
-                       color=style["color"], marker=style["marker"])
+                       color=style["color"], marker=style["marker"], label=f"one seed, {name}" if i == 0 else None)
     for a in arms:
         ax.annotate(a["arm"], (a["speedup_median"], a["gap_test"]), textcoords="offset points",
                     xytext=(5, 6), fontsize=8)

@@ -1,0 +1,23 @@
+#!/bin/bash
+# after both.sh: refill+ r=0.2 on seeds 1 and 2 (same stores), then the three rates benched in turns, 5 rounds per seed
+PY="env PYTHONPATH=/work/s1/tree/src /work/main/.venv/bin/python -m ticketlab.cli.main"
+while [ ! -f /work/s2/finished ]; do sleep 20; done
+for N in 1 2; do
+  cd /work/s$N
+  R=0.2
+  $PY find --model cifar_vgg_16 --dataset cifar10 --data-dir /work/shared/data --epochs 10 --seed $N --seeds 1 --levels 1 \
+      --fraction 0.6 --structure channel --rewind 1ep --refill-rate $R --baselines= --store S --json --plot vgg_r1_10ep_seed${N}_r$R.png > study_r$R.json 2> study_r$R.err
+  echo "rc=$?" >> study_r$R.err
+  SID=$(python3 -c "import json;print(json.load(open('study_r$R.json'))['study_id'])")
+  echo "S/runs/$SID/seed_$N/level_1/ticket.safetensors" > ticket_r$R.path
+  touch finished_r$R
+done
+for N in 1 2; do
+  cd /work/s$N
+  for i in 1 2 3 4 5; do
+    for R in 0 0.1 0.2; do
+      $PY bench --model-file "$(cat ticket_r$R.path)" --batch-sizes 64 --repeats 7 --json > turns3_r${R}_$i.json 2> turns3_r${R}_$i.err
+    done
+  done
+  echo done > finished3
+done

@@ -19,18 +19,30 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import matplotlib.pyplot as plt
 
 from ticketlab.report.plots import save_png  # sets the headless backend
 
 
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _files(pattern: str) -> list[Path]:
     files = sorted(Path(p) for p in glob.glob(pattern))
     if not files:
-        sys.exit(f"error: no file matches {pattern!r}; check the path and the quoting of the pattern")
+        _fail(f"no file matches {pattern!r}; check the path and the quoting of the pattern")
     return files
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"{path} is not a readable JSON file ({e}); pass `find --json` and `bench --json` outputs")
 
 
 def seed_gaps(study: dict[str, Any], level: int) -> dict[str, float]:
@@ -120,9 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     arms = []
     for label, finds, benches in args.arm:
-        studies = [json.loads(f.read_text()) for f in _files(finds)]
-        ratios = [bench_ratio(json.loads(f.read_text()), args.batch_size) for f in _files(benches)]
-        arms.append(pool(label, studies, ratios, args.level))
+        try:
+            studies = [_read(f) for f in _files(finds)]
+            ratios = [bench_ratio(_read(f), args.batch_size) for f in _files(benches)]
+            arms.append(pool(label, studies, ratios, args.level))
+        except (KeyError, TypeError, ValueError) as e:
+            _fail(f"arm {label!r}: its files are not `find --json` outputs with a level {args.level} "
+                  f"and `bench --json` outputs ({type(e).__name__}: {e})")
     arms.sort(key=lambda a: a["speedup_median"])
     if args.plot:
         plot(arms, args.plot, args.title, args.tolerance, args.speed_target)

@@ -3,7 +3,8 @@
 Long CPU studies run one seed per session, so a ticket's "mean of seeds" is spread over several
 `find --json` outputs and `bench --json` rounds. This script pools them per arm (for example one
 refill rate): the mean gap to dense on test and validation (mean ticket minus mean dense over the
-seeds), each seed's gaps, and the median compacted/dense throughput over every bench round. It
+seeds) with its standard error over the seeds, each seed's gaps, and the median compacted/dense
+throughput over every bench round. It
 prints a markdown table (or `--json`) and draws the gap against the speed-up as a PNG.
 
     python benchmarks/seed_tradeoff.py --plot FIG.png --title "..." \\
@@ -66,15 +67,29 @@ def bench_ratio(bench: dict[str, Any], batch_size: int) -> float:
     raise ValueError(f"{bench.get('model_file')}: no compacted timing at batch {batch_size}")
 
 
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean over seeds; None for one seed, which gives no spread to judge by."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+
+
 def pool(label: str, studies: list[dict[str, Any]], ratios: list[float], level: int) -> dict[str, Any]:
-    """The arm's mean gaps over seeds (mean ticket − mean dense) and its median measured speed-up."""
+    """The arm's mean gaps over seeds (mean ticket − mean dense) and its median measured speed-up.
+
+    Each seed's ticket is paired with its own dense run, so the mean gap is the mean of the per-seed
+    gaps and its standard error is theirs: the noise a "within 0.5 points" claim must clear.
+    """
     seeds = [seed_gaps(s, level) for s in studies]
     mean = {k: statistics.fmean(s[k] for s in seeds) for k in seeds[0]}
+    gaps = {split: [s[f"ticket{suffix}"] - s[f"dense{suffix}"] for s in seeds]
+            for split, suffix in (("test", ""), ("val", "_val"))}
+    se = {split: standard_error(g) for split, g in gaps.items()}
     return {"arm": label, "seeds": len(seeds),
             "gap_test": round(mean["ticket"] - mean["dense"], 2),
             "gap_val": round(mean["ticket_val"] - mean["dense_val"], 2),
-            "seed_gaps_test": [round(s["ticket"] - s["dense"], 2) for s in seeds],
-            "seed_gaps_val": [round(s["ticket_val"] - s["dense_val"], 2) for s in seeds],
+            "gap_test_se": None if se["test"] is None else round(se["test"], 2),
+            "gap_val_se": None if se["val"] is None else round(se["val"], 2),
+            "seed_gaps_test": [round(g, 2) for g in gaps["test"]],
+            "seed_gaps_val": [round(g, 2) for g in gaps["val"]],
             "dense_test": round(mean["dense"], 2), "dense_val": round(mean["dense_val"], 2),
             "ticket_test": round(mean["ticket"], 2), "ticket_val": round(mean["ticket_val"], 2),
             "parameters_left": round(mean["parameters_left"], 4), "flops_left": round(mean["flops_left"], 4),
@@ -82,13 +97,18 @@ def pool(label: str, studies: list[dict[str, Any]], ratios: list[float], level: 
             "speedup_min": round(min(ratios), 2), "speedup_max": round(max(ratios), 2)}
 
 
+def _gap(arm: dict[str, Any], split: str) -> str:
+    se = arm[f"gap_{split}_se"]
+    return f"{arm[f'gap_{split}']:+.2f}" + ("" if se is None else f" ± {se:.2f}")
+
+
 def table(arms: list[dict[str, Any]]) -> str:
-    lines = ["| arm | seeds | ticket − dense, test (per seed) | validation (per seed) | parameters left "
+    lines = ["| arm | seeds | ticket − dense ± s.e., test (per seed) | validation (per seed) | parameters left "
              "| FLOPs left | CPU speed-up, median (min–max, rounds) |", "|---|---|---|---|---|---|---|"]
     for a in arms:
         per = ", ".join(f"{g:+.2f}" for g in a["seed_gaps_test"])
         per_val = ", ".join(f"{g:+.2f}" for g in a["seed_gaps_val"])
-        lines.append(f"| {a['arm']} | {a['seeds']} | {a['gap_test']:+.2f} ({per}) | {a['gap_val']:+.2f} ({per_val}) "
+        lines.append(f"| {a['arm']} | {a['seeds']} | {_gap(a, 'test')} ({per}) | {_gap(a, 'val')} ({per_val}) "
                      f"| {100 * a['parameters_left']:.1f}% | {100 * a['flops_left']:.1f}% "
                      f"| {a['speedup_median']:.2f}× ({a['speedup_min']:.2f}–{a['speedup_max']:.2f}, "
                      f"{a['speedup_rounds']}) |")
@@ -96,12 +116,14 @@ def table(arms: list[dict[str, Any]]) -> str:
 
 
 def plot(arms: list[dict[str, Any]], path: Path, title: str, tolerance: float, speed_target: float) -> Path:
-    """Mean gaps as lines through the arms, each seed's gap as a faint point at the arm's speed-up."""
+    """Mean gaps (± standard error) as lines through the arms, each seed's gap as a faint point."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     x = [a["speedup_median"] for a in arms]
     for key, name, style in (("test", "test", dict(color="C0", marker="o")),
                              ("val", "validation", dict(color="C1", marker="s", ls="--"))):
-        ax.plot(x, [a[f"gap_{key}"] for a in arms], label=f"ticket − dense, {name} (mean of seeds)", **style)
+        errors = [a[f"gap_{key}_se"] or 0.0 for a in arms]
+        ax.errorbar(x, [a[f"gap_{key}"] for a in arms], yerr=errors, capsize=3,
+                    label=f"ticket − dense, {name} (mean of seeds ± s.e.)", **style)
         for i, a in enumerate(arms):
             ax.scatter([a["speedup_median"]] * a["seeds"], a[f"seed_gaps_{key}"], s=12, alpha=0.35,
                        color=style["color"], marker=style["marker"], label=f"one seed, {name}" if i == 0 else None)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import matplotlib.pyplot as plt
+from matplotlib.transforms import offset_copy
 
 from ticketlab.report.plots import save_png  # sets the headless backend
 
@@ -119,14 +120,20 @@ def plot(arms: list[dict[str, Any]], path: Path, title: str, tolerance: float, s
     """Mean gaps (± standard error) as lines through the arms, each seed's gap as a faint point."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     x = [a["speedup_median"] for a in arms]
-    for key, name, style in (("test", "test", dict(color="C0", marker="o")),
-                             ("val", "validation", dict(color="C1", marker="s", ls="--"))):
+    for key, name, shift, style in (("test", "test", -3, dict(color="C0", marker="o")),
+                                    ("val", "validation", 3, dict(color="C1", marker="s", ls="--"))):
+        moved = offset_copy(ax.transData, fig=fig, x=shift, units="points")  # keeps the two splits' bars apart
         errors = [a[f"gap_{key}_se"] or 0.0 for a in arms]
-        ax.errorbar(x, [a[f"gap_{key}"] for a in arms], yerr=errors, capsize=3,
+        ax.errorbar(x, [a[f"gap_{key}"] for a in arms], yerr=errors, capsize=3, transform=moved,
                     label=f"ticket − dense, {name} (mean of seeds ± s.e.)", **style)
         for i, a in enumerate(arms):
-            ax.scatter([a["speedup_median"]] * a["seeds"], a[f"seed_gaps_{key}"], s=12, alpha=0.35,
+            ax.scatter([a["speedup_median"]] * a["seeds"], a[f"seed_gaps_{key}"], s=12, alpha=0.35, transform=moved,
                        color=style["color"], marker=style["marker"], label=f"one seed, {name}" if i == 0 else None)
+        # artists drawn through an offset transform do not widen the axes: give their data extent by hand
+        ax.update_datalim([(a["speedup_median"], g) for a in arms for g in a[f"seed_gaps_{key}"]]
+                          + [(a["speedup_median"], a[f"gap_{key}"] + sign * (a[f"gap_{key}_se"] or 0.0))
+                             for a in arms for sign in (-1, 1)])
+    ax.autoscale_view()
     for a in arms:
         ax.annotate(a["arm"], (a["speedup_median"], a["gap_test"]), textcoords="offset points",
                     xytext=(5, 6), fontsize=8)

@@ -4,8 +4,8 @@ Long CPU studies run one seed per session, so a ticket's "mean of seeds" is spre
 `find --json` outputs and `bench --json` rounds. This script pools them per arm (for example one
 refill rate): the mean gap to dense on test and validation (mean ticket minus mean dense over the
 seeds) with its standard error over the seeds, each seed's gaps, and the median compacted/dense
-throughput over every bench round. It
-prints a markdown table (or `--json`) and draws the gap against the speed-up as a PNG.
+throughput over every bench round. It prints a markdown table (or `--json`) and draws the gap
+against the speed-up as a PNG.
 
     python benchmarks/seed_tradeoff.py --plot FIG.png --title "..." \\
         --arm "r = 0" "DIR/*_r0_find.json" "DIR/*_r0_turns_*.json" \\

@@ -70,7 +70,8 @@ step12() {
 #     refill+ at r = 0.1 (the CPU's best at 10 epochs, three seeds), then, when a third training fits, plain refill
 #     (r = 0) on the same store beside it (dense reused). The store is too large to carry between calls (59 MB a
 #     weights file), so the study must finish inside this step's limit: an epoch is timed first (2 epochs trained),
-#     and the step runs 3 trainings, or 2, or is skipped (exit 3) when even 2 would not fit.
+#     and the step runs 3 trainings, or 2, or is skipped (exit 3) when even 2 would not fit in STUDY_SECONDS
+#     (default 500; a call with less device time left sets it to the call's timeout less 90 s).
 step13() {
     local t trainings rate
     python3 -m ticketlab.cli.main train --model cifar_vgg_16 --dataset cifar10 --data-dir "$data" --epochs 2 \
@@ -78,8 +79,8 @@ step13() {
     # the second epoch's time: the first includes the capture and cuDNN's first calls
     t=$(python3 -c "import json, sys; h = json.load(open(sys.argv[1])); print(h[1]['train_seconds'] - h[0]['train_seconds'])" \
         /tmp/vgg-probe/runs/*/history.json) || return 1
-    trainings=$(python3 -c "import sys; t = float(sys.argv[1]); budget = 500
-print(3 if 3 * 160 * t * 1.25 + 30 < budget else 2 if 2 * 160 * t * 1.15 + 30 < budget else 0)" "$t")
+    trainings=$(python3 -c "import sys; t, budget = float(sys.argv[1]), float(sys.argv[2])
+print(3 if 3 * 160 * t * 1.25 + 30 < budget else 2 if 2 * 160 * t * 1.15 + 30 < budget else 0)" "$t" "$STUDY_SECONDS")
     echo "VGG-16: one epoch in $t s; trainings that fit: $trainings" | tee "$out/vgg16_probe.txt"
     [ "$trainings" != 0 ] || { echo "two trainings of 160 epochs do not fit in this step's limit: skipped"; return 3; }
     for rate in 0.1 0; do
@@ -96,12 +97,14 @@ step14() { python3 benchmarks/structured_speed.py --device cuda --batch-sizes 64
     --multiples 1,8 --precision fp16 --out "$out/structured_cuda_graphs_fp16.json" | tee "$out/structured_cuda_graphs_fp16.txt"; }
 
 # seconds each step may take at most (the estimates of GPU.md with room to spare)
-declare -A limit=([1]=150 [2]=360 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240 [11]=300 [12]=150 [13]=560 [14]=150)
+STUDY_SECONDS=${STUDY_SECONDS:-500}
+declare -A limit=([1]=150 [2]=360 [3]=120 [4]=150 [5]=420 [6]=150 [7]=90 [8]=150 [9]=150 [10]=240 [11]=300 [12]=150
+                  [13]=$((STUDY_SECONDS + 60)) [14]=150)
 for n in $steps; do
     echo "== step $n (at most ${limit[$n]} s)"
     start=$SECONDS
     export -f "step$n"
-    export data out
+    export data out STUDY_SECONDS
     timeout "${limit[$n]}" bash -c "set -o pipefail; step$n"
     echo "== step $n: exit $?, $((SECONDS - start)) s" | tee -a "$out/steps.txt"
 done

@@ -245,7 +245,8 @@ def cmd_find(args: argparse.Namespace) -> int:
         levels=args.levels, fraction=args.fraction, output_fraction=args.output_fraction, scope=args.scope,
         rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
         baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
-        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, nm=args.nm or TicketConfig.nm,
+        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, refill_multiple=args.refill_multiple,
+        nm=args.nm or TicketConfig.nm,
         data=args.data, prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
         compact_training=not args.no_compact_training,
     )
@@ -536,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refill-rate", type=float, default=0.0, help="channel: refill+ rate r of extra channels")
     g.add_argument("--refill-criterion", choices=REFILL_CRITERIA, default="count",
                    help="channel: rank channels by surviving weights, weight L1, activation norm or |activation*grad|")
+    g.add_argument("--refill-multiple", type=int, default=1, metavar="M",
+                   help="channel: keep the nearest multiple of M channels per layer; widths the kernels run fast "
+                        "(16 for AVX-512 CPUs, 8 for tensor cores; default 1: the exact count)")
     g.add_argument("--nm", help="nm: keep N of every M weights (2:4)")
     g.add_argument("--no-compact-training", action="store_true",
                    help="channel: train tickets masked at full size instead of physically compacted "

@@ -5,7 +5,9 @@ linear [out, in] weight) can be compacted into a smaller dense network, which is
 device; an unstructured mask of the same density is not. Refill spends a layer's surviving-weight
 budget on the channels that deserve it most: c = nnz / (weights per channel) channels could be
 filled completely, so it keeps int(c + (C_out − c)·r) channels dense and drops the rest. r = 0
-keeps the parameter count; r > 0 ("refill+") adds channels back.
+keeps the parameter count; r > 0 ("refill+") adds channels back. With `multiple` M > 1 that count is
+rounded to the nearest multiple of M: AVX-512 and tensor-core kernels run such widths far faster
+than the widths in between (BENCHMARKS.md), at about the same parameter count.
 
 In a residual network the convs that write into one skip-connection stream must keep the same
 channels (a removed channel must vanish from every addend), so such layers are refilled as one
@@ -88,8 +90,22 @@ def _dense_rows(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return keep.to(like.device).view(-1, *[1] * (like.dim() - 1)).expand(like.shape).contiguous()
 
 
+def _check_multiple(multiple: int) -> None:
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise TicketlabError(f"the refill multiple must be a positive integer (1 keeps the exact count; 16 suits "
+                             f"AVX-512 CPUs, 8 tensor cores), got {multiple!r}")
+
+
+def _rounded(count: Fraction, c_out: int, multiple: int) -> int:
+    """The channel count to keep: `count` floored (at least 1), or, with `multiple` > 1 and a layer wider
+    than it, rounded to the nearest multiple (halves up) within [multiple, c_out]."""
+    if multiple == 1 or c_out <= multiple:
+        return max(1, math.floor(count))
+    return min(c_out, max(multiple, multiple * math.floor(count / multiple + Fraction(1, 2))))
+
+
 def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor] | None, r: float,
-                  widths: Mapping[str, int] | None = None) -> Masks:
+                  widths: Mapping[str, int] | None = None, multiple: int = 1) -> Masks:
     """One channel set for all of `masks` (a single layer is a group of one).
 
     Budget: c = (Σ nnz) / (Σ weights per channel), so the group keeps the parameters its members
@@ -117,7 +133,7 @@ def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.
     width = sum((widths or {}).get(name, rw.shape[1]) for name, rw in rows.items())
     c = Fraction(sum(int(rw.sum()) for rw in rows.values()), width)
     # at least one channel, so that refill never cuts the network in two
-    n = max(1, math.floor(c + (c_out - c) * Fraction(str(r))))
+    n = _rounded(c + (c_out - c) * Fraction(str(r)), c_out, multiple)
     # stable descending sort: ties go to the lower channel index, so the result is deterministic
     order = torch.sort(vote, descending=True, stable=True).indices[:n]
     keep = torch.zeros(c_out, dtype=torch.bool, device=device)
@@ -125,12 +141,15 @@ def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.
     return {name: _dense_rows(keep, mask) for name, mask in masks.items()}
 
 
-def refill_layer(mask: torch.Tensor, scores: torch.Tensor | None = None, r: float = 0.0) -> torch.Tensor:
-    """c = nnz / (weights per channel); keep int(c + (C_out - c) * r) channels fully dense (at least 1),
-    ranked by `scores` [C_out] (default: channel_counts(mask)), ties to the lower index; all other rows False."""
+def refill_layer(mask: torch.Tensor, scores: torch.Tensor | None = None, r: float = 0.0,
+                 multiple: int = 1) -> torch.Tensor:
+    """c = nnz / (weights per channel); keep int(c + (C_out - c) * r) channels fully dense (at least 1; with
+    `multiple` > 1 the nearest multiple of it instead), ranked by `scores` [C_out] (default:
+    channel_counts(mask)), ties to the lower index; all other rows False."""
     _check_r(r)
+    _check_multiple(multiple)
     key = "passed to refill_layer"  # how errors name this mask
-    return _refill_group({key: mask}, None if scores is None else {key: scores}, r)[key]
+    return _refill_group({key: mask}, None if scores is None else {key: scores}, r, multiple=multiple)[key]
 
 
 def _groups(masks: Masks, tied: Sequence[Sequence[str]], keep: Collection[str]) -> list[list[str]]:
@@ -164,6 +183,7 @@ def refill(
     tied: Sequence[Sequence[str]] = (),
     keep: Collection[str] = (),
     widths: Mapping[str, int] | None = None,
+    multiple: int = 1,
 ) -> Masks:
     """Refill every layer of `masks`, except the names in `keep` (returned unchanged: e.g. the classifier,
     whose outputs are classes).
@@ -172,12 +192,16 @@ def refill(
     input channels (default: the whole row). The budget then counts a kept channel by its live weights,
     as the paper's rule counts whole rows of a network whose every input is live.
 
+    `multiple`: keep a multiple of this many channels per layer (or tied group), the nearest to the
+    count the rule gives; a layer no wider than `multiple` keeps the rule's count.
+
     `tied`: groups of layer names whose output channels are tied (the convs writing into one
     skip-connection stream); a group gets ONE channel set, see `_refill_group`. Names in `tied` or
     `keep` that are not in `masks` are ignored (e.g. an excluded first layer), and so are `keep`
     names inside a group: a layer left unchanged cannot share a channel set.
     """
     _check_r(r)
+    _check_multiple(multiple)
     if scores is not None:
         missing = [name for name in masks if name not in keep and name not in scores]
         if missing:
@@ -187,7 +211,7 @@ def refill(
             )
     out: Masks = {}
     for group in _groups(masks, tied, keep):
-        out.update(_refill_group({name: masks[name] for name in group}, scores, r, widths))
+        out.update(_refill_group({name: masks[name] for name in group}, scores, r, widths, multiple))
     return {name: out.get(name, masks[name]) for name in masks}
 
 

@@ -71,6 +71,7 @@ class TicketConfig:
     structure: str = "none"  # none, channel (refill), group (regroup) or nm
     refill_rate: float = 0.0  # channel: r of refill+ (0 = the unstructured mask's parameter count)
     refill_criterion: str = "count"  # channel: how channels are ranked (structure.REFILL_CRITERIA)
+    refill_multiple: int = 1  # channel: keep the nearest multiple of this many channels per layer (16: AVX-512)
     nm: str = "2:4"  # nm: N of every M weights kept
     data: str = "full"  # full, or prac: search each level on its PrAC set (methods.md section 6)
     prac_file: str = ""  # a saved PrAC set to use instead of this dense run's (transfer across models)
@@ -103,6 +104,12 @@ class TicketConfig:
             raise TicketlabError("--refill-rate and --refill-criterion shape channel tickets; add --structure channel")
         if not 0 <= self.refill_rate < 1:
             raise TicketlabError(f"--refill-rate must be in [0, 1), got {self.refill_rate}")
+        if self.refill_multiple < 1:
+            raise TicketlabError(f"--refill-multiple must be a positive integer (1 keeps the exact count; 16 suits "
+                                 f"AVX-512 CPUs, 8 tensor cores), got {self.refill_multiple}")
+        if self.structure != "channel" and self.refill_multiple != 1:
+            raise TicketlabError("--refill-multiple rounds the channel counts of channel tickets; "
+                                 "add --structure channel")
         if self.refill_criterion not in REFILL_CRITERIA:
             raise TicketlabError(f"unknown --refill-criterion {self.refill_criterion!r}; "
                                  f"choose one of: {', '.join(REFILL_CRITERIA)}")
@@ -215,7 +222,8 @@ class _Study:
         self.k = rewind_iteration(self.t.rewind, steps, steps * config.run.train.epochs)
         self.seconds = 0.0
         self.structure = Structure(self.t.structure, probe, self.names, refill_rate=self.t.refill_rate,
-                                   refill_criterion=self.t.refill_criterion, nm=self.t.nm)
+                                   refill_criterion=self.t.refill_criterion, nm=self.t.nm,
+                                   refill_multiple=self.t.refill_multiple)
         self.input_shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
         self.prac = self.t.data == "prac"
         self._dense_predictions: tuple[RunResult, torch.Tensor] | None = None
@@ -440,6 +448,8 @@ class _Study:
             # settings; the level's current masks enter it as the run's masks)
             t = self.t
             watched = f":{t.structure}:{t.refill_rate}:{t.refill_criterion}:{t.nm}" if self.structure.active else ""
+            if t.refill_multiple != 1:  # only when set, so the ids of earlier runs stay the same
+                watched += f":{t.refill_multiple}"
             run = replace(run, hooks=f"early_bird:{t.early_bird}:5:{t.fraction}:{t.scope}:{t.output_fraction}"
                                      f"{watched}")
         if not self.prac:

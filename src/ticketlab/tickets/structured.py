@@ -57,8 +57,8 @@ class Structure:
     """The structure step of one study, fixed by its TicketConfig and architecture."""
 
     def __init__(self, kind: str, model: nn.Module, names: list[str], *, refill_rate: float = 0.0,
-                 refill_criterion: str = "count", nm: str = "2:4") -> None:
-        self.kind, self.rate, self.criterion = kind, refill_rate, refill_criterion
+                 refill_criterion: str = "count", nm: str = "2:4", refill_multiple: int = 1) -> None:
+        self.kind, self.rate, self.criterion, self.multiple = kind, refill_rate, refill_criterion, refill_multiple
         self.n, self.m = parse_nm(nm)
         classifier = list(prunable_parameters(model))[-1]
         self.keep = {classifier} & set(names)
@@ -91,7 +91,7 @@ class Structure:
             if self.criterion != "count":
                 scores = channel_scores(self.criterion, model, masks, batch)
             return refill(masks, r=self.rate, scores=scores, tied=self.tied, keep=self.keep,
-                          widths=None if live is None else _live_widths(live))
+                          widths=None if live is None else _live_widths(live), multiple=self.multiple)
         if self.kind == "group":
             return regroup(masks, keep=self.keep)
         return masks
@@ -103,14 +103,15 @@ class Structure:
         `scores` are what chose `drawn` (one-shot's magnitudes), None when its positions are random.
           * channel: refilled at r = 0 whatever the study's rate, since `drawn` already holds the ticket's
             budget, refill+'s extra channels included: a mask with the ticket's layer densities keeps exactly
-            the ticket's channel counts (refilling again at r > 0 would add channels);
+            the ticket's channel counts (refilling again at r > 0 would add channels; the ticket's multiple
+            leaves counts that are multiples already as they are);
           * group: a mask drawn at random has no blocks for regroup to find, and regrouping it would keep a
             different share of it, so it becomes the ticket's own blocks at random rows and columns (each layer's
             [C_out, C_in·k·k] view permuted: the same block shapes and count); a ranked mask is regrouped;
           * nm: N:M at random, or by the scores.
         The classifier keeps `drawn`'s unstructured mask, as the ticket keeps its own."""
         if self.kind == "channel":
-            return refill(drawn, r=0.0, tied=self.tied, keep=self.keep)
+            return refill(drawn, r=0.0, tied=self.tied, keep=self.keep, multiple=self.multiple)
         if self.kind == "group":
             if scores is not None:
                 return regroup(drawn, keep=self.keep)

@@ -125,6 +125,48 @@ def test_refill_keeps_at_least_one_channel():
     assert kept_rows(refill_layer(torch.zeros(3, 4, dtype=torch.bool))) == [0]
 
 
+def full_rows(c_out, full, per=4):
+    """[c_out, per] mask whose first `full` rows are whole (c = full exactly), ranked by their index."""
+    mask = torch.zeros(c_out, per, dtype=torch.bool)
+    mask[:full] = True
+    return mask
+
+
+@pytest.mark.parametrize("c_out, full, multiple, expected", [
+    (64, 51, 16, 48),  # 3.19 multiples: down
+    (64, 57, 16, 64),  # 3.56: up
+    (64, 56, 16, 64),  # exactly half way: up
+    (64, 40, 16, 48),
+    (64, 3, 16, 16),  # never below one multiple
+    (60, 58, 16, 60),  # the nearest multiple, 64, is wider than the layer: all of it
+    (64, 51, 8, 48),
+    (64, 51, 1, 51),
+    (10, 3, 16, 3),  # a layer no wider than the multiple keeps the rule's count
+])
+def test_refill_multiple_keeps_the_nearest_multiple_of_channels(c_out, full, multiple, expected):
+    out = refill_layer(full_rows(c_out, full), multiple=multiple)
+    assert kept_rows(out) == list(range(expected))  # the best-ranked channels: the full rows, then by index
+    assert is_channel_structured(out)
+
+
+def test_refill_multiple_rounds_refill_plus_and_tied_groups_by_their_own_count():
+    mask = full_rows(64, 40)  # c = 40, refill+ 0.25: 40 + 24 * 0.25 = 46 channels, 48 rounded
+    assert int(kept_channels(refill_layer(mask, r=0.25, multiple=16)).sum()) == 48
+    tied = refill({"a": full_rows(64, 20), "b": full_rows(64, 44, per=2), "c": full_rows(64, 20)},
+                  tied=[["a", "b"]], multiple=16)
+    # the group's pooled budget (20 * 4 + 44 * 2) / 6 = 28 channels: 32 shared; c alone: 20 -> 16
+    assert kept_rows(tied["a"]) == kept_rows(tied["b"]) == list(range(32))
+    assert kept_rows(tied["c"]) == list(range(16))
+
+
+@pytest.mark.parametrize("multiple", [0, -16, True, 2.0])
+def test_refill_rejects_a_multiple_that_is_not_a_positive_integer(multiple):
+    with pytest.raises(TicketlabError, match="refill multiple must be a positive integer"):
+        refill_layer(full_rows(64, 40), multiple=multiple)
+    with pytest.raises(TicketlabError, match="refill multiple must be a positive integer"):
+        refill({"a": full_rows(64, 40)}, multiple=multiple)
+
+
 @pytest.mark.parametrize("r", [1.0, -0.1, float("nan")])
 def test_refill_rejects_a_rate_outside_0_1(r):
     with pytest.raises(TicketlabError, match="refill rate r"):

@@ -100,6 +100,25 @@ def test_structure_options_are_checked():
         TicketConfig(structure="nm", nm="4:2", levels=1).validate()
     with pytest.raises(TicketlabError, match="channel tickets only"):
         TicketConfig(compact_training=False).validate()
+    with pytest.raises(TicketlabError, match="structure channel"):
+        TicketConfig(refill_multiple=16).validate()
+    with pytest.raises(TicketlabError, match="positive integer"):
+        TicketConfig(structure="channel", refill_multiple=0).validate()
+
+
+def test_a_channel_study_with_a_refill_multiple_keeps_multiples_of_it_in_the_ticket_and_its_baseline(tmp_path):
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    result = _study(tmp_path, "cifar_resnet_20", ds, structure="channel", fraction=0.3, levels=1, refill_multiple=8)
+    folder = result.folder / "seed_0" / "level_1"
+    ticket = load_masks(folder / "masks.safetensors")
+    widths = {n: int(m.flatten(1).any(1).sum()) for n, m in ticket.items() if m.dim() > 1 and n != "fc.weight"}
+    assert all(w % 8 == 0 for w in widths.values()), widths
+    assert any(w < m.shape[0] for w, m in zip(widths.values(), (ticket[n] for n in widths)))  # something pruned
+    level = json.loads((result.folder / "per_seed.json").read_text())[0][1]
+    random = read_tensors(RunStore(tmp_path).folder(level["runs"]["random"]) / "final.safetensors")
+    assert {n: int(random[n].flatten(1).ne(0).any(1).sum()) for n in widths} == widths  # other channels, as many
+    plain = _study(tmp_path, "cifar_resnet_20", ds, structure="channel", fraction=0.3, levels=1)
+    assert plain.folder != result.folder and plain.summary["levels"][0]["density"] != level["density"]
 
 
 def test_channel_arms_train_compacted_unless_told_not_to(tmp_path):

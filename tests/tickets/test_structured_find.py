@@ -102,8 +102,9 @@ def test_structure_options_are_checked():
         TicketConfig(compact_training=False).validate()
     with pytest.raises(TicketlabError, match="structure channel"):
         TicketConfig(refill_multiple=16).validate()
-    with pytest.raises(TicketlabError, match="positive integer"):
-        TicketConfig(structure="channel", refill_multiple=0).validate()
+    for multiple in (0, 2.5, True):
+        with pytest.raises(TicketlabError, match="positive integer"):
+            TicketConfig(structure="channel", refill_multiple=multiple).validate()
 
 
 def test_a_channel_study_with_a_refill_multiple_keeps_multiples_of_it_in_the_ticket_and_its_baseline(tmp_path):

@@ -104,7 +104,7 @@ class TicketConfig:
             raise TicketlabError("--refill-rate and --refill-criterion shape channel tickets; add --structure channel")
         if not 0 <= self.refill_rate < 1:
             raise TicketlabError(f"--refill-rate must be in [0, 1), got {self.refill_rate}")
-        if self.refill_multiple < 1:
+        if type(self.refill_multiple) is not int or self.refill_multiple < 1:  # before any training, not at pruning
             raise TicketlabError(f"--refill-multiple must be a positive integer (1 keeps the exact count; 16 suits "
                                  f"AVX-512 CPUs, 8 tensor cores), got {self.refill_multiple}")
         if self.structure != "channel" and self.refill_multiple != 1:

@@ -178,7 +178,8 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
                           (["--baselines", "reinit,nope"], "unknown baseline 'nope'"),
                           (["--stack", "--loss", "sat", "--sat-start", "1"], "--stack trains"),
                           (["--refill-multiple", "16"], "add --structure channel"),
-                          (["--structure", "channel", "--refill-multiple", "0"], "must be a positive")):
+                          (["--structure", "channel", "--refill-multiple", "0"], "must be a positive"),
+                          (["--keep-streams"], "has none (no channels are written by two layers)")):
         code, _, err = _run(capsys, *base, *argv)
         assert code == 2 and message in err and err.count("\n") == 1
 
@@ -222,6 +223,7 @@ def test_prune_a_finished_run_and_bad_inputs(tmp_path, tiny_npz, capsys):
         (["prune", "--model", "conv_2", "--density", "1.5"], "density must be in (0, 1]"),
         (["prune", "--model", "conv_2", "--density", "0.5", "--criterion", "oracle"], "unknown pruning criterion"),
         (["train", "--model", "conv_2", "--masks", str(tmp_path / "none.safetensors")], "no mask file"),
+        (["prune", "--model", "conv_2", "--density", "0.5", "--keep-streams"], "has none"),
     ):
         code, _, err = _run(capsys, *argv, "--dataset", str(tiny_npz), "--store", store, "--quiet")
         assert code == 2 and message in err and err.count("\n") == 1, err

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.models import build_model
 from ticketlab.sparsity import density, select_prunable
 
 
@@ -41,6 +42,17 @@ def test_nothing_to_prune_and_bad_patterns_are_user_errors():
         select_prunable(nn.Linear(3, 2), exclude_last=True)
     with pytest.raises(TicketlabError, match="regular expression"):
         select_prunable(Net(), exclude="(")
+
+
+def test_keep_streams_spares_exactly_the_writers_of_each_residual_stream():
+    net = build_model("cifar_resnet_20")
+    kept = set(select_prunable(net)) - set(select_prunable(net, keep_streams=True))
+    blocks = [f"stages.{s}.{b}" for s in range(3) for b in range(3)]
+    assert kept == ({"stem.conv.weight", "stages.1.0.shortcut.0.weight", "stages.2.0.shortcut.0.weight"}
+                    | {f"{b}.conv2.weight" for b in blocks})
+    assert list(select_prunable(net, keep_streams=True, exclude_last=True)) == [f"{b}.conv1.weight" for b in blocks]
+    with pytest.raises(TicketlabError, match="VGG has none.*drop it"):  # no skip connection, nothing to keep
+        select_prunable(build_model("cifar_vgg_11"), keep_streams=True)
 
 
 def test_density_counts_nonzero_prunable_weights():

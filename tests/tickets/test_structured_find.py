@@ -122,6 +122,25 @@ def test_a_channel_study_with_a_refill_multiple_keeps_multiples_of_it_in_the_tic
     assert plain.folder != result.folder and plain.summary["levels"][0]["density"] != level["density"]
 
 
+def test_keep_streams_narrows_only_the_layers_inside_residual_blocks(tmp_path):
+    ds = tiny_dataset(n=96, channels=3, size=8)
+    result = _study(tmp_path, "cifar_resnet_20", ds, structure="channel", fraction=0.75, scope="layerwise", levels=1,
+                    keep_streams=True, baselines=())
+    masks = result.masks[0]
+    blocks = [f"stages.{s}.{b}" for s in range(3) for b in range(3)]
+    writers = ["stem.conv.weight", "stages.1.0.shortcut.0.weight", "stages.2.0.shortcut.0.weight"]
+    writers += [f"{b}.conv2.weight" for b in blocks]
+    # every stream keeps its full width: its writers lose no output channel (conv2 only the inputs conv1 dropped)
+    assert all(n not in masks or masks[n].flatten(1).any(1).all() for n in writers)
+    widths = [int(masks[f"{b}.conv1.weight"].flatten(1).any(1).sum()) for b in blocks]
+    assert widths == [4] * 3 + [8] * 3 + [16] * 3  # a quarter of each block's inner channels
+    row = result.summary["levels"][0]
+    assert 0 < row["compacted_flops"] < 0.3 * row["flops"]
+    plain = _study(tmp_path, "cifar_resnet_20", ds, structure="channel", fraction=0.75, scope="layerwise", levels=1,
+                   baselines=())
+    assert plain.folder != result.folder and not plain.masks[0]["stem.conv.weight"].all()
+
+
 def test_channel_arms_train_compacted_unless_told_not_to(tmp_path):
     ds = tiny_dataset(n=96, channels=3, size=8)
     compacted = _study(tmp_path / "a", "cifar_resnet_20", ds, structure="channel", fraction=0.5, levels=1)

@@ -125,6 +125,8 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 DEFAULT_MODEL = "lenet_300_100"
+KEEP_STREAMS_HELP = ("never prune the layers that write a residual stream (stem, shortcuts, each block's last conv): "
+                     "channel tickets narrow only the layers inside blocks")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -244,10 +246,10 @@ def cmd_find(args: argparse.Namespace) -> int:
     tickets = TicketConfig(
         levels=args.levels, fraction=args.fraction, output_fraction=args.output_fraction, scope=args.scope,
         rewind=args.rewind, exclude_first=args.exclude_first, exclude_last=args.exclude_last,
-        baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds, structure=args.structure,
-        refill_rate=args.refill_rate, refill_criterion=args.refill_criterion, refill_multiple=args.refill_multiple,
-        nm=args.nm or TicketConfig.nm,
-        data=args.data, prac_file=args.prac_file, early_bird=args.early_bird, stack=args.stack,
+        keep_streams=args.keep_streams, baselines=tuple(b for b in args.baselines.split(",") if b), seeds=args.seeds,
+        structure=args.structure, refill_rate=args.refill_rate, refill_criterion=args.refill_criterion,
+        refill_multiple=args.refill_multiple, nm=args.nm or TicketConfig.nm, data=args.data, prac_file=args.prac_file,
+        early_bird=args.early_bird, stack=args.stack,
         compact_training=not args.no_compact_training,
     )
     train_cfg = run_config(args)
@@ -359,7 +361,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise TicketlabError(f"the weights in {weights} do not fit {config.model.name}: {mismatch}") from None
         source = str(weights)
     masks = prune_model(model, dataset, criterion=args.criterion, density=args.density, budget=args.budget,
-                        exclude_first=args.exclude_first, exclude_last=args.exclude_last, seed=args.seed,
+                        exclude_first=args.exclude_first, exclude_last=args.exclude_last,
+                        keep_streams=args.keep_streams, seed=args.seed,
                         structure=args.structure, start=start)
     # the weights' density: a channel mask also holds the BatchNorm and bias entries of removed channels
     report = density_report({n: m for n, m in masks.items() if m.dim() > 1}, model)
@@ -527,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=int, default=1, help="repeat the study with this many seeds")
     g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")
+    g.add_argument("--keep-streams", action="store_true", help=KEEP_STREAMS_HELP)
     g.add_argument("--plot", help="also write the accuracy plot (PNG) here")
     g.add_argument("--stack", action="store_true",
                    help="train each level's arms of all seeds together in one batched step (meant for GPUs; "
@@ -563,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--density", type=float, required=True, help="fraction of prunable weights kept, in (0, 1]")
     g.add_argument("--exclude-first", action="store_true")
     g.add_argument("--exclude-last", action="store_true")
+    g.add_argument("--keep-streams", action="store_true", help=KEEP_STREAMS_HELP)
     g.add_argument("--structure", choices=("none", "channel", "group"), default="none",
                    help="then keep whole channels (refill; train them with `train --compact`) or dense blocks")
     g.add_argument("--out", default="masks.safetensors", help="where the masks are written")

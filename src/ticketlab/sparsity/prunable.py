@@ -28,14 +28,18 @@ def select_prunable(
     *,
     exclude_first: bool = False,
     exclude_last: bool = False,
+    keep_streams: bool = False,
     include: str | None = None,
     exclude: str | None = None,
 ) -> dict[str, nn.Parameter]:
     """The weights a pruning method may touch, in module order.
 
     `exclude_first` keeps the first Conv2d/Linear dense and `exclude_last` the last one (the
-    classifier): the common IMP variants (methods.md section 1). `include` / `exclude` are regular
-    expressions searched in the parameter name (`re.search`), applied after the first/last rule.
+    classifier): the common IMP variants (methods.md section 1). `keep_streams` keeps every layer
+    that writes into a residual stream dense (the stem, projection shortcuts, each block's last
+    conv), so channel pruning narrows only the layers inside blocks and the streams keep their
+    width: the usual way to prune ResNets' channels (Li et al. 2017). `include` / `exclude` are
+    regular expressions searched in the parameter name (`re.search`), applied after these rules.
     """
     params = prunable_parameters(model)
     if not params:
@@ -48,6 +52,9 @@ def select_prunable(
         names = names[1:]
     if exclude_last:
         names = names[:-1]
+    if keep_streams:
+        writers = stream_writers(model)
+        names = [n for n in names if n not in writers]
     if include is not None:
         pattern = _compile(include, "include")
         names = [n for n in names if pattern.search(n)]
@@ -57,10 +64,24 @@ def select_prunable(
     if not names:
         raise TicketlabError(
             f"model has no prunable layer left after exclude_first={exclude_first}, "
-            f"exclude_last={exclude_last}, include={include!r}, exclude={exclude!r} "
+            f"exclude_last={exclude_last}, keep_streams={keep_streams}, include={include!r}, exclude={exclude!r} "
             f"(its prunable weights: {_preview(list(params))}); loosen these filters"
         )
     return {n: params[n] for n in names}
+
+
+def stream_writers(model: nn.Module) -> set[str]:
+    """The weights whose output channels add into a residual stream: those of every channel group
+    with more than one producer (`ticketlab.compact.channel_groups`)."""
+    from ticketlab.compact.channels import channel_groups  # compact builds on sparsity: imported when asked
+
+    writers = {name for group in channel_groups(model) if len(group.producers) > 1 for name in group.producers}
+    if not writers:
+        raise TicketlabError(
+            f"keep_streams (--keep-streams) keeps the layers that write a residual stream dense, but "
+            f"{type(model).__name__} has none (no channels are written by two layers); drop it"
+        )
+    return writers
 
 
 def _compile(pattern: str, option: str) -> re.Pattern[str]:

@@ -66,6 +66,7 @@ class TicketConfig:
     rewind: str = "0"  # 0, <n>it or <n>ep
     exclude_first: bool = False
     exclude_last: bool = False
+    keep_streams: bool = False  # never prune the layers writing a residual stream (select_prunable)
     baselines: tuple[str, ...] = ("reinit", "random")
     seeds: int = 1
     structure: str = "none"  # none, channel (refill), group (regroup) or nm
@@ -215,7 +216,8 @@ class _Study:
         self.t = config.tickets
         probe = self._model(config.run)
         self.probe = probe  # its Conv2d/Linear weights are what densities are quoted over
-        self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last))
+        self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last,
+                                          keep_streams=self.t.keep_streams))
         n_train = len(dataset.train_y) - config.run.data.validation
         check_batch_size(config.run.train.batch_size, n_train)
         steps = steps_per_epoch(n_train, config.run.train.batch_size, config.run.train.drop_last)

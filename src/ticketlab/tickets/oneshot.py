@@ -31,6 +31,7 @@ def prune_model(
     budget: str = "global",
     exclude_first: bool = False,
     exclude_last: bool = False,
+    keep_streams: bool = False,
     batch_size: int = 256,
     seed: int = 0,
     structure: str = "none",
@@ -46,7 +47,8 @@ def prune_model(
     check_density(density)
     if structure not in ("none", "channel", "group"):
         raise TicketlabError(f"unknown --structure {structure!r} for one-shot pruning; choose none, channel or group")
-    names = list(select_prunable(model, exclude_first=exclude_first, exclude_last=exclude_last))
+    names = list(select_prunable(model, exclude_first=exclude_first, exclude_last=exclude_last,
+                                 keep_streams=keep_streams))
     g = torch.Generator().manual_seed(stream_seed("prune-batch", seed))
     pick = torch.randperm(len(dataset.train_y), generator=g)[:batch_size]
     mean = torch.tensor(dataset.mean, dtype=torch.float32)

@@ -77,6 +77,9 @@ def test_forward_flops_runs_batchnorm_on_one_example_and_leaves_the_model_as_it_
     assert forward_flops(model, (6,)) == 2 * (6 * 4 + 4 * 3)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model[1].eval()  # a BatchNorm the user froze stays frozen
+    forward_flops(model, (6,))
+    assert model.training and model[0].training and not model[1].training
 
 
 def test_bad_requests_are_user_errors():
@@ -90,6 +93,8 @@ def test_bad_requests_are_user_errors():
         measure({"a": _Probe()}, (3, 8, 8), (2,), cuda_graph=True)
     with pytest.raises(TicketlabError, match="not both"):
         measure({"a": _Probe()}, (3, 8, 8), (2,), device="cuda", cuda_graph=True, compiled=True)
+    with pytest.raises(TicketlabError, match=r"variant 'a' holds torch.float32 weights.*model.to\(torch.bfloat16\)"):
+        measure({"a": nn.Conv2d(3, 4, 3)}, (3, 8, 8), (1,), dtype=torch.bfloat16)
 
 
 def test_batch_sizes_whose_activations_cannot_fit_are_refused_before_any_timing(monkeypatch):

@@ -43,6 +43,7 @@ from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
 from ticketlab.errors import TicketlabError
+from ticketlab.train.evaluate import eval_mode
 
 # what `--precision` names, for the variants timed (ticketlab bench, benchmarks/structured_speed.py)
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,13 +79,9 @@ def forward_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     The count follows the shapes, so a masked network counts its zeros, as dense kernels compute them."""
     reference = next(model.parameters(), None)
     device, dtype = (reference.device, reference.dtype) if reference is not None else ("cpu", torch.float32)
-    was_training = model.training
-    model.eval()  # BatchNorm in training mode rejects a batch of one and would update its statistics
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
-    finally:
-        model.train(was_training)
+    # eval: BatchNorm in training mode rejects a batch of one and would update its statistics
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     return counter.get_total_flops()
 
 
@@ -259,6 +256,11 @@ def measure(
         raise TicketlabError("time with CUDA graphs or compiled, not both (as in training); "
                              "drop one of the two options")
     layout = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
+    for name, model in variants.items():
+        wrong = {str(p.dtype) for p in model.parameters() if p.dtype.is_floating_point and p.dtype != dtype}
+        if wrong:
+            raise TicketlabError(f"variant {name!r} holds {', '.join(sorted(wrong))} weights and is timed on {dtype} "
+                                 f"inputs; cast the variants first (model.to({dtype}))")
     models = {name: _placed(m, dev, layout) for name, m in variants.items()}
     generator = torch.Generator().manual_seed(0)
     timings: list[Timing] = []

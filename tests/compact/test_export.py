@@ -112,6 +112,40 @@ def test_every_operation_a_channel_plan_passes_can_be_saved(tmp_path):
         assert float((loaded(x) - small(x)).abs().max()) <= 1e-6
 
 
+class ReadsShapes(nn.Module):
+    """Flattens by `x.shape[0]` and branches on nothing: the idioms of hand-written heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8 * 6 * 6, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.fc(y.view(y.shape[0], -1)) * x.dim() / x.ndim
+
+
+def test_a_network_reading_its_input_shape_compacts_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    model = ReadsShapes().eval()
+    (group,) = channel_groups(model)
+    keep = (torch.arange(8) % 3 != 0).view(-1, 1, 1, 1).expand(8, 3, 3, 3).clone()
+    small = compact(model, complete_channel_masks(model, {group.producers[0]: keep})).eval()
+    save_model(tmp_path / "m.safetensors", small, (2, 3, 8, 8))
+    loaded = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        assert float((loaded(x) - small(x)).abs().max()) <= 1e-6
+
+
+class ReadsDtype(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x).to(x.dtype)
+
+
 def test_a_loaded_model_saves_again_and_keeps_frozen_weights(tmp_path):
     model = compacted("fastnet")
     model.whiten.weight.requires_grad_(False)
@@ -153,6 +187,9 @@ def test_tampered_files_are_refused_not_executed(tmp_path):
         "the layer type 'Evil'": lambda a: {**a, "modules": {**a["modules"], "fc": {"type": "Evil", "args": {}}}},
         "a graph node named": lambda a: set_first(a, "placeholder", "name", "x; import os"),
         "a constant tagged 'pickle'": lambda a: set_first(a, "call_function", "args", [{"pickle": "..."}]),
+        "a getattr node reading \\('__dict__',\\)": lambda a: set_first(
+            set_first(a, "call_function", "target", "builtins.getattr"), "call_function", "args",
+            [{"node": "x"}, "__dict__"]),
     }
     for what, edit in edits.items():
         path.write_bytes(original)
@@ -179,7 +216,7 @@ def test_names_that_would_become_code_or_clash_in_the_generated_forward_are_refu
         return a
 
     edits = {
-        "a graph of 50,008 nodes": lambda a: {**a, "nodes": a["nodes"] * (50_001 // len(a["nodes"]) + 1)},
+        "50,008 nodes": lambda a: {**a, "nodes": a["nodes"] * (50_001 // len(a["nodes"]) + 1)},
         "keyword arguments named": injected_keyword,
         "two inputs named 'x'": second_input,
         "a graph node named 'fc' twice": lambda a: {**a, "nodes": a["nodes"][:-1] + [
@@ -199,6 +236,7 @@ def test_a_file_cannot_make_the_loader_allocate_beyond_its_tensors(tmp_path):
     original = path.read_bytes()
     huge = {"in_features": 10**6, "out_features": 10**6, "bias": True}  # 4 TB of weights if it were built
     edits = {
+        "50,001 modules": lambda a: {**a, "modules": {f"m{i}": {"type": "ReLU", "args": {}} for i in range(50_001)}},
         "(?s)malformed model file.*size mismatch": lambda a: {
             **a, "modules": {**a["modules"], "fc": {"type": "Linear", "args": huge}}},
         "layers no graph node calls": lambda a: {
@@ -279,6 +317,8 @@ def test_models_that_cannot_be_stored_are_refused_by_name(tmp_path):
         save_model(path, WithSoftplus(), (1, 4))
     with pytest.raises(TicketlabError, match="WithSoftmax calls softmax.*supported functions"):
         save_model(path, WithSoftmax(), (1, 4))
+    with pytest.raises(TicketlabError, match="reads the attribute 'dtype' of a tensor.*it stores ndim and shape"):
+        save_model(path, ReadsDtype(), (1, 4))
     with pytest.raises(TicketlabError, match="fails on an input of shape"):
         save_model(path, compacted("lenet_300_100"), (1, 3, 28, 28))
     with pytest.raises(TicketlabError, match="input_shape must be"):
@@ -317,6 +357,14 @@ def test_an_onnx_file_that_cannot_be_written_says_so(tmp_path):
     with pytest.raises(TicketlabError, match="cannot write") as caught:
         export_onnx(compacted("lenet_300_100"), tmp_path / "file" / "model.onnx", (1, 1, 28, 28))
     assert "cannot export" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_onnx_export_of_a_half_precision_model_says_to_export_it_in_float32(dtype, tmp_path):
+    model = compacted("lenet_300_100").to(dtype)
+    with pytest.raises(TicketlabError, match=r"export_onnx writes float32 models.*model.float\(\)"):
+        export_onnx(model, tmp_path / "model.onnx", (1, 1, 28, 28))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_onnx_export_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import torch
 
 from ticketlab.cli.main import main
 from ticketlab.compact import load_model
+from ticketlab.config import REFILL_CRITERIA
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import load_masks
 from ticketlab.sparsity.structure import is_channel_structured
@@ -265,7 +266,7 @@ def test_the_gpu_speed_of_a_level_is_timed_as_deployed(monkeypatch):
     assert gpu_variants["dense"] is not model  # the caller's model stays where it was
 
 
-@pytest.mark.parametrize("criterion", ["count", "activation"])
+@pytest.mark.parametrize("criterion", REFILL_CRITERIA)  # l1 reads the model but no batch
 def test_early_bird_in_a_channel_study_watches_refilled_masks(tmp_path, criterion):
     ds = tiny_dataset(n=96, channels=1, size=8)
     tickets = TicketConfig(levels=1, baselines=(), rewind="1it", structure="channel", early_bird=0.99,

@@ -43,3 +43,11 @@ def test_batch_size_and_layout_change_nothing_but_speed():
         out = evaluate(model, x, y, mean, std, **options)
         assert out["accuracy"] == reference["accuracy"]
         assert abs(out["loss"] - reference["loss"]) < 1e-5
+
+
+def test_evaluation_leaves_every_submodule_in_its_own_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).train()
+    model[2].eval()  # a BatchNorm the user froze
+    x = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)
+    evaluate(model, x, torch.arange(4) % 2, torch.zeros(3), torch.ones(3))
+    assert [m.training for m in model] == [True, True, False, True]

@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.store.files import atomic_write, write_tensors
+from ticketlab.train.evaluate import eval_mode
 
 FORMAT = 1
 ARCHITECTURE = "ticketlab.architecture"
@@ -118,11 +119,19 @@ _FUNCTIONS = {
     "torch.nn.functional.max_pool2d": F.max_pool2d,
     "torch.nn.functional.avg_pool2d": F.avg_pool2d,
     "torch.nn.functional.adaptive_max_pool2d": F.adaptive_max_pool2d,
+    # `x.shape[0]` traces to getattr(x, "shape"): only the attributes in _TENSOR_ATTRIBUTES are allowed
+    "builtins.getattr": getattr,
 }
 _FUNCTION_NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
-_METHODS = frozenset({"add", "add_", "amax", "clamp", "clamp_", "clip", "clone", "contiguous", "flatten", "float",
-                      "mean", "mul", "neg", "relu", "relu_", "reshape", "size", "squeeze", "sub", "sub_", "sum",
-                      "tanh", "view"})
+_METHODS = frozenset({"add", "add_", "amax", "clamp", "clamp_", "clip", "clone", "contiguous", "dim", "flatten",
+                      "float", "mean", "mul", "neg", "relu", "relu_", "reshape", "size", "squeeze", "sub", "sub_",
+                      "sum", "tanh", "view"})
+_TENSOR_ATTRIBUTES = frozenset({"shape", "ndim"})
+
+
+def _plain_getattr(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """A getattr node reads a tensor's shape or rank, nothing else (a file could name any attribute)."""
+    return len(args) == 2 and not kwargs and args[1] in _TENSOR_ATTRIBUTES
 
 # Names end up in the Python source fx generates for the graph, so a file may only use plain
 # identifiers (and digits for Sequential children): nothing in it can become code.
@@ -210,6 +219,11 @@ def _describe(graph_module: fx.GraphModule, model_name: str) -> dict[str, Any]:
                     f"{model_name} calls {getattr(node.target, '__name__', node.target)} (graph node {node.name}), "
                     f"which save_model cannot store; supported functions: {', '.join(_FUNCTIONS)}"
                 )
+            if node.target is getattr and not _plain_getattr(node.args, node.kwargs):
+                raise TicketlabError(
+                    f"{model_name} reads the attribute {node.args[1]!r} of a tensor (graph node {node.name}), which "
+                    f"save_model cannot store; it stores {' and '.join(sorted(_TENSOR_ATTRIBUTES))}"
+                )
         elif node.op == "call_method" and target not in _METHODS:
             raise TicketlabError(
                 f"{model_name} calls the tensor method .{target}() (graph node {node.name}), which save_model "
@@ -270,6 +284,9 @@ def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.G
 
     Layers are built on the meta device and take the stored tensors themselves (`assign`): a file
     cannot make the loader allocate more than the tensors it holds, and every tensor keeps its dtype."""
+    for part in ("modules", "attributes", "nodes"):
+        if len(architecture[part]) > _MOST_NODES:
+            raise _untrusted(f"{len(architecture[part]):,} {part} (at most {_MOST_NODES:,} are read)")
     root = nn.Module()
     with torch.device("meta"):
         for target, entry in architecture["modules"].items():
@@ -291,8 +308,6 @@ def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.G
                     owner.register_parameter(leaf, nn.Parameter(tensor))
                 else:
                     owner.register_buffer(leaf, tensor)
-    if len(architecture["nodes"]) > _MOST_NODES:
-        raise _untrusted(f"a graph of {len(architecture['nodes']):,} nodes (at most {_MOST_NODES:,} are read)")
     graph = fx.Graph()
     nodes: dict[str, fx.Node] = {}
     inputs: set[Any] = set()
@@ -309,6 +324,8 @@ def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.G
         args = tuple(_decode(a, nodes) for a in entry["args"])
         kwargs = {k: _decode(v, nodes) for k, v in entry["kwargs"].items()}
         target = _target(op, entry["target"], architecture)
+        if target is getattr and not _plain_getattr(args, kwargs):
+            raise _untrusted(f"a getattr node reading {args[1:]!r} (graph node {name})")
         nodes[name] = graph.create_node(op, target, args, kwargs, name=name)
     graph.lint()
     called = {node.target for node in graph.nodes if node.op == "call_module"}
@@ -320,18 +337,6 @@ def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> fx.G
     for name in architecture["frozen"]:
         model.get_parameter(name).requires_grad_(False)
     return model.eval()
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, then every submodule's own mode back."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _shape(input_shape: Sequence[int]) -> list[int]:
@@ -354,7 +359,7 @@ def _example(model: nn.Module, shape: list[int]) -> torch.Tensor:
 @torch.no_grad()
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`model(x)` in eval mode, or a user error naming the shape when the model does not take it."""
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             return model(x)
         except Exception as e:  # any failure of the user's forward on this shape
@@ -471,6 +476,13 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
     onnxscript, and onnxruntime runs the result.
     """
     shape = _shape(input_shape)
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.dtype.is_floating_point}
+    if dtypes - {torch.float32}:
+        raise TicketlabError(
+            f"export_onnx writes float32 models, and {type(model).__name__} holds "
+            f"{', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))} tensors; export model.float() "
+            "(onnxruntime checks the file against it in float32)"
+        )
     for package in ("onnx", "onnxscript", "onnxruntime"):
         try:
             importlib.import_module(package)
@@ -496,7 +508,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
         for batch in (x[:1], x):
             _check_onnx(tmp, batch, _forward(model, batch) if batch is not x else expected, type(model).__name__)
 
-    with _eval_mode(model), _quiet_torch():
+    with eval_mode(model), _quiet_torch():
         atomic_write(Path(path), export)
 
 

@@ -268,9 +268,9 @@ class _Study:
         copy, the model left alone."""
         def structured(masks: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
             masks = {n: m.cpu() for n, m in masks.items()}
-            if not self.structure.needs_batch():
-                return self.structure.apply(masks, live=live)
-            return self.structure.apply(masks, copy.deepcopy(model).cpu(), self._score_batch(), live)
+            probe = copy.deepcopy(model).cpu() if self.structure.needs_model() else None
+            batch = self._score_batch() if self.structure.needs_batch() else None
+            return self.structure.apply(masks, probe, batch, live)
         return structured
 
     def _model(self, run: RunConfig) -> nn.Module:

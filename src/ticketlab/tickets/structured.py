@@ -79,6 +79,9 @@ class Structure:
     def active(self) -> bool:
         return self.kind != "none"
 
+    def needs_model(self) -> bool:
+        return self.kind == "channel" and self.criterion != "count"
+
     def needs_batch(self) -> bool:
         return self.kind == "channel" and self.criterion in ("activation", "taylor")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,19 @@ def eval_batch_size(device: torch.device) -> int:
     """Large batches feed a GPU; on the CPU they spill out of cache: ResNet-20 evaluates 1.8x
     faster in batches of 128 than of 1000 on 2 cores (BENCHMARKS.md)."""
     return 1000 if device.type == "cuda" else 128
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every submodule's own mode back: `model.train(was_training)`
+    would also switch on a BatchNorm the user froze in eval mode."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
@@ -56,13 +70,11 @@ def evaluate(
     For stacked networks (logits [K, B, C]) these are the means over the K networks, and
     `accuracies` / `losses` list each network's.
     """
-    was_training = model.training
-    model.eval()
     device = mean.device
     batch_size = batch_size or eval_batch_size(device)
     correct, loss_sum = 0, 0
     stacked = False
-    try:
+    with eval_mode(model):
         for i in range(0, len(y), batch_size):
             xb = x[i : i + batch_size].to(device, non_blocking=True)
             yb = y[i : i + batch_size].to(device, non_blocking=True)
@@ -78,8 +90,6 @@ def evaluate(
             correct = correct + (per_model.argmax(-1) == yb).sum(-1)
             loss_sum = loss_sum + F.cross_entropy(
                 per_model.permute(0, 2, 1), yb.expand(len(per_model), -1), reduction="none").sum(-1)
-    finally:
-        model.train(was_training)
     n = max(1, len(y))
     accuracies = (torch.as_tensor(correct, dtype=torch.float64) / n).reshape(-1).tolist()
     losses = (torch.as_tensor(loss_sum, dtype=torch.float64) / n).reshape(-1).tolist()
@@ -94,13 +104,9 @@ def predict(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int | None
     """Float logits (on the CPU) of uint8 images, un-augmented, in eval mode on the model's device."""
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(device)
-    was_training = model.training
-    model.eval()
     m = torch.as_tensor(mean, dtype=torch.float32, device=device)
     s = torch.as_tensor(std, dtype=torch.float32, device=device)
-    try:
+    with eval_mode(model):
         out = [model(normalize(x[i:i + batch_size].to(device), m, s)).float().cpu()
                for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)

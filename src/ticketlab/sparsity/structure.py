@@ -193,7 +193,9 @@ def refill(
     as the paper's rule counts whole rows of a network whose every input is live.
 
     `multiple`: keep a multiple of this many channels per layer (or tied group), the nearest to the
-    count the rule gives; a layer no wider than `multiple` keeps the rule's count.
+    count the rule gives; a layer no wider than `multiple` keeps the rule's count. The nearest can be
+    the layer's live width: 2M live channels pruned by 20% give 1.6M, kept as 2M, so small IMP steps
+    can leave a layer as wide as it was.
 
     `tied`: groups of layer names whose output channels are tied (the convs writing into one
     skip-connection stream); a group gets ONE channel set, see `_refill_group`. Names in `tied` or

@@ -8,7 +8,7 @@ from ticketlab.data.augment import Augment
 from ticketlab.data.batches import DeviceData
 from ticketlab.train import MaskHook, Trainer
 from ticketlab.train.averaging import Lookahead
-from ticketlab.train.hooks import Step
+from ticketlab.train.hooks import Hook, Step
 
 from helpers import InterruptAt, TinyNet, tiny_dataset
 
@@ -91,6 +91,21 @@ def test_resume_with_lookahead_equals_uninterrupted_bitwise(tmp_path, stop_at):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert result.test == ref_result.test
     assert reference.hooks[0].average is not None  # the lookahead did run
+
+
+class _StopAfterFirstEpoch(Hook):
+    def on_epoch_end(self, trainer, epoch):
+        trainer.stop("enough")
+
+
+def test_a_run_a_hook_stops_early_ends_on_the_lookahead_average_too():
+    trainer = _trainer(None, FAST, hooks=[_StopAfterFirstEpoch()])
+    trainer.fit()
+    lookahead = trainer.hooks[0]
+    # 6 steps an epoch, a sync every 4: the stop comes 2 live steps after the last sync
+    assert trainer.iteration == trainer.steps_per_epoch == 6 and lookahead.average is not None
+    for k, v in lookahead.average.items():
+        assert torch.equal(v, trainer.model.state_dict()[k]), k
 
 
 def test_pruned_weights_stay_zero_under_lookahead():

@@ -132,6 +132,15 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, stop_at):
     assert counter.steps == counter_ref.steps == 18
 
 
+def test_with_an_ema_the_model_ends_on_the_weights_its_accuracy_is_measured_on():
+    trainer = _trainer(cfg=TrainConfig(epochs=2, batch_size=16, lr=0.05, ema_decay=0.9, ema_every=1))
+    result = trainer.fit()
+    for k, v in trainer.ema.model.state_dict().items():
+        assert torch.equal(v, trainer.model.state_dict()[k]), k
+    trainer.ema = None  # evaluate the model itself
+    assert trainer.evaluate(trainer.test) == result.test
+
+
 def test_a_checkpoint_from_a_gpu_keeps_this_devices_optimizer_kernels():
     """A GPU run's optimizer state says fused=True; resumed on the CPU it must use the CPU's kernels."""
     gpu_run = _trainer()

@@ -36,7 +36,8 @@ class Lookahead(Hook):
     """The lookahead/EMA scheme of the fast CIFAR recipe, as airbench 0.1.8's `train` runs it.
 
     Every `every` steps the average moves towards the live weights by 1 - rho and the live
-    weights are set to it; after the last step they are set to it once more. rho = BASE**every *
+    weights are set to it; after the last step (or where a hook stopped training) they are set to
+    it once more. rho = BASE**every *
     (t / T)**POWER grows over training: follow the live weights early, average hard at the end.
     Every float entry of the state dict takes part, BatchNorm statistics included. Put it before
     mask hooks, so they re-apply masks to what it writes.
@@ -68,6 +69,10 @@ class Lookahead(Hook):
                 self._write_back(live)
         if done == trainer.total_steps and self.average is not None:
             self._write_back(live)
+
+    def on_end(self, trainer: "Trainer") -> None:
+        if trainer.stop_reason is not None and self.average is not None:  # stopped early: end on the average too
+            self._write_back(self.live)
 
     def _write_back(self, live: dict[str, torch.Tensor]) -> None:
         torch._foreach_copy_([live[k] for k in self.average], list(self.average.values()))

@@ -44,6 +44,9 @@ class Hook:
     def on_epoch_end(self, trainer: "Trainer", epoch: int) -> None:
         """After the last step of `epoch` (0-based)."""
 
+    def on_end(self, trainer: "Trainer") -> None:
+        """Once, after the last step (the schedule's, or the epoch a hook stopped at), before the final evaluation."""
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly; tensors and JSON-able values only."""
         return {}
@@ -107,6 +110,9 @@ class MaskHook(Hook):
 
     def after_step(self, trainer: "Trainer", step: Step) -> None:
         self.apply()
+
+    def on_end(self, trainer: "Trainer") -> None:
+        self.apply()  # after whatever an earlier hook wrote at the end (the lookahead's average)
 
 
 class FreezeAfter(Hook):

@@ -446,6 +446,10 @@ class Trainer:
                     self.save_checkpoint()
                     raise KeyboardInterrupt
         self._graphed = None  # frees the graphs' memory pool
+        for hook in self.hooks:
+            hook.on_end(self)
+        if self.ema is not None:  # the weights stored, returned and pruned are the ones evaluated
+            self.model.load_state_dict(self.ema.model.state_dict())
         validation = self.evaluate(self.validation) if self.validation is not None else None
         test = self.evaluate(self.test) if self.test is not None else None
         return TrainResult(self.iteration, self.train_seconds, test, validation, self.history, self.stop_reason)

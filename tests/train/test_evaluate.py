@@ -51,3 +51,20 @@ def test_evaluation_leaves_every_submodule_in_its_own_mode():
     x = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)
     evaluate(model, x, torch.arange(4) % 2, torch.zeros(3), torch.ones(3))
     assert [m.training for m in model] == [True, True, False, True]
+
+
+def test_predict_gives_the_logits_evaluate_scores():
+    """The selective-SAT coverage table is built from predict's logits: they must be evaluate's, TTA included."""
+    from ticketlab.train.evaluate import predict
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(40) % 4
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
+    for tta in ("none", "flip", "flip_shift"):
+        logits = predict(model, x, mean, std, batch_size=16, tta=tta)
+        expected = evaluate(model, x, y, mean, std, tta=tta)
+        assert int((logits.argmax(1) == y).sum()) == round(expected["accuracy"] * len(y))
+        assert abs(F.cross_entropy(logits, y).item() - expected["loss"]) < 1e-5

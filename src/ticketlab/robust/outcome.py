@@ -27,13 +27,17 @@ def sat_hook(cfg: TrainConfig, train_set: ImageDataset) -> SelfAdaptiveTraining 
 
 
 def sat_outcome(hook: SelfAdaptiveTraining | SelectiveSAT, model: nn.Module, dataset: ImageDataset,
-                given: torch.Tensor, clean: torch.Tensor | None, folder: Path, seed: int = 0) -> dict[str, Any]:
-    """Written to `folder` and returned for the run's summary. `given` are the training labels the run
-    saw, `clean` their true values when ticketlab added the noise itself."""
+                train_set: ImageDataset, clean: torch.Tensor | None, folder: Path, seed: int = 0,
+                tta: str = "none") -> dict[str, Any]:
+    """Written to `folder` and returned for the run's summary. `train_set` is what the run trained on (its
+    labels as given, its normalisation), `clean` those labels' true values when ticketlab added the noise
+    itself. The selective table reads `dataset`'s test set as the run's test accuracy does (same statistics
+    and test-time augmentation), so at full coverage its error is 1 - that accuracy, up to CUDA autocast."""
+    given = train_set.train_y
     if isinstance(hook, SelectiveSAT):
         from ticketlab.report.selective_plot import plot_coverage_risk
 
-        logits = predict(model, dataset.test_x, dataset.mean, dataset.std)
+        logits = predict(model, dataset.test_x, train_set.mean, train_set.std, tta=tta)
         confidence = SelectiveSAT.confidence(logits)
         correct = logits[:, :dataset.num_classes].argmax(1) == dataset.test_y
         # coverage 100% accepts everything (threshold -inf), which strict JSON cannot hold

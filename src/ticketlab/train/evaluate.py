@@ -100,13 +100,17 @@ def evaluate(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int | None = None) -> torch.Tensor:
-    """Float logits (on the CPU) of uint8 images, un-augmented, in eval mode on the model's device."""
+def predict(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int | None = None,
+            tta: str = "none") -> torch.Tensor:
+    """Float logits (on the CPU) of uint8 images in eval mode on the model's device, with `evaluate`'s
+    test-time augmentation (none: the images as they are)."""
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(device)
     m = torch.as_tensor(mean, dtype=torch.float32, device=device)
     s = torch.as_tensor(std, dtype=torch.float32, device=device)
+    out = []
     with eval_mode(model):
-        out = [model(normalize(x[i:i + batch_size].to(device), m, s)).float().cpu()
-               for i in range(0, len(x), batch_size)]
+        for i in range(0, len(x), batch_size):
+            views = _views(x[i:i + batch_size].to(device), tta)
+            out.append(sum(weight * model(normalize(view, m, s)).float() for weight, view in views).cpu())
     return torch.cat(out) if out else torch.zeros(0)

@@ -358,8 +358,8 @@ def train_run(
         if data.noise_rate is not None:
             summary["noise_rate"] = round(data.noise_rate, 6)
         if loss_hook is not None:
-            summary.update(sat_outcome(loss_hook, model, dataset, data.train_set.train_y, data.clean_train_y,
-                                       record.folder, seed=config.train.seed))
+            summary.update(sat_outcome(loss_hook, model, dataset, train_set, data.clean_train_y, record.folder,
+                                       seed=config.train.seed, tta=config.train.tta))
         store.finish(config.run_id, summary)
         (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
         return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)

@@ -149,3 +149,18 @@ def test_settings_of_the_wrong_kind_are_user_errors(bad, message):
 def test_a_model_option_that_is_not_plain_data_is_a_user_error():
     with pytest.raises(TicketlabError, match="plain numbers"):
         run_id(RunConfig(model=ModelConfig.of("fastnet", {"dtype": float})))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": "5"}, "--epochs must be a whole number"),  # scaled before the config checks its types
+    ({"milestones": 5, "schedule": "step"}, "--milestones must be a list of epochs"),
+    ({"loss": "sat", "sat_start": 0, "label_smoothing": 0.1}, "--label-smoothing has no effect without --loss ce"),
+])
+def test_wrong_kinds_of_training_options_are_user_errors(options, message):
+    with pytest.raises(TicketlabError, match=message):
+        recipe_config("cifar_resnet_20", **options)
+
+
+def test_data_options_of_the_wrong_kind_are_user_errors():
+    with pytest.raises(TicketlabError, match="--noise-seed must be a whole number, got 1.5"):
+        DataConfig(noise="uniform:0.2", noise_seed=1.5)

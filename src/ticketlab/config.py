@@ -45,6 +45,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _normalise(self)
+        _check_types(self)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ _ONLY_WITH: dict[str, tuple[Any, str]] = {
     "nesterov": (lambda c: c.optimizer == "sgd", "--optimizer sgd"),
     "sat_alpha": (lambda c: c.loss != "ce", "--loss sat or sat-selective"),
     "sat_start": (lambda c: c.loss != "ce", "--loss sat or sat-selective"),
+    "label_smoothing": (lambda c: c.loss == "ce", "--loss ce"),  # SAT's targets are its own soft labels
 }
 
 

@@ -71,6 +71,9 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--epochs", "many"], "invalid int value"),
     (["--model-arg", "widths"], "KEY=VALUE"),
     (["--model", "lenet_300_100", "--model-arg", "depth=3"], "depth"),
+    (["--model", "fastnet", "--model-arg", "widths=64"], "fastnet widths must be a non-empty sequence"),
+    (["--model", "wide_resnet_16_4", "--model-arg", "dropout=abc"], "dropout must be in [0, 1)"),
+    (["--loss", "sat", "--sat-start", "0", "--label-smoothing", "0.1"], "--label-smoothing has no effect"),
     (["--drop-last", "--batch-size", "100000"], "larger than the 160 training examples"),
     (["--batch-size", "161"], "larger than the 160 training examples"),
     (["--cutout", "-3"], "--cutout is the side of the square"),
@@ -85,6 +88,18 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, tiny_npz, 
     code, out, err = _run(capsys, *base, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (store / "runs").exists() or not any((store / "runs").iterdir())
+
+
+def test_non_square_images_are_a_user_error_for_registered_models(tmp_path, capsys):
+    import numpy as np
+
+    path = tmp_path / "wide.npz"
+    x = np.random.default_rng(0).integers(0, 256, (50, 8, 12), dtype=np.uint8)
+    np.savez(path, x=x, y=np.arange(50) % 5)
+    store = tmp_path / "store"
+    code, _, err = _run(capsys, "train", "--dataset", str(path), "--epochs", "1", "--store", str(store), "--quiet")
+    assert code == 2 and "square images" in err and "8x12" in err and err.count("\n") == 1
     assert not (store / "runs").exists() or not any((store / "runs").iterdir())
 
 
@@ -118,6 +133,8 @@ def test_models_and_datasets_listing(capsys):
     assert "widths=(64, 256, 256)" in fastnet_row and "lr=1.5" in fastnet_row
     code, out, _ = _run(capsys, "datasets")
     assert "cifar10" in out.split() and "mnist_subset" in out.split()
+    code, out, _ = _run(capsys, "datasets", "--json")
+    assert code == 0 and {"cifar10", "mnist_subset"} <= set(json.loads(out)["datasets"])  # one object, as always
 
 
 # Ctrl-C, and the stop a scheduler or `timeout` sends

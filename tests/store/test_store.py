@@ -172,13 +172,14 @@ def test_written_files_follow_the_umask(tmp_path):
     import os
     import stat
 
-    from ticketlab.store import write_json
+    from ticketlab.store import write_json, write_tensors
 
     write_json(tmp_path / "a.json", {"x": 1})
-    mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
+    write_tensors(tmp_path / "a.safetensors", {"x": torch.zeros(2)})  # safetensors replaces the file it writes
     umask = os.umask(0)
     os.umask(umask)
-    assert mode == 0o666 & ~umask
+    for name in ("a.json", "a.safetensors"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask, name
 
 
 def test_unreadable_files_are_user_errors_naming_the_run_to_discard(tmp_path):

@@ -218,3 +218,8 @@ def test_a_stored_run_that_no_longer_fits_its_model_is_a_clear_error(tmp_path):
     write_tensors(run.folder / "final.safetensors", state)
     with pytest.raises(CorruptFileError, match="runs rm"):
         ticketlab.train("conv_2", ds, store=tmp_path, epochs=1, batch_size=32, progress=False)
+
+
+def test_an_unknown_device_is_a_user_error(tmp_path):
+    with pytest.raises(ticketlab.TicketlabError, match="unknown device 'gpu'; use cpu or cuda"):
+        ticketlab.train("lenet_300_100", "mnist_subset", store=tmp_path, device="gpu", progress=False)

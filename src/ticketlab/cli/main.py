@@ -45,13 +45,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _model_arg(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -495,7 +488,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     names = list_datasets()
     if args.json:
-        print_json(args, names)
+        print_json(args, {"datasets": names})
     else:
         print("\n".join(names))
     return 0

@@ -193,9 +193,10 @@ def fastnet(
             f"fastnet whitening needs whiten_width = 2 * in_channels * 4 = {needed} for in_channels="
             f"{in_channels}, got {whiten_width}; omit whiten_width to get it"
         )
-    widths = tuple(widths)
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+    if not isinstance(widths, (list, tuple)) or not widths or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise TicketlabError(f"fastnet widths must be a non-empty sequence of positive integers, got {widths!r}")
+    widths = tuple(widths)
     if isinstance(convs_per_group, bool) or not isinstance(convs_per_group, int) or convs_per_group < 1:
         raise TicketlabError(f"fastnet convs_per_group must be a positive integer, got {convs_per_group!r}")
     if isinstance(head_scale, bool) or not isinstance(head_scale, (int, float)):

@@ -90,7 +90,7 @@ WRN_RECIPE = {
 
 
 def _check_dropout(dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise TicketlabError(f"dropout must be in [0, 1), got {dropout!r} (the WRN paper uses 0.3 when it uses any)")
 
 

@@ -78,9 +78,11 @@ def atomic_write(path: Path, write) -> None:
         why = e.strerror or e
         raise UnwritableFileError(f"cannot write {path} ({why}); choose a path in a writable folder") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared like any other
     try:
         write(tmp)
+        # mkstemp makes 0600 files, and writers that replace the file (safetensors) make their own: results are
+        # meant to be shared like any other file, so the mode is set on what was written
+        os.chmod(tmp, 0o666 & ~_UMASK)
         _sync(tmp)  # on disk before it takes the name: after a power cut a run's file is whole or absent
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a quota

@@ -226,7 +226,7 @@ class _Study:
         self.structure = Structure(self.t.structure, probe, self.names, refill_rate=self.t.refill_rate,
                                    refill_criterion=self.t.refill_criterion, nm=self.t.nm,
                                    refill_multiple=self.t.refill_multiple)
-        self.input_shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+        self.input_shape = dataset.image_shape
         self.prac = self.t.data == "prac"
         self._dense_predictions: tuple[RunResult, torch.Tensor] | None = None
         self.n_train = n_train

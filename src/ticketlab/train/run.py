@@ -106,6 +106,12 @@ def initial_model(config: RunConfig, dataset: ImageDataset, stream: str = "init"
     `stream` names an independent random stream: "reinit" gives the fresh weights of the
     random re-initialisation baseline, different from "init" for the same seed.
     """
+    _, height, width = dataset.image_shape
+    if height != width:
+        raise TicketlabError(
+            f"the registered models take square images, and {dataset.name}'s are {height}x{width}; pad or crop them "
+            "to squares, or train your own nn.Module on them (ticketlab.train(module, dataset))"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(stream, config.train.seed))
         model = build_model(
@@ -427,7 +433,7 @@ def train(
     else:
         data_cfg = replace(data_cfg, dataset=dataset.name)
         dataset_obj = dataset
-    config = RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=torch.device(device).type)
+    config = RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=resolve_device(device).type)
     return train_run(
         config, store=store if isinstance(store, RunStore) else RunStore(store),
         model=None if isinstance(model, str) else model, dataset=dataset_obj, masks=masks, hooks=hooks,
@@ -457,6 +463,11 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
         raise TicketlabError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     recipe = {k: v for k, v in (model_recipe(model_name) if model_name else {}).items() if k in known}
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "epochs" in given and type(given["epochs"]) is not int:  # scaled below, before the config checks types
+        raise TicketlabError(f"--epochs must be a whole number, got {given['epochs']!r}")
+    if "milestones" in given and not (isinstance(given["milestones"], (list, tuple)) and all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) for m in given["milestones"])):
+        raise TicketlabError(f"--milestones must be a list of epochs such as 80,120, got {given['milestones']!r}")
     values = {**recipe, **given}
     # a shorter run keeps the recipe's shape: its lr milestones and warm-up move with the epoch count
     if "epochs" in given and "epochs" in recipe:

@@ -198,3 +198,14 @@ def test_data_dir_may_be_the_datasets_own_folder(tmp_path, isolated_roots):
     inside = load_dataset("cifar10", data_dir=tmp_path / "cifar-10-batches-py", download=False)
     above = load_dataset("cifar10", data_dir=tmp_path, download=False)
     assert inside.train_x.equal(above.train_x) and inside.test_y.equal(above.test_y)
+
+
+def test_quiet_callers_get_no_download_bar(monkeypatch, tmp_path):
+    """--quiet reaches the download: load_dataset passes `progress` to the registered spec's loader."""
+    from ticketlab.data import catalog
+
+    seen = []
+    monkeypatch.setattr(catalog, "load_spec", lambda spec, data_dir, download, progress=True: seen.append(progress))
+    catalog.load_dataset("cifar10", data_dir=tmp_path, progress=False)
+    catalog.load_dataset("cifar10", data_dir=tmp_path)
+    assert seen == [False, True]

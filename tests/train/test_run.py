@@ -188,6 +188,18 @@ def test_hooks_that_change_the_numbers_make_another_run(tmp_path):
     assert ticketlab.train(dataset=ds, store=tmp_path, hooks=[InterruptAt(99)], **options).run_id == plain.run_id
 
 
+class _Apply(Hook):
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+
+def test_a_hook_setting_that_cannot_be_told_apart_must_be_described_by_the_hook():
+    """abs and len would both be "builtin_function_or_method": one stored run for two different hooks."""
+    with pytest.raises(ticketlab.TicketlabError, match=r"_Apply.fn is a builtin_function_or_method.*identity\(\)"):
+        _Apply(abs).identity()
+    assert _Scale(0.5).identity() != _Scale(0.9).identity()
+
+
 def test_fastnet_whitening_never_sees_the_validation_images():
     from ticketlab.config import ModelConfig, RunConfig
     from ticketlab.data.split import stratified_indices
@@ -223,3 +235,13 @@ def test_a_stored_run_that_no_longer_fits_its_model_is_a_clear_error(tmp_path):
 def test_an_unknown_device_is_a_user_error(tmp_path):
     with pytest.raises(ticketlab.TicketlabError, match="unknown device 'gpu'; use cpu or cuda"):
         ticketlab.train("lenet_300_100", "mnist_subset", store=tmp_path, device="gpu", progress=False)
+
+
+def test_a_dataset_edited_in_place_is_another_dataset():
+    from ticketlab.train.run import dataset_identity
+
+    ds = tiny_dataset(n=32)
+    before = dataset_identity(ds)
+    assert dataset_identity(ds) == before
+    ds.train_y[:4] = (ds.train_y[:4] + 1) % ds.num_classes
+    assert dataset_identity(ds) != before

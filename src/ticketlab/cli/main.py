@@ -337,7 +337,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         weights = record.folder / "final.safetensors"
     else:
         weights = Path(args.weights) if args.weights else None
-    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
+    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download,
+                           progress=not args.quiet)
     model = initial_model(config, dataset)
     start = {k: v.clone() for k, v in model.state_dict().items()}  # what `train --masks` will start from
     dataset = training_part(config, dataset)  # criteria that read data see what training will: no held-out example
@@ -393,7 +394,8 @@ def cmd_prac(args: argparse.Namespace) -> int:
 
     config = run_config(args)
     writable(args.out, ".safetensors", "--out")
-    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download)
+    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download,
+                           progress=not args.quiet)
     if not config.data.validation:  # the split `ticketlab find` holds out, so the set fits its studies
         config = replace(config, data=replace(config.data, validation=default_validation(len(dataset.train_y))))
     result = train_run(config, store=RunStore(args.store), dataset=dataset, device=args.device,

@@ -82,20 +82,21 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def load_dataset(name: str | os.PathLike, data_dir: str | Path | None = None, download: bool = True) -> ImageDataset:
+def load_dataset(name: str | os.PathLike, data_dir: str | Path | None = None, download: bool = True,
+                 progress: bool = True) -> ImageDataset:
     """Load a registered dataset by name, or a user's ``.npz`` file by path.
 
     Folders are searched in the order of :func:`search_roots`. A missing dataset is
     downloaded into the first of them when ``download`` is true; otherwise, or when the
     network is unavailable, the TicketlabError says which files were expected, where they
-    were looked for, where to get them and how to point ticketlab at them.
+    were looked for, where to get them and how to point ticketlab at them. `progress` shows a download's bar.
     """
     text = os.fspath(name)
     if text.lower().endswith(".npz"):
         return load_npz(_find_npz(text, data_dir))
     entry = DATASETS.get(text)
     if isinstance(entry, DatasetSpec):
-        return load_spec(entry, data_dir, download)
+        return load_spec(entry, data_dir, download, progress)
     dataset = entry(None if data_dir is None else Path(data_dir).expanduser(), download)
     if not isinstance(dataset, ImageDataset):
         raise TicketlabError(

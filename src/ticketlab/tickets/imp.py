@@ -551,7 +551,8 @@ def find_ticket(
     if plot:
         writable(plot, ".png", "--plot")  # before the study trains, not after
     store = store if isinstance(store, RunStore) else RunStore(store)
-    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, data_dir=data_dir, download=download)
+    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, data_dir=data_dir, download=download,
+                                                                        progress=progress)
     data_cfg = data or DataConfig()
     if data_cfg.validation == 0:
         data_cfg = replace(data_cfg, validation=default_validation(len(ds.train_y)))

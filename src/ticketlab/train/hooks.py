@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import check_masks
 
 if TYPE_CHECKING:
@@ -57,22 +58,28 @@ class Hook:
     def identity(self) -> str:
         """This hook's part of a stored run's identity (`RunConfig.hooks`), so a run trained with it is
         never mistaken for one trained without it. The default is the class and its public settings
-        (plain values; tensors by content); a hook that only watches returns "" and splits no runs."""
+        (plain values; tensors by content; a function or other object is an error, since it could not tell
+        two hooks apart); a hook that only watches returns "" and splits no runs."""
         from ticketlab.train.run import tensor_digest  # run imports this module
 
-        def plain(value: Any) -> Any:
+        cls = type(self)
+
+        def plain(value: Any, name: str) -> Any:
             if value is None or isinstance(value, (bool, int, float, str)):
                 return value
             if isinstance(value, torch.Tensor):
                 return "tensor:" + tensor_digest([value])
             if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
+                return [plain(v, name) for v in value]
             if isinstance(value, dict):
-                return {str(k): plain(v) for k, v in value.items()}
-            return type(value).__qualname__
+                return {str(k): plain(v, name) for k, v in value.items()}
+            # a function or an object: two hooks differing only there would share one stored run
+            raise TicketlabError(
+                f"{cls.__name__}.{name} is a {type(value).__name__}, which cannot enter the run's identity; "
+                f"override {cls.__name__}.identity() to describe it (or return '' from it if the hook only watches)"
+            )
 
-        settings = {k: plain(v) for k, v in vars(self).items() if not k.startswith("_")}
-        cls = type(self)
+        settings = {k: plain(v, k) for k, v in vars(self).items() if not k.startswith("_")}
         return f"{cls.__module__}.{cls.__qualname__}{json.dumps(settings, sort_keys=True)}"
 
 

@@ -144,29 +144,33 @@ def architecture_digest(model: nn.Module) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-_DATASET_DIGESTS: "weakref.WeakKeyDictionary[ImageDataset, str]" = weakref.WeakKeyDictionary()
+_DATASET_DIGESTS: "weakref.WeakKeyDictionary[ImageDataset, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
 def dataset_identity(dataset: ImageDataset) -> str:
     """`name@content-hash`: data handed in as an object is identified by what it holds.
 
-    Cached per object, so a study that trains hundreds of runs on one dataset hashes it once.
+    Cached per object, so a study that trains hundreds of runs on one dataset hashes it once, and hashed
+    again when a tensor was replaced or edited in place (torch counts in-place writes in `_version`).
     """
-    if dataset not in _DATASET_DIGESTS:
-        digest = tensor_digest([dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y])
-        _DATASET_DIGESTS[dataset] = f"{dataset.name}@{digest}"
-    return _DATASET_DIGESTS[dataset]
+    tensors = (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y)
+    state = tuple((id(t), t._version) for t in tensors)
+    cached = _DATASET_DIGESTS.get(dataset)
+    if cached is None or cached[0] != state:
+        cached = (state, f"{dataset.name}@{tensor_digest(list(tensors))}")
+        _DATASET_DIGESTS[dataset] = cached
+    return cached[1]
 
 
 def _load_data(
-    config: RunConfig, dataset: ImageDataset | None, data_dir, download: bool
+    config: RunConfig, dataset: ImageDataset | None, data_dir, download: bool, progress: bool = True
 ) -> tuple[RunConfig, ImageDataset]:
     if config.data.noise:
         from ticketlab.data.noise import noise_file_digest
 
         config = replace(config, data=replace(config.data, noise_file=noise_file_digest(config.data.noise)))
     if dataset is None:
-        dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download)
+        dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download, progress=progress)
         if config.data.dataset in DATASETS:
             return config, dataset
     return replace(config, data=replace(config.data, dataset=dataset_identity(dataset))), dataset
@@ -305,7 +309,7 @@ def train_run(
     config.train.validate()
     dev = resolve_device(str(device) if device is not None else config.device, config.train)
     config = replace(config, device=dev.type)
-    config, dataset = _load_data(config, dataset, data_dir, download)
+    config, dataset = _load_data(config, dataset, data_dir, download, progress)
     if subset is not None:
         subset = torch.as_tensor(subset, dtype=torch.long).flatten()
         config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))

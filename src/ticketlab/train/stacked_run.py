@@ -82,7 +82,8 @@ def train_stacked(
     if not members:
         raise TicketlabError("train_stacked needs at least one member")
     dev = resolve_device(str(device) if device is not None else config.device, config.train)
-    config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download)
+    config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download,
+                                 progress)
     identified = [_identify(config if m.seed is None else replace(config, train=replace(config.train, seed=m.seed)),
                             dataset, copy.deepcopy(model) if model is not None else None,
                             m.init_state, m.masks, start_iteration, ()) for m in members]

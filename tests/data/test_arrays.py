@@ -87,6 +87,8 @@ def test_missing_test_split_holds_out_stratified_ten_percent(tmp_path):
         (dict(x=images(4, 5, 5), y=labels(4), x_test=images(2, 6, 6), y_test=labels(2)), "same \\(C, H, W\\)"),
         (dict(x=images(4, 5, 5), y=labels(4, 2), x_test=images(2, 5, 5), y_test=np.array([20, 21])),
          "test labels \\[20, 21\\] never occur in the training labels"),
+        (dict(x=images(3, 5, 5), y=np.arange(3)),
+         "automatic 10% test split took every example of class\\(es\\) \\[0\\]"),
         (dict(x=np.full((4, 5, 5), 7, np.uint8), y=labels(4)), "every training pixel of channel 0 has the same value"),
     ],
 )

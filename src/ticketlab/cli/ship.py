@@ -11,14 +11,12 @@ from ticketlab.config import PRECISIONS
 from ticketlab.errors import TicketlabError
 
 
-def _variants(ticket_path: str, multiple: int = 1) -> tuple[dict, tuple[int, ...], dict]:
+def _variants(ticket, multiple: int = 1) -> tuple[dict, dict]:
     """dense, masked (torch.nn.utils.prune) and, where the masks allow it, compacted (widths padded to
     `multiple`)."""
     from ticketlab.compact import compact, compaction_report
     from ticketlab.speed import masked_module
-    from ticketlab.tickets.ticketfile import load_ticket
 
-    ticket = load_ticket(ticket_path)
     variants = {"dense": ticket.model, "masked": masked_module(ticket.model, ticket.masks)}
     notes: dict = {}
     try:
@@ -27,7 +25,7 @@ def _variants(ticket_path: str, multiple: int = 1) -> tuple[dict, tuple[int, ...
         notes["compaction"] = compaction_report(ticket.model, small)
     except TicketlabError as error:
         notes["compacted"] = f"not compacted: {error}"
-    return variants, ticket.input_shape, notes
+    return variants, notes
 
 
 def _two_four(variants: dict, masks: dict, device) -> dict:
@@ -72,6 +70,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from ticketlab.speed import PRECISION_DTYPES, forward_flops, measure
+    from ticketlab.tickets.ticketfile import load_ticket
     from ticketlab.train.run import resolve_device
 
     device = resolve_device(args.device)
@@ -81,13 +80,13 @@ def _bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # exact widths are fastest on CPUs; cuDNN's tensor-core kernels want multiples of 8 (BENCHMARKS.md)
     multiple = args.multiple or (8 if device.type == "cuda" else 1)
-    variants, shape, notes = _variants(args.model_file, multiple)
+    ticket = load_ticket(args.model_file)
+    shape = ticket.input_shape
+    variants, notes = _variants(ticket, multiple)
     flops = {name: forward_flops(m, shape) for name, m in variants.items()}  # before --two-four swaps them
     dtype = PRECISION_DTYPES[args.precision]
     if args.two_four:
-        from ticketlab.tickets.ticketfile import load_ticket
-
-        notes.update(_two_four(variants, load_ticket(args.model_file).masks, device))
+        notes.update(_two_four(variants, ticket.masks, device))
     if "compacted" in variants:  # not where --two-four replaced the variants
         notes["multiple"] = multiple
     if "dense_fp16" in variants:  # the 2:4 kernels' dtype

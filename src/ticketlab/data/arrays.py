@@ -86,6 +86,11 @@ def load_npz(path: Path, name: str | None = None) -> ImageDataset:
         x, y, test_x, test_y = x[keep.numpy()], y[keep.numpy()], x[held.numpy()], y[held.numpy()]
 
     unseen = sorted(set(np.unique(test_y).tolist()) - set(np.unique(y).tolist()))
+    if unseen and "x_test" not in arrays:
+        raise TicketlabError(
+            f"{path}: the automatic {TEST_FRACTION:.0%} test split took every example of class(es) "
+            f"{unseen[:5]}{' …' if len(unseen) > 5 else ''}; add examples of them, or save x_test and y_test"
+        )
     if unseen:
         raise TicketlabError(
             f"{path}: test labels {unseen[:5]}{' …' if len(unseen) > 5 else ''} never occur in the training labels y, "

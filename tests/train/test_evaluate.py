@@ -3,15 +3,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.data.augment import normalize
-from ticketlab.train.evaluate import evaluate
+from ticketlab.train.evaluate import evaluate, predict
+
+
+def _images(n):
+    """n colour 8x8 uint8 images of 4 classes, with their normalisation."""
+    x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return x, torch.arange(n) % 4, torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
 
 
 def test_flip_shift_tta_is_airbenchs_mirror_translate():
     """airbench: 0.5 * mirror(x) + 0.5 * mean over the (-1,-1) and (+1,+1) reflect-padded shifts of mirror(.)"""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=g)
-    y = torch.arange(6) % 4
-    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    x, y, mean, std = _images(6)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))  # not mirror- or shift-invariant
 
@@ -55,12 +58,7 @@ def test_evaluation_leaves_every_submodule_in_its_own_mode():
 
 def test_predict_gives_the_logits_evaluate_scores():
     """The selective-SAT coverage table is built from predict's logits: they must be evaluate's, TTA included."""
-    from ticketlab.train.evaluate import predict
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
-    y = torch.arange(40) % 4
-    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    x, y, mean, std = _images(40)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
     for tta in ("none", "flip", "flip_shift"):

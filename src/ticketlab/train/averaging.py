@@ -37,8 +37,8 @@ class Lookahead(Hook):
 
     Every `every` steps the average moves towards the live weights by 1 - rho and the live
     weights are set to it; after the last step (or where a hook stopped training) they are set to
-    it once more. rho = BASE**every *
-    (t / T)**POWER grows over training: follow the live weights early, average hard at the end.
+    it once more. rho = BASE**every * (t / T)**POWER grows over training: follow the live weights
+    early, average hard at the end.
     Every float entry of the state dict takes part, BatchNorm statistics included. Put it before
     mask hooks, so they re-apply masks to what it writes.
     """

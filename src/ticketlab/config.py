@@ -56,13 +56,11 @@ class ModelConfig:
 
     @classmethod
     def of(cls, name: str, options: Mapping[str, Any] | None = None) -> ModelConfig:
-        """The config of registered model `name` built with `options`, in canonical form (sorted, lists as
-        tuples), with the model's revision."""
-        from ticketlab.models.registry import model_revision  # the registry's modules import this one
+        """The config of registered model `name` built with `options`, in canonical form (sorted, defaults
+        left out: `registry.canonical_options`), with the model's revision."""
+        from ticketlab.models.registry import canonical_options, model_revision  # the registry imports this module
 
-        items = (options or {}).items()
-        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items)),
-                   model_revision(name))
+        return cls(name, tuple(sorted(canonical_options(name, options or {}).items())), model_revision(name))
 
     def kwargs_dict(self) -> dict[str, Any]:
         return dict(self.kwargs)

@@ -123,11 +123,10 @@ def test_divergence_exits_2_and_leaves_no_run(tmp_path, tiny_npz, capsys):
 
 def test_models_and_datasets_listing(capsys):
     code, out, _ = _run(capsys, "models", "--json")
-    recipes = json.loads(out)
-    assert (
-        recipes["cifar_resnet_20"]["milestones"] == [80, 120]
-        or recipes["cifar_resnet_20"]["milestones"] == [80.0, 120.0]
-    )
+    models = json.loads(out)["models"]
+    assert models["cifar_resnet_20"]["recipe"]["milestones"] in ([80, 120], [80.0, 120.0])
+    assert models["fastnet"]["options"]["widths"] == [64, 256, 256] and models["fastnet"]["required"] == []
+    assert models["fastnet"]["augment"]["alternate_flip"] is True and models["fastnet"]["revision"] == 1
     code, out, _ = _run(capsys, "models")
     fastnet_row = next(line for line in out.splitlines() if line.startswith("fastnet"))
     assert "widths=(64, 256, 256)" in fastnet_row and "lr=1.5" in fastnet_row
@@ -135,6 +134,18 @@ def test_models_and_datasets_listing(capsys):
     assert "cifar10" in out.split() and "mnist_subset" in out.split()
     code, out, _ = _run(capsys, "datasets", "--json")
     assert code == 0 and {"cifar10", "mnist_subset"} <= set(json.loads(out)["datasets"])  # one object, as always
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`ticketlab models | head`: the closed pipe ends the command with the shell's SIGPIPE code, no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the table is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "ticketlab.cli.main", "models"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
 # Ctrl-C, and the stop a scheduler or `timeout` sends

@@ -173,6 +173,8 @@ def test_bench_times_every_variant_in_the_precision_asked_for(conv_ticket, capsy
 def test_bench_refuses_negative_threads(conv_ticket, capsys):
     code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--threads", "-1")
     assert code == 2 and "--threads" in err and "positive" in err and "Traceback" not in err
+    code, _, err = _run(capsys, "bench", "--model-file", conv_ticket, "--threads", "100000")  # crashed OpenMP
+    assert code == 2 and "at most" in err and "Traceback" not in err
 
 
 def test_bench_two_four_says_a_ticket_without_two_four_masks_ran_nothing_sparse(conv_ticket, capsys):

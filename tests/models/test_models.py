@@ -345,3 +345,74 @@ def test_a_models_revision_enters_run_ids_and_refuses_its_old_ticket_files(monke
     assert run_id(after) == run_id(dataclasses.replace(written, model=ModelConfig.of("lenet_300_100")))
     with pytest.raises(TicketlabError, match="holds revision 0 of lenet_300_100, this ticketlab builds revision 2"):
         load_ticket(path)
+
+
+def test_fastnet_whitening_bias_starts_at_zero() -> None:
+    """airbench zeroes it: only the data-fitted filters shape the first layer (revision 1)."""
+    model = build_model("fastnet")
+    assert torch.equal(model.whiten.bias, torch.zeros_like(model.whiten.bias))
+    assert MODELS.get("fastnet").revision == 1
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_20", "cifar_vgg_11", "lenet_300_100", "wide_resnet_16_4", "conv_2"])
+def test_reset_parameters_draws_the_nets_own_init(name: str) -> None:
+    """A zoo net handed in as a module is re-initialised (other seeds, the re-init baseline) from its own
+    init, not PyTorch's layer defaults (BatchNorm scales of 1, uniform conv weights)."""
+    torch.manual_seed(0)
+    built = build_model(name)
+    fresh = build_model(name)
+    torch.manual_seed(1)
+    fresh.reset_parameters()
+    for (key, a), b in zip(built.state_dict().items(), fresh.state_dict().values()):
+        if key.endswith("num_batches_tracked") or "running" in key:
+            continue
+        assert not torch.equal(a, b) or a.unique().numel() == 1, key  # drawn afresh (constant tensors aside)
+        # the same init distribution: matching spreads, per tensor
+        assert b.float().std().item() == pytest.approx(a.float().std().item(), rel=0.5, abs=1e-6), key
+
+
+def test_fastnet_reset_keeps_its_fitted_whitening_and_identity_start() -> None:
+    model = build_model("fastnet", widths=(16, 32))
+    model.initialize_from_data(torch.randn(100, 3, 8, 8))
+    whitening = model.whiten.weight.clone()
+    torch.manual_seed(3)
+    model.reset_parameters()
+    assert torch.equal(model.whiten.weight, whitening) and not model.whiten.weight.requires_grad
+    assert torch.equal(model.whiten.bias, torch.zeros_like(model.whiten.bias))
+    x = torch.randn(2, 16, 6, 6)
+    conv = model.groups[1].conv1
+    assert torch.equal(torch.nn.functional.conv2d(x, conv.weight[:16], padding=1), x)
+    assert model.needs_data_init is False and build_model("fastnet").needs_data_init is True
+
+
+def test_model_options_equal_to_defaults_give_one_identity() -> None:
+    from ticketlab.config import ModelConfig
+
+    plain = ModelConfig.of("wide_resnet_16_4")
+    assert ModelConfig.of("wide_resnet_16_4", {"dropout": 0}) == plain
+    assert ModelConfig.of("wide_resnet_16_4", {"dropout": 0.0}) == plain
+    assert ModelConfig.of("wide_resnet_16_4", {"dropout": 1}) == ModelConfig.of("wide_resnet_16_4", {"dropout": 1.0})
+    assert ModelConfig.of("wide_resnet_16_4", {"dropout": 0.3}) != plain
+    assert ModelConfig.of("fastnet", {"widths": [64, 256, 256]}) == ModelConfig.of("fastnet")
+    assert ModelConfig.of("fastnet", {"widths": [64, 128, 128]}).kwargs == (("widths", (64, 128, 128)),)
+
+
+def test_required_options_and_bad_names_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+
+    @register_model("needs_width")
+    def needs_width(num_classes: int, in_channels: int, image_size: int, width: int) -> nn.Module:
+        return nn.Linear(width, num_classes)
+
+    with pytest.raises(TicketlabError, match="needs option.*width.*--model-arg width="):
+        build_model("needs_width")
+    assert build_model("needs_width", width=3).in_features == 3
+    with pytest.raises(TicketlabError, match="non-empty string"):
+        register_model(123)
+    list_models()  # still sortable
+
+
+def test_fastnet_too_small_images_suggest_fewer_widths() -> None:
+    with pytest.raises(TicketlabError, match="fewer widths") as error:
+        build_model("fastnet", image_size=28, widths=(8,) * 5)
+    assert "or fastnet" not in str(error.value)

@@ -46,11 +46,11 @@ def test_the_study_plot_draws_every_arm_the_study_ran(tmp_path, monkeypatch):
 
 
 def test_one_level_plots_sparser_to_the_right_like_many(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
+    from ticketlab.report import plots
 
     axes = []
-    real = plt.subplots
-    monkeypatch.setattr(plt, "subplots", lambda *a, **kw: (lambda fa: axes.append(fa[1]) or fa)(real(*a, **kw)))
+    real = plots.new_axes
+    monkeypatch.setattr(plots, "new_axes", lambda *a: (lambda fa: axes.append(fa[1]) or fa)(real(*a)))
     summary = _summary()
     for level in summary["levels"]:
         level["winning"] = False
@@ -59,8 +59,24 @@ def test_one_level_plots_sparser_to_the_right_like_many(tmp_path, monkeypatch):
     assert [ax.xaxis_inverted() for ax in axes] == [True, True]
 
 
-def test_a_failed_write_leaves_no_figure_open(tmp_path):
-    import matplotlib.pyplot as plt
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook user's backend must survive a study's plots (pyplot's `use("Agg")` switched it)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot\n"
+        "from ticketlab.report.plots import new_axes, save_png\n"
+        "import ticketlab.report.selective_plot\n"
+        "fig, ax = new_axes(2, 2); ax.plot([0, 1], [1, 0])\n"
+        f"save_png(fig, {str(tmp_path / 'a.png')!r})\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["svg"] and (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failed_write_is_a_clear_error(tmp_path):
     import pytest
 
     from ticketlab.errors import TicketlabError
@@ -68,7 +84,5 @@ def test_a_failed_write_leaves_no_figure_open(tmp_path):
     summary = _summary()
     for level in summary["levels"]:
         level["winning"] = False
-    before = len(plt.get_fignums())
     with pytest.raises((TicketlabError, OSError)):
         plot_study(summary, tmp_path)  # a folder, not a file
-    assert len(plt.get_fignums()) == before

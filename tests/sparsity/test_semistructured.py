@@ -58,6 +58,7 @@ def test_two_four_detection_follows_nm_masks_grouping():
     assert not is_two_four(torch.tensor([[T, F, F, F, T, T, T, F]]))  # 1 then 3: 4 of 8, but not per group
     assert not is_two_four(torch.tensor([[T, F, F, F, T, T, F, F]]))  # 1 then 2: sparser is not 2:4 either
     assert not is_two_four(torch.tensor([[T, T, F, F, T, T]]))  # 6 inputs: not whole groups of 4
+    assert not is_two_four(torch.zeros(0, 4, dtype=torch.bool)) and not is_two_four(torch.zeros(4, 0))  # empty
     assert not is_two_four(torch.ones(2, 4, 1, 1, dtype=torch.bool))  # conv weights have no 2:4 kernel
     # groups run along the input dimension (dim 1), as nm_masks makes them; 2 of 4 along the outputs is not 2:4
     mask = nm_masks({"w": torch.rand(8, 16, generator=torch.Generator().manual_seed(0))})["w"]
@@ -111,7 +112,7 @@ def test_only_exact_two_four_linears_the_kernels_accept_are_converted(monkeypatc
         "conv.weight: not an nn.Linear",
         "other.weight: mask is not exactly 2:4",
         "out.weight: weight shape",
-        "attn.out_proj.weight: not an nn.Linear",
+        "attn.out_proj.weight: read by nn.MultiheadAttention's fused kernels",
     ):
         assert reason in message
     assert torch.equal(given["w"], (model.hidden.weight * masks["hidden.weight"]).detach())  # pruned weights are 0

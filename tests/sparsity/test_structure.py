@@ -167,6 +167,12 @@ def test_refill_rejects_a_multiple_that_is_not_a_positive_integer(multiple):
         refill({"a": full_rows(64, 40)}, multiple=multiple)
 
 
+@pytest.mark.parametrize("width", [0, 9, 2.5, True])
+def test_refill_rejects_live_widths_outside_a_row(width):
+    with pytest.raises(TicketlabError, match=r"widths\['a'\] .* from 1 to 8"):
+        refill({"a": torch.ones(4, 8, dtype=torch.bool)}, widths={"a": width})
+
+
 @pytest.mark.parametrize("r", [1.0, -0.1, float("nan")])
 def test_refill_rejects_a_rate_outside_0_1(r):
     with pytest.raises(TicketlabError, match="refill rate r"):

@@ -216,3 +216,44 @@ def test_a_study_at_another_seed_draws_the_baselines_of_that_seed(tmp_path):
     assert [f.name for f in one.folder.glob("seed_*")] == ["seed_1"]
     masks = [load_masks(f.folder / "seed_1" / "level_1" / "masks.safetensors") for f in (one, two)]
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+def test_a_zoo_net_handed_in_is_reinitialised_from_its_own_init():
+    """Other seeds and the re-init baseline of a module handed in: a zoo net's root `reset_parameters`
+    draws its own init (OpenLTH's BatchNorm scales U(0, 1)), not the layers' defaults (scales of 1)."""
+    from ticketlab.models import build_model
+    from ticketlab.tickets.imp import _user_init
+
+    net = build_model("cifar_resnet_20")
+    fresh = _user_init(net, "reinit", 0)
+    scales = fresh["stem.bn.weight"]
+    assert not torch.equal(scales, net.state_dict()["stem.bn.weight"])
+    assert 0 <= scales.min() and scales.max() <= 1 and scales.std() > 0.1
+    assert torch.equal(_user_init(net, "reinit", 0)["fc.weight"], fresh["fc.weight"])  # seeded
+    other = _user_init(TinyNet(), "reinit", 0)  # no root reset_parameters: each layer's own
+    assert set(other) == set(TinyNet().state_dict())
+
+
+def test_the_plot_copy_is_atomic_and_a_full_disk_a_clear_error(tmp_path, monkeypatch):
+    """The user's --plot file is replaced whole or not at all, after the study is stored."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    from ticketlab.store import UnwritableFileError
+
+    target = tmp_path / "mine.png"
+    target.write_bytes(b"an older plot")
+    tickets = TicketConfig(levels=1, baselines=(), seeds=1, rewind="2it")
+
+    def full(src, dst):
+        Path(dst).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(UnwritableFileError, match="No space left"):
+        _find(tmp_path / "s", tickets=tickets, plot=target)
+    assert target.read_bytes() == b"an older plot" and [p.name for p in tmp_path.iterdir()] == ["mine.png", "s"]
+    monkeypatch.undo()
+    study = _find(tmp_path / "s", tickets=tickets, plot=target)  # stored: the rerun trains nothing
+    assert target.read_bytes()[:4] == b"\x89PNG" and study.summary["plot"] == str(target)

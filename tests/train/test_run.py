@@ -245,3 +245,19 @@ def test_a_dataset_edited_in_place_is_another_dataset():
     assert dataset_identity(ds) == before
     ds.train_y[:4] = (ds.train_y[:4] + 1) % ds.num_classes
     assert dataset_identity(ds) != before
+
+
+def test_a_hand_built_fastnet_must_be_fitted_to_data_first(tmp_path):
+    """Trained by name, fastnet's first layer is fitted to the training images; built by hand and handed in,
+    it was silently trained from a random start."""
+    from ticketlab.errors import TicketlabError
+    from ticketlab.models import build_model
+
+    data = tiny_dataset(size=9)
+    model = build_model("fastnet", widths=(8,), image_size=9, num_classes=4)
+    with pytest.raises(TicketlabError, match="initialize_from_data"):
+        ticketlab.train(model, data, store=tmp_path, epochs=1, batch_size=32, progress=False)
+    assert not any(tmp_path.rglob("*.safetensors"))
+    model.initialize_from_data(torch.randn(100, 3, 9, 9))
+    result = ticketlab.train(model, data, store=tmp_path, epochs=1, batch_size=32, progress=False)
+    assert not result.model.whiten.weight.requires_grad

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import os
 import re
 import signal
 import sys
@@ -465,11 +466,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ticketlab.models import list_models, model_options, model_recipe
+    from ticketlab.models import list_models, model_augment, model_options, model_recipe
+    from ticketlab.models.registry import MODELS
 
     names = list_models()
     if args.json:
-        print_json(args, {n: model_recipe(n) for n in names})
+        def described(name: str) -> dict:
+            found = model_options(name)  # None: the builder takes any option
+            return {"options": None if found is None else
+                    {k: v for k, v in found.items() if v is not inspect.Parameter.empty},
+                    "required": [k for k, v in (found or {}).items() if v is inspect.Parameter.empty],
+                    "recipe": model_recipe(name), "augment": model_augment(name), "revision": MODELS.get(name).revision}
+
+        print_json(args, {"models": {n: described(n) for n in names}})
         return 0
 
     def options(name: str) -> str:
@@ -628,6 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TicketlabError as e:
         print(f"ticketlab: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ticketlab models | head`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout may be no file (tests capture it)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails no more
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool `head` cut short
     except KeyboardInterrupt:
         print("ticketlab: interrupted; run the same command again to resume (finished runs are reused, a started "
               "one continues from its last checkpoint)", file=sys.stderr)

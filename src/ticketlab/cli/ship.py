@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,7 +176,16 @@ def _zero_or_positive(zero_means: str, what: str) -> Callable[[str], int]:
     return parse
 
 
-_threads = _zero_or_positive("PyTorch's default", "number of threads")
+def _threads(text: str) -> int:
+    """0 or a positive count up to 4 threads per core: more only queues work (and tens of thousands crash the
+    OpenMP runtime)."""
+    count = _zero_or_positive("PyTorch's default", "number of threads")(text)
+    most = 4 * (os.cpu_count() or 1)
+    if count > most:
+        raise argparse.ArgumentTypeError(f"expected at most {most} threads (4 per core of this machine), got {count}")
+    return count
+
+
 _multiple = _zero_or_positive("8 on CUDA, 1 on CPU", "width multiple")
 
 

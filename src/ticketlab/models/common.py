@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
@@ -44,11 +47,25 @@ def glorot_init_(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def require_image_size(model: str, image_size: int, minimum: int, reason: str) -> None:
+class OwnInit(nn.Module):
+    """A zoo net whose `reset_parameters` draws its own init (`init_fn`) afresh, not only PyTorch's layer
+    defaults: ticketlab re-initialises a module handed in (other seeds, the re-init baseline) through it."""
+
+    init_fn: Callable[[nn.Module], None]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # what the init below leaves alone (biases) is drawn afresh too
+        self.init_fn(self)
+
+
+def require_image_size(model: str, image_size: int, minimum: int, reason: str,
+                       instead: str = "pick a model with less downsampling (e.g. cifar_resnet_20)") -> None:
     """Fail early, with the fix, when pooling would shrink the feature maps to nothing."""
     if image_size < minimum:
         raise TicketlabError(
             f"{model} needs image_size >= {minimum} ({reason}), got {image_size}; "
-            f"pad or resize the images to at least {minimum}x{minimum}, or pick a model with less "
-            f"downsampling (e.g. cifar_resnet_20 or fastnet)"
+            f"pad or resize the images to at least {minimum}x{minimum}, or {instead}"
         )

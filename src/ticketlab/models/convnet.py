@@ -11,11 +11,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ticketlab.models.common import glorot_init_, require_image_size
+from ticketlab.models.common import OwnInit, glorot_init_, require_image_size
 from ticketlab.models.registry import register_model
 
 
-class ConvNet(nn.Module):
+class ConvNet(OwnInit):
     """`features` (conv1, relu1, conv2, relu2, pool1, ...), `hidden` (fc1, relu1, fc2, relu2), `fc`."""
 
     def __init__(self, pairs: int, num_classes: int, in_channels: int, image_size: int) -> None:
@@ -41,7 +41,8 @@ class ConvNet(nn.Module):
             )
         )
         self.fc = nn.Linear(256, num_classes)
-        glorot_init_(self)
+        self.init_fn = glorot_init_
+        self.init_fn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(self.flatten(self.features(x))))

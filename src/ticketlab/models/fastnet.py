@@ -41,6 +41,12 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
     return norm
 
 
+@torch.no_grad()
+def _identity_start_(conv: nn.Conv2d) -> None:
+    """The first `in_channels` filters pass their input channel through (dirac)."""
+    nn.init.dirac_(conv.weight[:conv.in_channels])
+
+
 class ConvGroup(nn.Sequential):
     """conv1 -> pool -> bn1 -> act1, then (convK -> bnK -> actK) for K = 2..convs."""
 
@@ -49,8 +55,7 @@ class ConvGroup(nn.Sequential):
         for k in range(1, convs + 1):
             source = in_channels if k == 1 else out_channels
             conv = nn.Conv2d(source, out_channels, 3, padding=1, bias=False)
-            with torch.no_grad():  # the first `source` filters pass their input channel through
-                nn.init.dirac_(conv.weight[:source])
+            _identity_start_(conv)
             layers[f"conv{k}"] = conv
             if k == 1:
                 layers["pool"] = nn.MaxPool2d(2)
@@ -75,6 +80,7 @@ class FastNet(nn.Module):
     ) -> None:
         super().__init__()
         self.whiten = nn.Conv2d(in_channels, whiten_width, PATCH, padding=0, bias=True)
+        nn.init.zeros_(self.whiten.bias)  # as airbench: only the data-fitted filters shape the first layer
         self.act = nn.GELU()
         groups = []
         channels = whiten_width
@@ -95,6 +101,26 @@ class FastNet(nn.Module):
         from ticketlab.train.hooks import FreezeAfter  # the train package imports the model zoo
 
         return [FreezeAfter([self.whiten.bias], WHITEN_BIAS_EPOCHS)]
+
+    @property
+    def needs_data_init(self) -> bool:
+        """True until `initialize_from_data` has fitted (and frozen) the whitening filters."""
+        return self.whiten.weight.requires_grad
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh draws of the constructor's random init (a re-initialised baseline, another seed of a user's
+        fastnet); whitening filters fitted to data are data, not init, and stay."""
+        fitted = None if self.needs_data_init else self.whiten.weight.clone()
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        if fitted is not None:
+            self.whiten.weight.copy_(fitted)
+        nn.init.zeros_(self.whiten.bias)
+        for module in self.groups.modules():
+            if isinstance(module, nn.Conv2d):
+                _identity_start_(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.groups(self.act(self.whiten(x)))
@@ -173,7 +199,8 @@ FASTNET_RECIPE = {
 FASTNET_AUGMENT = {"crop_padding": 2, "reflect": True, "flip": True, "alternate_flip": True}
 
 
-@register_model("fastnet", FASTNET_RECIPE, FASTNET_AUGMENT)
+# revision 1: the whitening bias starts at zero, as in airbench (was PyTorch's random conv bias)
+@register_model("fastnet", FASTNET_RECIPE, FASTNET_AUGMENT, revision=1)
 def fastnet(
     num_classes: int,
     in_channels: int,
@@ -203,7 +230,8 @@ def fastnet(
         raise TicketlabError(f"fastnet head_scale must be a number, got {head_scale!r}")
     # The 2x2 whitening conv (no padding) trims one pixel, then every group halves the image.
     require_image_size(
-        "fastnet", image_size, 2 ** len(widths) + 1, f"its 2x2 whitening conv and {len(widths)} max-pools"
+        "fastnet", image_size, 2 ** len(widths) + 1, f"its 2x2 whitening conv and {len(widths)} max-pools",
+        "give fewer widths (one max-pool each)",
     )
     final_size = image_size - PATCH + 1
     for _ in widths:

@@ -7,11 +7,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ticketlab.models.common import glorot_init_
+from ticketlab.models.common import OwnInit, glorot_init_
 from ticketlab.models.registry import register_model
 
 
-class LeNet300100(nn.Module):
+class LeNet300100(OwnInit):
     """Flatten -> 300 -> ReLU -> 100 -> ReLU -> classes; `hidden` holds fc1/fc2, `fc` the output."""
 
     def __init__(self, num_classes: int, in_features: int) -> None:
@@ -26,7 +26,8 @@ class LeNet300100(nn.Module):
             )
         )
         self.fc = nn.Linear(100, num_classes)
-        glorot_init_(self)
+        self.init_fn = glorot_init_
+        self.init_fn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(self.flatten(x)))

@@ -1,6 +1,6 @@
 """The model table: each name maps to a builder and the training recipe it was published with.
 
-The trainer reads a model's recipe as its defaults, so `ticketlab train cifar_resnet_20` trains
+The trainer reads a model's recipe as its defaults, so `ticketlab train --model cifar_resnet_20` trains
 with the hyperparameters of the paper that introduced it unless the user overrides them.
 """
 
@@ -74,6 +74,8 @@ def register_model(
     Raise `revision` when a change to the builder changes what a run computes (an init, a layer): it
     enters run ids, so a store retrains such runs instead of reusing ones of the old network, and
     ticket files of another revision are refused rather than loaded into the wrong network."""
+    if not isinstance(name, str) or not name:
+        raise TicketlabError(f"a model's name must be a non-empty string, got {name!r}")
     recipe, augment = dict(recipe or {}), dict(augment or {})
     for what, given, keys in (("recipe", recipe, RECIPE_KEYS), ("augment", augment, AUGMENT_KEYS)):
         unknown = sorted(set(given) - keys)
@@ -115,6 +117,26 @@ def model_options(name: str) -> dict[str, Any] | None:
     return {n: params[n].default for n in names}
 
 
+def canonical_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` as a run's identity holds them, so equal settings hash equally: lists as tuples, an int
+    given for a float option as that float, and options equal to the builder's default left out."""
+    canonical = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    if name not in MODELS or _option_names(MODELS.get(name).builder) is None:
+        return canonical
+    params = inspect.signature(MODELS.get(name).builder).parameters
+    for key, value in list(canonical.items()):
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            canonical[key] = value = float(value)
+        try:
+            same = type(value) is type(default) and bool(value == default)
+        except (TypeError, ValueError, RuntimeError):  # array-like values compare elementwise
+            same = False
+        if same:
+            del canonical[key]
+    return canonical
+
+
 def _option_names(builder: Builder) -> list[str] | None:
     """Names of the builder's options, or None when it takes **kwargs (anything goes)."""
     options = []
@@ -142,6 +164,11 @@ def build_model(
             raise TicketlabError(
                 f"model {name!r} has no option(s) {', '.join(unknown)}; its options are: {accepted}"
             )
+        params = inspect.signature(entry.builder).parameters
+        missing = [n for n in options if params[n].default is inspect.Parameter.empty and n not in kwargs]
+        if missing:
+            raise TicketlabError(f"model {name!r} needs option(s) {', '.join(missing)}; give them as "
+                                 f"{', '.join(f'--model-arg {n}=...' for n in missing)} (model_options= in Python)")
     return entry.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 
 

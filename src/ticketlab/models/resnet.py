@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ticketlab.models.common import kaiming_init_, openlth_init_
+from ticketlab.models.common import OwnInit, kaiming_init_, openlth_init_
 from ticketlab.models.registry import register_model
 
 
@@ -51,7 +51,7 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(OwnInit):
     """3x3 conv stem, stages of BasicBlocks (stride 2 from the second stage on), global average
     pool, linear classifier."""
 
@@ -78,7 +78,8 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes)
-        init(self)
+        self.init_fn = init
+        self.init_fn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ticketlab.models.common import openlth_init_, require_image_size
+from ticketlab.models.common import OwnInit, openlth_init_, require_image_size
 from ticketlab.models.registry import register_model
 from ticketlab.models.resnet import CIFAR_RESNET_RECIPE
 
@@ -35,7 +35,7 @@ CONFIGS: dict[int, tuple[int | str, ...]] = {
 }  # fmt: skip
 
 
-class VGG(nn.Module):
+class VGG(OwnInit):
     """`features` (conv-BN-ReLU and max-pools, named conv1, bn1, relu1, pool1, ...), global
     average pool, `fc`."""
 
@@ -59,7 +59,8 @@ class VGG(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
         # with torchvision's fan_out init and BN scales of 1, VGG-16 at lr 0.1 blew up in its first steps and
         # stayed at chance; with OpenLTH's init it learns fastest (BENCHMARKS.md, "starts learning")
-        openlth_init_(self)
+        self.init_fn = openlth_init_
+        self.init_fn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.features(x))))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.models.common import kaiming_init_
+from ticketlab.models.common import OwnInit, kaiming_init_
 from ticketlab.models.registry import register_model
 
 
@@ -44,7 +44,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(OwnInit):
     """WRN-depth-widen: `stem` conv, `stages[i][j]` PreActBlocks, final `bn`/`relu`, pool, `fc`."""
 
     def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int, dropout: float) -> None:
@@ -66,7 +66,8 @@ class WideResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes)
-        kaiming_init_(self)
+        self.init_fn = kaiming_init_
+        self.init_fn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn(self.stages(self.stem(x))))

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
-
-from ticketlab.store.files import atomic_write  # noqa: E402
-from ticketlab.tickets.verdict import arms_of  # noqa: E402
+from ticketlab.store.files import atomic_write
+from ticketlab.tickets.verdict import arms_of
 
 _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3", marker="s"),
           "random": dict(color="C2", marker="^"), "shuffle": dict(color="C4", marker="v"),
@@ -20,14 +18,18 @@ _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3
           "scratch": dict(color="C6", marker="P")}
 
 
-def save_png(fig: plt.Figure, path: str | Path) -> Path:
-    """Lay out, write atomically (a reader never sees half a PNG) and free the figure."""
+def new_axes(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure outside pyplot: no display needed, the caller's backend (a notebook's) left alone, and
+    nothing to close (it is freed with its last reference)."""
+    fig = Figure(figsize=(width, height), dpi=120)
+    return fig, fig.subplots()
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Lay out and write atomically (a reader never sees half a PNG)."""
     path = Path(path)
-    try:
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:  # a failed write must not leave the figure in pyplot's registry for the rest of a long study
-        plt.close(fig)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
@@ -37,7 +39,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
     dense = summary["dense"]
     x = [100 * row["density"] for row in levels]
     arms = arms_of(levels[0]) if levels else []
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = new_axes(7, 4.5)
     ax.axhline(100 * dense["mean"], color="k", lw=1, ls="--", label="dense")
     ax.axhspan(100 * (dense["mean"] - dense["std"]), 100 * (dense["mean"] + dense["std"]), color="k", alpha=0.08)
     for arm in arms:
@@ -81,7 +83,7 @@ def tradeoff_series(summary: dict[str, Any]) -> dict[str, list[tuple[float, floa
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
     """Test accuracy against measured compacted/dense CPU throughput, one point per level and arm."""
     dense = summary["dense"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    fig, ax = new_axes(6.5, 4.5)
     ax.errorbar([1.0], [100 * dense["mean"]], yerr=[100 * dense["std"]], color="k", marker="s", capsize=3,
                 label="dense")
     series = tradeoff_series(summary)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ticketlab.report.plots import plt, save_png
+from ticketlab.report.plots import new_axes, save_png
 
 
 def plot_coverage_risk(
@@ -20,7 +20,7 @@ def plot_coverage_risk(
     `table` rows (from `coverage_table`) are marked as points: they use held-out thresholds, so they are the
     numbers to report, while the curves rank the very examples they score.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = new_axes(7, 4.5)
     for i, (label, (coverage, error)) in enumerate(curves.items()):
         ax.plot(100 * coverage.double().cpu().numpy(), 100 * error.double().cpu().numpy(), color=f"C{i}", lw=1.5,
                 label=label)

@@ -48,7 +48,7 @@ def semi_structured_support(device: torch.device | str) -> tuple[bool, str]:
 
 def is_two_four(mask: torch.Tensor) -> bool:
     """Whether a 2-D mask keeps exactly 2 of every 4 consecutive entries along dim 1 (the input dimension)."""
-    if mask.dim() != 2 or mask.shape[1] % 4:
+    if mask.dim() != 2 or mask.shape[1] % 4 or mask.numel() == 0:
         return False
     return bool((mask.bool().reshape(mask.shape[0], -1, 4).sum(-1) == 2).all())
 
@@ -63,7 +63,9 @@ def kernel_problem(shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
     return None
 
 
-def _why_dense(layer: nn.Module | None, mask: torch.Tensor) -> str | None:
+def _why_dense(layer: nn.Module | None, mask: torch.Tensor, in_attention: bool) -> str | None:
+    if in_attention:
+        return "read by nn.MultiheadAttention's fused kernels, which take no sparse weight"
     if not isinstance(layer, nn.Linear):
         return "not an nn.Linear weight (there is no 2:4 convolution)"
     if isinstance(layer.weight, SparseSemiStructuredTensor):
@@ -90,14 +92,13 @@ def to_semi_structured(model: nn.Module, masks: Masks) -> list[str]:
         if not ok:
             raise TicketlabError(f"cannot run 2:4 sparse layers: {reason}; move the model to an Ampere or newer GPU")
     # an attention block's output projection is a Linear whose weight MultiheadAttention reads itself, in fused
-    # kernels that take no sparse tensor: it stays dense ("not a Linear layer" in the warning)
-    inside_attention = {f"{n}.{child}" if n else child for n, m in model.named_modules()
+    # kernels that take no sparse tensor: it stays dense
+    inside_attention = {f"{n}.{child}.weight" if n else f"{child}.weight" for n, m in model.named_modules()
                         if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_modules() if child}
-    linears = {f"{n}.weight" if n else "weight": m for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n not in inside_attention}
+    linears = {f"{n}.weight" if n else "weight": m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     converted, dense = [], []
     for name, mask in masks.items():
-        reason = _why_dense(linears.get(name), mask)
+        reason = _why_dense(linears.get(name), mask, name in inside_attention)
         weight = params[name]
         if not isinstance(weight, SparseSemiStructuredTensor):
             weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))

@@ -204,6 +204,11 @@ def refill(
     """
     _check_r(r)
     _check_multiple(multiple)
+    for name, width in (widths or {}).items():
+        row = masks[name][0].numel() if name in masks and masks[name].dim() >= 2 else None
+        if row is not None and (isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= row):
+            raise TicketlabError(f"widths[{name!r}] counts the live weights of a row, so it must be an integer "
+                                 f"from 1 to {row}, got {width!r}")
     if scores is not None:
         missing = [name for name in masks if name not in keep and name not in scores]
         if missing:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from ticketlab.data.split import check_held_out
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
 from ticketlab.store import RunStore, read_tensors, writable, write_json
+from ticketlab.store.files import atomic_write
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.constant_units import constant_units, drop_constant_units
 from ticketlab.tickets.earlybird import EarlyBird
@@ -189,11 +191,12 @@ class StudyResult:
 
 
 def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]:
-    """A user's module re-initialised by its own `reset_parameters`, seeded."""
+    """A user's module re-initialised, seeded: by its own `reset_parameters` where the module has one (the
+    zoo's nets draw their own init there), else by each submodule's."""
     fresh = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(key, seed))
-        for module in fresh.modules():
+        for module in [fresh] if hasattr(fresh, "reset_parameters") else fresh.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     return fresh.state_dict()
@@ -589,12 +592,11 @@ def find_ticket(
     from ticketlab.report.plots import plot_study, plot_tradeoff
 
     png = plot_study(summary, record.folder / "accuracy.png")
-    if plot:
-        Path(plot).parent.mkdir(parents=True, exist_ok=True)
-        Path(plot).write_bytes(png.read_bytes())
     summary["plot"] = str(Path(plot) if plot else png)
     if any(row.get("speedup_cpu") for row in summary["levels"]):
         summary["speed_plot"] = str(plot_tradeoff(summary, record.folder / "speed.png"))
     write_json(record.folder / "per_seed.json", per_seed)
     store.finish(config.run_id, summary)
+    if plot:  # after the study is stored: a full disk here costs a rerun that reuses every run, not the study
+        atomic_write(Path(plot), lambda tmp: shutil.copyfile(png, tmp))
     return StudyResult(config.run_id, summary, masks, record.folder)

@@ -259,6 +259,12 @@ def _identify(
         # a config written by hand names the model without its revision
         config = replace(config, model=replace(config.model, architecture=model_revision(config.model.name)))
     else:
+        if getattr(model, "needs_data_init", False):  # a zoo fastnet built by hand: its first layer is still random
+            raise TicketlabError(
+                f"this {type(model).__name__}'s first layer is fitted to data and is not yet: call "
+                "model.initialize_from_data(images) with a few thousand normalised training images first, or train "
+                "it by name (ticketlab.train('fastnet', ...)), which fits it on the training set"
+            )
         config = replace(config, model=ModelConfig(name=type(model).__name__, architecture=architecture_digest(model)))
         init_state = init_state if init_state is not None else model.state_dict()
     if init_state is not None:

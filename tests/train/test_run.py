@@ -261,3 +261,26 @@ def test_a_hand_built_fastnet_must_be_fitted_to_data_first(tmp_path):
     model.initialize_from_data(torch.randn(100, 3, 9, 9))
     result = ticketlab.train(model, data, store=tmp_path, epochs=1, batch_size=32, progress=False)
     assert not result.model.whiten.weight.requires_grad
+
+
+class _Watch(Hook):
+    """Watches only: splits no run ids, so it may come and go between an interrupted run and its resume."""
+
+    def identity(self) -> str:
+        return ""
+
+
+def test_a_resume_with_other_watching_hooks_equals_the_uninterrupted_run(tmp_path):
+    """Hook states were handed back by position: a watcher added on resume shifted SAT's table to another hook."""
+    ds = tiny_dataset(n=200, channels=1, size=8)
+    kw = dict(epochs=4, batch_size=20, lr=0.003, optimizer="adam", progress=False, loss="sat", sat_start=1,
+              sat_alpha=0.6)
+    reference = ticketlab.train("lenet_300_100", ds, store=tmp_path / "ref", **kw)
+    for store, before, after in (("a", [InterruptAt(25)], [_Watch(), _Watch()]),
+                                 ("b", [_Watch(), InterruptAt(25)], [])):
+        with pytest.raises(KeyboardInterrupt):
+            ticketlab.train("lenet_300_100", ds, store=tmp_path / store, hooks=before, **kw)
+        resumed = ticketlab.train("lenet_300_100", ds, store=tmp_path / store, hooks=after, **kw)
+        assert resumed.run_id == reference.run_id
+        for key, value in reference.model.state_dict().items():
+            assert torch.equal(resumed.model.state_dict()[key], value), (store, key)

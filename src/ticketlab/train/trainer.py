@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -297,7 +298,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "hooks": [h.state_dict() for h in self.hooks],
+            "hooks": {key: h.state_dict() for key, h in zip(self._hook_keys(), self.hooks)},
             "stop_reason": self.stop_reason or "",
         }
         if self.ema is not None:
@@ -323,14 +324,29 @@ class Trainer:
             group["fused"] = fused
         _match_layouts(self.optimizer)
         torch.set_rng_state(state["rng_cpu"].cpu())  # checkpoints load onto the training device
-        for hook, hook_state in zip(self.hooks, state["hooks"]):
-            hook.load_state_dict(hook_state)
+        saved = state["hooks"]
+        if isinstance(saved, list):  # a checkpoint written before hook states were keyed
+            saved = dict(zip(self._hook_keys(), saved))
+        for key, hook in zip(self._hook_keys(), self.hooks):
+            if key in saved:  # a watching hook added on resume (it splits no run ids) starts afresh
+                hook.load_state_dict(saved[key])
         if self.ema is not None:
             self.ema.model.load_state_dict(state["ema"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         if "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+
+    def _hook_keys(self) -> list[str]:
+        """Each hook's key in a checkpoint: its class and its place among the hooks of that class, so that a
+        watching hook added or left out on resume does not hand the others' states to the wrong hook."""
+        seen: Counter[str] = Counter()
+        keys = []
+        for hook in self.hooks:
+            kind = f"{type(hook).__module__}.{type(hook).__qualname__}"
+            keys.append(f"{kind}#{seen[kind]}")
+            seen[kind] += 1
+        return keys
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is not None:

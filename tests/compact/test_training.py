@@ -95,6 +95,28 @@ def test_compacted_training_gives_the_masked_training_numbers_up_to_rounding(tmp
     assert again.reused and all(torch.equal(again.model.state_dict()[k], v) for k, v in b.items())
 
 
+def test_incomplete_channel_masks_train_compacted_as_their_completed_masks_train_masked(tmp_path):
+    """Whole fc1 rows dropped but their biases and fc2's reading columns not: compaction removes those too, so the
+    compacted run is (and is identified as) the masked run of the completed masks, not of the masks given."""
+    from ticketlab.train.run import tensor_digest
+
+    model, _ = ticket("lenet_300_100")
+    keep = torch.arange(300) < 150
+    given = {"hidden.fc1.weight": keep[:, None].expand(300, 64).clone()}
+    completed = complete_channel_masks(model, given)
+    assert set(completed) > set(given)
+    ds = tiny_dataset(n=96, **CASES["lenet_300_100"][1])
+    options = dict(store=RunStore(tmp_path), dataset=ds, init_state=model.state_dict(), progress=False)
+    small = train_run(config("lenet_300_100"), compacted=8, masks=given, **options)
+    masked = train_run(config("lenet_300_100"), masks=completed, **options)
+    assert small.summary["density"] == masked.summary["density"]
+    assert options["store"].get(small.run_id).config["masks"] == tensor_digest(completed)
+    a, b = masked.model.state_dict(), small.model.state_dict()
+    for key, value in a.items():
+        if "running" not in key:
+            assert torch.allclose(b[key], value, atol=1e-3), key
+
+
 def test_an_interrupted_compacted_run_resumes_to_the_uninterrupted_numbers(tmp_path):
     model, masks = ticket("cifar_resnet_20")
     ds = tiny_dataset(n=96, channels=3, size=8)

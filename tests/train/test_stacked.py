@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -101,6 +103,29 @@ def test_only_one_architecture_stacks():
         StackedModels([])
     with pytest.raises(TicketlabError, match="same parameters"):
         stack_masks([{"conv.weight": torch.ones(8, 3, 3, 3)}, {}])
+
+
+def test_what_one_batched_call_cannot_hold_is_a_clear_error():
+    """Dropout's batched draws depend on the group (a member's run id would name two results); tied weights and
+    cumulative BatchNorm averages broke inside vmap; seeds without a stack crashed."""
+    dropout = [nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.5)) for _ in range(2)]
+    with pytest.raises(TicketlabError, match="random numbers.*dropout"):
+        StackedModels(dropout)(torch.randn(3, 3, 2, 2))
+    silent = [nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.0)) for _ in range(2)]
+    assert StackedModels(silent)(torch.randn(3, 3, 2, 2)).shape == (2, 3, 4)  # p = 0 draws nothing
+    assert StackedModels(dropout).eval()(torch.randn(3, 3, 2, 2)).shape == (2, 3, 4)  # nor does evaluation
+    tied = TinyNet()
+    tied.extra = nn.Linear(8, 8)
+    tied.other = nn.Linear(8, 8)
+    tied.other.weight = tied.extra.weight
+    with pytest.raises(TicketlabError, match="ties"):
+        StackedModels([tied, copy.deepcopy(tied)])
+    cumulative = TinyNet()
+    cumulative.bn.momentum = None
+    with pytest.raises(TicketlabError, match="momentum=None"):
+        StackedModels([cumulative, TinyNet()])
+    with pytest.raises(TicketlabError, match="StackedModels"):
+        _train(TinyNet(), [], seeds=[3])
 
 
 def test_stacked_keeps_frozen_parameters_frozen():

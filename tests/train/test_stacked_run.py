@@ -116,6 +116,24 @@ def test_seeds_stacked_are_the_seeds_trained_alone(tmp_path):
     assert len({r.summary["test_loss"] for r in together}) == 3
 
 
+def test_bad_member_masks_are_refused_before_the_store_holds_anything(tmp_path):
+    ds, cfg, members = _setup()
+    store = RunStore(tmp_path)
+    for bad in ({"hidden.fc1.weigth": torch.ones(300, 64)}, {"hidden.fc1.weight": torch.ones(3, 64)}):
+        with pytest.raises(TicketlabError, match="mask does not fit the model"):
+            train_stacked(cfg, [members[0], Member(masks=bad)], store=store, dataset=ds, progress=False)
+    assert store.list() == []
+
+
+def test_stacked_members_of_noisy_data_carry_the_noise_rate_as_runs_alone_do(tmp_path):
+    ds, cfg, members = _setup()
+    cfg = replace(cfg, data=replace(cfg.data, noise="uniform:0.4"))
+    together = train_stacked(cfg, members[:2], store=RunStore(tmp_path / "s"), dataset=ds, progress=False)
+    alone = train_run(cfg, store=RunStore(tmp_path / "a"), dataset=ds, masks=members[0].masks, progress=False)
+    assert together[0].summary["noise_rate"] == alone.summary["noise_rate"] > 0.2
+    assert set(together[0].summary) == set(alone.summary)
+
+
 def test_stacked_training_refuses_what_it_cannot_do(tmp_path):
     ds, cfg, members = _setup(loss="sat", sat_start=1)
     with pytest.raises(TicketlabError, match="--loss ce only"):

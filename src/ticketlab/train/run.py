@@ -309,8 +309,9 @@ def train_run(
     set) trains on those only. Hooks enter the run's identity by their `identity()`, unless
     `config.hooks` already describes them. `records` keeps per-example records (train/records.py) in the run folder.
     `compacted` (a channel multiple, e.g. 8) trains channel-structured `masks` as the physically
-    compacted network (compact/training.py): the masked training's numbers up to float rounding,
-    at the smaller network's cost; hooks then see the compacted network.
+    compacted network (compact/training.py): the numbers of masked training with the completed masks
+    (`complete_channel_masks`: a dropped channel's bias, BN entries and readers masked too) up to float
+    rounding, at the smaller network's cost; hooks then see the compacted network.
     """
     config.train.validate()
     dev = resolve_device(str(device) if device is not None else config.device, config.train)
@@ -335,10 +336,14 @@ def train_run(
         if not masks or save_at:
             raise TicketlabError("compacted training needs channel masks and keeps no weight snapshots; "
                                  "train with masks only, or without compaction")
+        from ticketlab.compact.channels import complete_channel_masks
         from ticketlab.compact.training import compacted_for_training
 
+        # what the small network trains: a dropped channel's bias and BN entries, and the weights reading it,
+        # are masked too (compaction removes them); the run is the masked run of these masks, and says so
+        masks = complete_channel_masks(model, masks)
         shrunk = compacted_for_training(model, masks, compacted)
-        config = replace(config, compacted=compacted)
+        config = replace(config, masks=tensor_digest(masks), compacted=compacted)
 
     augment = default_augment(config.data, dataset, config.model.name)
     with store.claim(config) as record:

@@ -6,7 +6,8 @@ runs their forward passes as one `torch.func.vmap` call, so the one Trainer trai
 step: the loss is the sum of the K losses (each network gets exactly its own gradient), and SGD,
 momentum, weight decay, masks and the lookahead all act element-wise, hence per network. All K
 see the same batches, as a study's baselines do, unless the Trainer is given one seed per
-network: then each gets its own batches (`forward_each`), as separate seeds would.
+network: then each gets its own batches (`forward_each`), as separate seeds would. Random draws in
+the forward pass (dropout) are refused: batched, they would tie each network's numbers to its group.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor, parameter: bool)
         owner._buffers[leaf] = value
 
 
+def _check_stackable(model: nn.Module) -> None:
+    """What one batched call cannot hold, as a clear error rather than a failure deep inside vmap."""
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    if len(names) != len(dict(model.named_parameters())):
+        raise TicketlabError("stacked training needs every parameter held under one name, and this network ties "
+                             "weights (one parameter in two layers); train it without --stack")
+    cumulative = [n for n, m in model.named_modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is None]
+    if cumulative:
+        raise TicketlabError(f"stacked training needs BatchNorm with a momentum, and {cumulative[0]} has "
+                             "momentum=None (a cumulative average); set a momentum or train it without --stack")
+
+
 class StackedModels(nn.Module):
     """K networks as one: parameter `name` of shape S becomes shape [K, *S]; forward gives [K, B, ...].
 
@@ -57,6 +71,7 @@ class StackedModels(nn.Module):
                     f"network {k} differs from network 0 in its parameters or buffers; only networks of one "
                     f"architecture (same names, shapes and dtypes) can be stacked"
                 )
+        _check_stackable(models[0])
         self.count = len(models)
         self.body = copy.deepcopy(models[0])
         for name, _ in models[0].named_parameters():
@@ -72,8 +87,18 @@ class StackedModels(nn.Module):
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
             return functional_call(self.body, (p, b), (inputs,))
 
-        # "different": dropout draws its own mask for each network
-        return vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")(params, buffers, x)
+        try:
+            return vmap(one, in_dims=(0, 0, None if shared else 0), randomness="error")(params, buffers, x)
+        except RuntimeError as error:
+            if "randomness" not in str(error):
+                raise
+            # batched random draws (dropout) depend on the group's size and order: a network trained in one group
+            # would not equal the same run trained in another, or alone
+            raise TicketlabError(
+                "stacked training cannot train networks that draw random numbers in their forward pass (dropout): "
+                "each network's draws would depend on the others it is stacked with; train without --stack, or "
+                "without dropout (--model-arg dropout=0)"
+            ) from None
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
         """Network k on its own batch x[k]: inputs [K, B, ...] give outputs [K, B, ...]."""

@@ -22,6 +22,7 @@ from ticketlab.config import RunConfig
 from ticketlab.data import ImageDataset
 from ticketlab.data.batches import DeviceData
 from ticketlab.errors import TicketlabError
+from ticketlab.sparsity import check_masks
 from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
 from ticketlab.train.hooks import MaskHook
 from ticketlab.train.run import (
@@ -87,6 +88,9 @@ def train_stacked(
     identified = [_identify(config if m.seed is None else replace(config, train=replace(config.train, seed=m.seed)),
                             dataset, copy.deepcopy(model) if model is not None else None,
                             m.init_state, m.masks, start_iteration, ()) for m in members]
+    for (_, net), member in zip(identified, members):  # before the store holds anything of the group
+        if member.masks:
+            check_masks(net, member.masks)
     results: list[RunResult | None] = []
     for member_config, net in identified:
         record = store.get(member_config.run_id)
@@ -113,8 +117,9 @@ def train_stacked(
                                   [identified[k][0].train.seed for k in order], store=store, dataset=dataset,
                                   device=dev, progress=progress, description=description)
         trained = _group_members(record, identified[next(iter(pending.values()))][1])
+        noise_rate = _prepare(config, dataset, None).noise_rate if config.data.noise else None
         for run_id, k in pending.items():
-            done[run_id] = _store_member(identified[k][0], trained[run_id], store)
+            done[run_id] = _store_member(identified[k][0], trained[run_id], store, noise_rate)
         if all((stored := store.get(run_id)) is not None and stored.finished for run_id in trained):
             store.remove(record.run_id)  # every member is stored as a run of its own now
     for k, (member_config, _) in enumerate(identified):
@@ -195,11 +200,15 @@ def _member_result(summary: dict[str, Any], history: list[dict[str, Any]], k: in
     return TrainResult(summary["iterations"], summary["train_seconds"] / count, test, validation, own, None)
 
 
-def _store_member(config: RunConfig, trained: tuple[nn.Module, TrainResult], store: RunStore) -> RunResult:
+def _store_member(config: RunConfig, trained: tuple[nn.Module, TrainResult], store: RunStore,
+                  noise_rate: float | None) -> RunResult:
+    """Stored as `train_run` stores a run, so a study reads it as one trained alone."""
     net, result = trained
     record = store.begin(config)
     write_tensors(record.folder / "final.safetensors", net.state_dict())
     write_json(record.folder / "history.json", result.history)
     summary = _summary(config, net, result)
+    if noise_rate is not None:
+        summary["noise_rate"] = round(noise_rate, 6)
     store.finish(config.run_id, summary)
     return RunResult(config.run_id, net, summary, result.history, record.folder, reused=False)

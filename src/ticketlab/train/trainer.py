@@ -149,6 +149,9 @@ class Trainer:
                 f"{self.total_steps}; ask for snapshots inside that range"
             )
         self.networks = model.count if isinstance(model, StackedModels) else 1
+        if seeds is not None and not isinstance(model, StackedModels):
+            raise TicketlabError("seeds gives each network of a StackedModels its own data order; a single network "
+                                 "takes its seed from the config (TrainConfig.seed)")
         if seeds is not None and len(seeds) != self.networks:
             raise TicketlabError(f"seeds gives {len(seeds)} data orders for {self.networks} network(s); "
                                  "give one per network of a StackedModels")

@@ -62,7 +62,7 @@ def test_model_options_are_canonical():
     a = ModelConfig.of("fastnet", {"widths": [8, 16], "convs_per_group": 1})
     b = ModelConfig.of("fastnet", {"convs_per_group": 1, "widths": (8, 16)})
     assert a == b and a.kwargs == (("convs_per_group", 1), ("widths", (8, 16)))
-    assert ModelConfig.of("fastnet") == ModelConfig("fastnet")
+    assert ModelConfig.of("fastnet") == ModelConfig("fastnet", architecture="revision 1")
     assert run_id(RunConfig(model=a)) == run_id(RunConfig(model=b)) != run_id(RunConfig(model=ModelConfig("fastnet")))
 
 

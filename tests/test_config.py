@@ -164,3 +164,16 @@ def test_wrong_kinds_of_training_options_are_user_errors(options, message):
 def test_data_options_of_the_wrong_kind_are_user_errors():
     with pytest.raises(TicketlabError, match="--noise-seed must be a whole number, got 1.5"):
         DataConfig(noise="uniform:0.2", noise_seed=1.5)
+
+
+def test_a_recipes_setting_that_does_not_act_goes_back_to_its_default():
+    """fastnet's label smoothing under SAT, ResNet's milestones under a cosine schedule: stored, they said the run
+    used what it did not (and split equal runs)."""
+    from ticketlab.train import recipe_config
+
+    sat = recipe_config("fastnet", loss="sat", sat_start=2)
+    assert sat.label_smoothing == 0.0 and recipe_config("fastnet").label_smoothing == 0.2
+    cosine = recipe_config("cifar_resnet_20", schedule="cosine")
+    assert cosine.milestones == () and recipe_config("cifar_resnet_20").milestones == (80.0, 120.0)
+    with pytest.raises(TicketlabError, match="--label-smoothing has no effect"):  # the user's own: refused
+        recipe_config("fastnet", loss="sat", sat_start=2, label_smoothing=0.2)

@@ -236,6 +236,16 @@ def check_given(config: TrainConfig, given: set[str]) -> None:
             raise TicketlabError(f"{flag} has no effect without {needs}; drop it or add {needs}")
 
 
+def without_unused(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """`config` with the settings that do not act under it (a recipe's label smoothing under --loss sat, its
+    milestones under --schedule cosine) back at their defaults, so a stored config says what trained and equal
+    trainings share one id; the `given` ones are the user's, which `check_given` refuses instead."""
+    defaults = TrainConfig()
+    unused = {name: getattr(defaults, name) for name, (applies, _) in _ONLY_WITH.items()
+              if name not in given and not applies(config)}
+    return dataclasses.replace(config, **unused)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a training run's numbers.

@@ -50,6 +50,29 @@ def test_selective_sat_adds_an_abstain_output_and_a_coverage_table(tmp_path):
     assert 0 <= s["test_accuracy"] <= 1
 
 
+def test_selective_training_accuracy_counts_class_answers_not_abstentions(tmp_path):
+    """Train accuracy is judged on the K class outputs, as validation and test accuracy are: an abstention is
+    no answer, not a wrong class."""
+    from ticketlab.train.hooks import Hook
+
+    seen = {}
+
+    class LastEpoch(Hook):
+        def identity(self) -> str:
+            return ""
+
+        def after_step(self, trainer, step) -> None:
+            if step.epoch == trainer.cfg.epochs - 1:
+                right = (step.logits[:, :4].argmax(1) == step.targets).sum().item()
+                seen["right"], seen["n"] = seen.get("right", 0) + right, seen.get("n", 0) + len(step.targets)
+                seen["abstained"] = seen.get("abstained", 0) + (step.logits.argmax(1) == 4).sum().item()
+
+    result = _train(tmp_path, data=DataConfig(noise="flip:0.4"), loss="sat-selective", sat_start=2, epochs=8,
+                    hooks=[LastEpoch()])
+    assert seen["abstained"] > 0  # the case that was counted wrong
+    assert result.history[-1]["train_accuracy"] == pytest.approx(seen["right"] / seen["n"], abs=1e-6)
+
+
 def test_sat_start_must_lie_inside_training(tmp_path):
     with pytest.raises(TicketlabError, match="sat-start"):
         _train(tmp_path, loss="sat", sat_start=4, epochs=4)

@@ -32,7 +32,8 @@ def sat_outcome(hook: SelfAdaptiveTraining | SelectiveSAT, model: nn.Module, dat
     """Written to `folder` and returned for the run's summary. `train_set` is what the run trained on (its
     labels as given, its normalisation), `clean` those labels' true values when ticketlab added the noise
     itself. The selective table reads `dataset`'s test set as the run's test accuracy does (same statistics
-    and test-time augmentation), so at full coverage its error is 1 - that accuracy, up to CUDA autocast."""
+    and test-time augmentation); its rows are scored on the reported half of the test set (the other half
+    sets the thresholds), so even its full-coverage error is that half's, not 1 - the test accuracy."""
     given = train_set.train_y
     if isinstance(hook, SelectiveSAT):
         from ticketlab.report.selective_plot import plot_coverage_risk

@@ -46,6 +46,7 @@ class ExampleRecords(Hook):
         self.loss = torch.zeros(epochs, num_examples, dtype=torch.float32)
         self.seen = torch.zeros(epochs, num_examples, dtype=torch.bool)
         self.probs = torch.zeros(num_examples, num_classes, dtype=torch.float32)
+        self.answers: int | None = None  # the class outputs, when an abstain output follows them (the trainer's)
 
     def identity(self) -> str:
         return ""  # it only watches: the run's numbers are those of training without it
@@ -73,6 +74,7 @@ class ExampleRecords(Hook):
                 f"records were made for {self.epochs} epochs but training runs {trainer.cfg.epochs}; "
                 "create ExampleRecords with epochs=the run's epochs"
             )
+        self.answers = trainer.output_classes
         for name in _FIELDS:
             setattr(self, name, getattr(self, name).to(trainer.device))
 
@@ -87,7 +89,7 @@ class ExampleRecords(Hook):
         p = logits.softmax(1)
         first = ~self.seen[:, index].any(0, keepdim=True).T
         self.probs[index] = torch.where(first, p, self.ema * self.probs[index] + (1.0 - self.ema) * p)
-        self.correct[step.epoch, index] = logits.argmax(1) == targets
+        self.correct[step.epoch, index] = logits[:, :self.answers].argmax(1) == targets  # abstaining is no answer
         self.loss[step.epoch, index] = F.cross_entropy(logits, targets, reduction="none")
         self.seen[step.epoch, index] = True
 

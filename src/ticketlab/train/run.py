@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given
+from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given, without_unused
 from ticketlab.data import DATASETS, ImageDataset, load_dataset
 from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
@@ -495,4 +495,4 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
         values["milestones"] = tuple(float(m) for m in values["milestones"])
     config = TrainConfig(**values)
     check_given(config, set(given))
-    return config
+    return without_unused(config, set(given))

@@ -435,7 +435,8 @@ class Trainer:
                 if self.ema is not None and self.iteration % self.ema.every == 0:
                     self.ema.update(self.model)
                 self._loss_sum.add_(loss, alpha=targets.shape[-1])
-                self._correct.add_((logits.argmax(-1) == targets).sum(-1))
+                answers = logits if self.output_classes is None else logits[..., :self.output_classes]  # not abstain
+                self._correct.add_((answers.argmax(-1) == targets).sum(-1))
                 self._seen += targets.shape[-1]
                 step = Step(self.iteration - 1, epoch, inputs, targets, index, logits, loss)
                 for hook in self.hooks:

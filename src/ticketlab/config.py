@@ -46,6 +46,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _normalise(self)
         _check_types(self)
+        if self.noise:
+            from ticketlab.data.noise import canonical_noise  # the data package imports this module
+
+            object.__setattr__(self, "noise", canonical_noise(self.noise))
 
 
 @dataclass(frozen=True)

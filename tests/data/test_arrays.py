@@ -120,6 +120,33 @@ def test_a_member_that_is_no_npy_array_is_refused(tmp_path):
         load_dataset(path)
 
 
+def test_damaged_compressed_members_are_a_clear_error(tmp_path):
+    path = tmp_path / "mine.npz"
+    np.savez_compressed(path, x=images(64, 8, 8), y=labels(64))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 60] = bytes(60)  # zeroed deflate stream: zlib fails, not numpy
+    path.write_bytes(bytes(data))
+    with pytest.raises(TicketlabError, match="mine.npz"):
+        load_dataset(path)
+
+
+def test_a_header_promising_more_than_the_member_holds_is_refused_before_allocating(tmp_path):
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 3, 32, 32), np.uint8))
+    header["shape"] = (10**13, 3, 32, 32)  # 27 PiB in a few hundred bytes
+    path = tmp_path / "mine.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("x.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            member.write(bytes(100))
+        with archive.open("y.npy", "w") as member:
+            np.lib.format.write_array(member, labels(4))
+    with pytest.raises(TicketlabError, match="x.npy promises .* bytes of data but holds"):
+        load_dataset(path)
+
+
 def test_one_huge_label_does_not_make_a_trillion_classes(tmp_path):
     y = labels(4)
     y[3] = 10**12

@@ -190,11 +190,21 @@ def _hollow_array_pickle(shape) -> bytes:
     return pickle.dumps({b"data": Hollow(), b"labels": [0] * shape[0]}, protocol=2)
 
 
-def test_an_array_the_file_never_fills_is_refused(tmp_path):
+def _direct_array_pickle(shape) -> bytes:
+    """numpy.ndarray called directly, as np.ndarray(shape, 'u1'): uninitialised memory, no _reconstruct."""
+    class Direct:
+        def __reduce__(self):
+            return np.ndarray, (shape, "u1")
+
+    return pickle.dumps({b"data": Direct(), b"labels": [0] * shape[0]}, protocol=2)
+
+
+@pytest.mark.parametrize("make", [_hollow_array_pickle, _direct_array_pickle])
+def test_an_array_the_file_never_fills_is_refused(tmp_path, make):
     """A 200-byte file must not become 30 MB of uninitialised 'images' (or ask for gigabytes)."""
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar10(folder)
-    (folder / "data_batch_3").write_bytes(_hollow_array_pickle((10000, 3072)))
+    (folder / "data_batch_3").write_bytes(make((10000, 3072)))
     with pytest.raises(TicketlabError, match=r"data_batch_3 is damaged.*not filled from the file"):
         parse_cifar10(folder)
 

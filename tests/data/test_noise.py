@@ -262,3 +262,14 @@ def test_a_rewritten_label_file_is_another_run(tmp_path):
     second = ticketlab.train(dataset=ds, **options)
     assert first.run_id != second.run_id and not second.reused
     assert first.summary["noise_rate"] == 0.0 and second.summary["noise_rate"] == 1.0
+
+
+def test_one_noise_setting_written_differently_is_one_setting():
+    """Equal settings share run ids: "uniform:.40" trained the same labels as "uniform:0.4"."""
+    from ticketlab.config import DataConfig
+
+    plain = DataConfig(noise="uniform:0.4")
+    for spelling in ("uniform:.4", "uniform:0.40", " uniform:0.4", "uniform:4e-1"):
+        assert DataConfig(noise=spelling) == plain
+    assert DataConfig(noise="flip:0.4") != plain and DataConfig(noise="file:a.npz:worse").noise == "file:a.npz:worse"
+    assert DataConfig(noise="uniform:x").noise == "uniform:x"  # refused where the noise is drawn, with its message

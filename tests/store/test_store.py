@@ -152,6 +152,12 @@ def test_unwritable_store_is_a_user_error(tmp_path):
         RunStore(blocker / "store")
 
 
+def test_a_file_where_the_run_folder_goes_is_a_user_error(tmp_path):
+    (tmp_path / "runs").write_text("x")
+    with pytest.raises(TicketlabError, match="runs as the store's run folder.*move that file away"):
+        RunStore(tmp_path)
+
+
 def test_corrupt_index_is_a_user_error(tmp_path):
     (tmp_path / "index.sqlite").write_bytes(os.urandom(4096))
     with pytest.raises(TicketlabError, match="unreadable"):

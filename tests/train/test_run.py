@@ -284,3 +284,18 @@ def test_a_resume_with_other_watching_hooks_equals_the_uninterrupted_run(tmp_pat
         assert resumed.run_id == reference.run_id
         for key, value in reference.model.state_dict().items():
             assert torch.equal(resumed.model.state_dict()[key], value), (store, key)
+
+
+def test_a_users_registered_loader_is_identified_by_what_it_serves(tmp_path, monkeypatch):
+    """Its name does not fix its data (ticketlab's own datasets' names do): other data must never reuse a run."""
+    from ticketlab.data import DATASETS, register_dataset
+
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
+    version = {"seed": 0}
+    register_dataset("served")(lambda data_dir, download: tiny_dataset(n=64, seed=version["seed"]))
+    options = dict(store=tmp_path, epochs=1, batch_size=32, progress=False)
+    first = ticketlab.train("lenet_300_100", "served", **options)
+    assert ticketlab.train("lenet_300_100", "served", **options).reused
+    version["seed"] = 1
+    other = ticketlab.train("lenet_300_100", "served", **options)
+    assert not other.reused and other.run_id != first.run_id

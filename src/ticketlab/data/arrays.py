@@ -19,6 +19,7 @@ same file always gives the same split.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -43,18 +44,40 @@ def read_npz(path: Path, how: str) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise TicketlabError(f"{path} is not a .npz archive (a zip of .npy arrays); {how}")
     try:
+        _check_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except ValueError as exc:
         pickled = "allow_pickle" in str(exc)
         why = "holds object arrays, which ticketlab never unpickles" if pickled else f"is damaged ({exc})"
         raise TicketlabError(f"{path} {why}; {how}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise TicketlabError(f"cannot read {path} as a .npz of plain arrays: {exc}; {how}") from None
+    except Exception as exc:  # a damaged archive fails in many ways (zlib, a garbled header): all mean "bad file"
+        raise TicketlabError(f"cannot read {path} as a .npz of plain arrays ({type(exc).__name__}: {exc}); "
+                             f"{how}") from None
     odd = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
     if odd:  # numpy hands back a member that is no .npy file as raw bytes
         raise TicketlabError(f"{path}: {', '.join(odd)} is not a .npy array; {how}")
     return arrays
+
+
+def _check_sizes(path: Path) -> None:
+    """Each .npy member's header against the bytes it holds, before numpy allocates what the header promises
+    (a few hundred bytes can promise petabytes)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                if member.read(6) != b"\x93NUMPY":  # no .npy array: np.load hands it back as bytes, refused below
+                    continue
+                major = member.read(2)[0]  # the version: major, minor
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(member)
+                if dtype.hasobject:  # pickled: np.load refuses it, with its own message
+                    continue
+                needed = math.prod(shape) * dtype.itemsize
+                if needed > info.file_size:
+                    raise ValueError(f"{info.filename} promises {needed} bytes of data but holds {info.file_size}")
 
 
 def load_npz(path: Path, name: str | None = None) -> ImageDataset:

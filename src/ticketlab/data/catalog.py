@@ -78,6 +78,14 @@ def register_dataset(name: str) -> Callable:
     return DATASETS.register(name)
 
 
+def name_fixes_content(name: str) -> bool:
+    """Whether a registered dataset's name fixes what it holds: ticketlab's own (official files, checked, and
+    the bundled subset) do; a user's loader may serve other data tomorrow, so its runs are identified by the
+    content it returns."""
+    entry = DATASETS.get(name)
+    return isinstance(entry, DatasetSpec) or getattr(entry, "__module__", "").startswith("ticketlab.")
+
+
 def list_datasets() -> list[str]:
     return DATASETS.names()
 

@@ -31,18 +31,26 @@ def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+class _ArrayType:
+    """What the name numpy.ndarray loads as: only an argument of `_empty_array`. Called itself (as
+    np.ndarray(shape) would be) it would hand out memory the file never filled, so it refuses."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> None:
+        raise pickle.UnpicklingError("refusing to build an array that is not filled from the file")
+
+
 def _empty_array(subtype: type, shape: tuple, dtype: bytes) -> np.ndarray:
     """numpy pickles start each array empty, shape (0,), and fill it from bytes in the file (which checks
     their size); any other shape would have numpy allocate memory the file never supplies, left as it was."""
-    if subtype is not np.ndarray or tuple(shape) != (0,):
+    if subtype is not _ArrayType or tuple(shape) != (0,):
         raise pickle.UnpicklingError(f"refusing an array of shape {shape!r} that is not filled from the file")
-    return _reconstruct(subtype, shape, dtype)
+    return _reconstruct(np.ndarray, shape, dtype)
 
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _empty_array,
     ("numpy._core.multiarray", "_reconstruct"): _empty_array,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _ArrayType,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _encode_latin1,
 }

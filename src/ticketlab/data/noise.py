@@ -75,6 +75,16 @@ def parse_noise(text: str) -> NoiseSpec:
     return NoiseSpec(kind, rate=rate)
 
 
+def canonical_noise(text: str) -> str:
+    """One spelling per setting ("uniform:.40" is "uniform:0.4"), so equal settings share run ids; text that
+    does not parse is left as it is, for `parse_noise` to refuse where the noise is drawn."""
+    try:
+        spec = parse_noise(text)
+    except TicketlabError:
+        return text
+    return f"file:{spec.path}:{spec.key}" if spec.kind == "file" else f"{spec.kind}:{spec.rate!r}"
+
+
 def _check_rate(rate: float) -> None:
     if not 0.0 <= rate <= 1.0:
         raise TicketlabError(f"label noise rate must be a fraction in [0, 1] (0.4 for 40%), got {rate}")

@@ -88,7 +88,11 @@ class RunStore:
             raise TicketlabError(
                 f"the run index {self._db} is unreadable ({e}); move it away to start a fresh store"
             ) from None
-        (self.root / "runs").mkdir(exist_ok=True)  # after the index opened: a bad index leaves nothing new
+        try:
+            (self.root / "runs").mkdir(exist_ok=True)  # after the index opened: a bad index leaves nothing new
+        except OSError as e:  # a file named runs, a read-only store
+            raise TicketlabError(f"cannot use {self.root / 'runs'} as the store's run folder ({e.strerror}); "
+                                 "move that file away, or pass another --store DIR") from None
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._db, timeout=30)

@@ -24,6 +24,7 @@ from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, ch
 from ticketlab.data import DATASETS, ImageDataset, load_dataset
 from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
+from ticketlab.data.catalog import name_fixes_content
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.models import MODELS, build_model, model_augment, model_revision
@@ -171,7 +172,7 @@ def _load_data(
         config = replace(config, data=replace(config.data, noise_file=noise_file_digest(config.data.noise)))
     if dataset is None:
         dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download, progress=progress)
-        if config.data.dataset in DATASETS:
+        if config.data.dataset in DATASETS and name_fixes_content(config.data.dataset):
             return config, dataset
     return replace(config, data=replace(config.data, dataset=dataset_identity(dataset))), dataset
 

@@ -257,3 +257,44 @@ def test_the_plot_copy_is_atomic_and_a_full_disk_a_clear_error(tmp_path, monkeyp
     monkeypatch.undo()
     study = _find(tmp_path / "s", tickets=tickets, plot=target)  # stored: the rerun trains nothing
     assert target.read_bytes()[:4] == b"\x89PNG" and study.summary["plot"] == str(target)
+
+
+def test_a_level_that_keeps_no_weights_and_fractional_counts_are_clear_errors(tmp_path):
+    tickets = TicketConfig(levels=3, fraction=0.9, baselines=("oneshot",), seeds=1, rewind="2it")
+    with pytest.raises(TicketlabError, match="level 3 keeps none of the prunable weights.*lower --levels"):
+        find_ticket(TinyNet(), tiny_dataset(n=80), tickets=tickets, store=tmp_path, epochs=1, batch_size=16,
+                    progress=False)
+    for bad in (dict(levels=2.0), dict(seeds=2.0)):
+        with pytest.raises(TicketlabError, match="must be a whole number"):
+            TicketConfig(**bad).validate()
+
+
+def test_a_module_whose_init_reset_parameters_does_not_draw_is_warned_about(tmp_path):
+    """Other seeds and the re-init arm re-draw a module through reset_parameters: a custom init set in __init__
+    would be lost without a word."""
+    from ticketlab.tickets.imp import _init_mismatch
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                            torch.nn.Linear(32, 4))
+            for layer in (self.body[1], self.body[3]):
+                torch.nn.init.normal_(layer.weight, std=0.5)  # far from PyTorch's default spread
+
+        def forward(self, x):
+            return self.body(x)
+
+    assert _init_mismatch(Wide()) == ["body.1.weight", "body.3.weight"] and _init_mismatch(TinyNet()) == []
+
+    class Drawn(Wide):
+        def reset_parameters(self):
+            for layer in (self.body[1], self.body[3]):
+                layer.reset_parameters()
+                torch.nn.init.normal_(layer.weight, std=0.5)
+
+    assert _init_mismatch(Drawn()) == []
+    tickets = TicketConfig(levels=1, baselines=("reinit",), seeds=1, rewind="2it")
+    study = find_ticket(Wide(), tiny_dataset(n=80, channels=1), tickets=tickets, store=tmp_path, epochs=1,
+                        batch_size=16, progress=False)
+    assert any("define reset_parameters" in w for w in study.summary["warnings"])

@@ -28,8 +28,21 @@ def test_tolerance_is_the_seed_spread_when_larger():
     dense = Stat(0.92, 0.01, 3)
     v = verdict(dense, Stat(0.911, 0.002, 3), Stat(0.85, 0.003, 3))
     assert v.tolerance == pytest.approx(0.01) and v.winning
+    v = verdict(dense, Stat(0.93, 0.002, 3), Stat(0.925, 0.01, 3))
+    assert not v.beats_reinit and v.reinit_tolerance == pytest.approx(0.01)  # 0.5 points inside a 1-point spread
     v = verdict(dense, Stat(0.93, 0.002, 3), Stat(0.925, 0.003, 3))
-    assert not v.beats_reinit  # a 0.5-point gap is inside a 1-point spread
+    assert v.beats_reinit  # the dense arm's spread is no part of condition 2
+
+
+def test_a_noisy_reinit_arm_does_not_loosen_the_comparison_with_dense():
+    """One collapsed re-init seed (a 6-point spread) let a ticket 5 points below dense "match" it."""
+    dense, ticket = Stat(0.900, 0.001, 3), Stat(0.850, 0.001, 3)
+    v = verdict(dense, ticket, Stat(0.50, 0.06, 3))
+    assert not v.matches_dense and not v.winning and v.beats_reinit
+    assert v.tolerance == pytest.approx(0.002) and v.reinit_tolerance == pytest.approx(0.06)
+    s = summarise([_seed(0.90, (0.85,), (0.60,)), _seed(0.901, (0.851,), (0.62,)), _seed(0.899, (0.849,), (0.10,))],
+                  ("reinit",), "test")
+    assert not s["levels"][0]["winning"] and s["sparsest_winning_density"] is None
 
 
 def test_without_reinit_condition_two_is_unchecked_and_nothing_wins():

@@ -83,6 +83,9 @@ class TicketConfig:
     compact_training: bool = True  # channel: train tickets and baselines physically compacted (compact/training.py)
 
     def validate(self) -> None:
+        for name in ("levels", "seeds"):  # counted with range(): 2.0 would fail after the dense run has trained
+            if type(getattr(self, name)) is not int:
+                raise TicketlabError(f"--{name} must be a whole number, got {getattr(self, name)!r}")
         if self.levels < 1:
             raise TicketlabError(f"--levels must be at least 1, got {self.levels}")
         if not 0 < self.fraction < 1:
@@ -200,6 +203,20 @@ def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     return fresh.state_dict()
+
+
+def _init_mismatch(model: nn.Module) -> list[str]:
+    """Layers of a user's module whose re-drawn weights have another spread than its own (by more than 1.5x):
+    then its init is not what its `reset_parameters` draws, and other seeds and the fresh-init arms would
+    start from another distribution than the ticket's seed 0."""
+    fresh = _user_init(model, "init", 1)
+    odd = []
+    for name, p in model.named_parameters():
+        if p.dim() > 1:
+            own, drawn = p.detach().float().std().item(), fresh[name].float().std().item()
+            if own > 0 and drawn > 0 and not 2 / 3 <= drawn / own <= 3 / 2:
+                odd.append(name)
+    return odd
 
 
 def _arm_run(run: RunConfig, arm: Arm) -> RunConfig:
@@ -322,6 +339,9 @@ class _Study:
                                      self._layer_fractions())
             weights = self._structured(weights, chain.trained, chain.weights)
         weights, dropped = self._without_constant_units(weights, chain.rewind_state, chain.trained)
+        if not any(bool(w.any()) for w in weights.values()):  # nothing left to train, rank or compare
+            raise TicketlabError(f"level {level} keeps none of the prunable weights ({self.t.fraction:g} of them "
+                                 f"pruned per level); lower --levels (now {self.t.levels}) or --fraction")
         masks = self.structure.complete(weights)  # + the BN/bias entries of removed channels, and dead weights
         # the next level prunes its fraction of what this one keeps alive
         chain.weights = {n: masks[n] for n in weights}
@@ -542,8 +562,9 @@ def find_ticket(
 ) -> StudyResult:
     """Find the sparsest winning ticket of `model` on `dataset` by IMP with rewinding.
 
-    `model` is a registered name or your own `nn.Module` (other seeds re-initialise it with its
-    modules' `reset_parameters`); `model_options` are a registered model's own options (e.g.
+    `model` is a registered name or your own `nn.Module` (other seeds and the fresh-init arms re-initialise
+    it with its `reset_parameters`, else its modules'; a warning says when that draws another spread than
+    the module's own weights); `model_options` are a registered model's own options (e.g.
     fastnet's `widths`). `train_options` are `TrainConfig` fields. Returns the ticket's
     masks per level and the study summary; the verdict is judged on a validation split held out
     of the training set (`data.validation`, default 10%), never on the test set. `summary["warnings"]`
@@ -586,6 +607,15 @@ def find_ticket(
     per_seed = [chain.results for chain in chains]
     masks = chains[0].masks
     summary = summarise(per_seed, tickets.baselines, "validation")
+    odd = _init_mismatch(model) if not isinstance(model, str) and (
+        tickets.seeds > 1 or {"reinit", "scratch"} & set(tickets.baselines)) else []
+    if odd:
+        summary["warnings"].append(
+            f"your module's re-initialised weights (other seeds, reinit, scratch) differ in scale from its own in "
+            f"{', '.join(odd[:3])}{' and more' if len(odd) > 3 else ''}: its init is not what reset_parameters "
+            "draws, so those runs start from another distribution; define reset_parameters on the module to draw "
+            "its own init"
+        )
     summary.update(study_id=config.run_id, model=name, dataset=ds.name, seeds=tickets.seeds,
                    fraction=tickets.fraction, scope=tickets.scope, rewind_iteration=study.k,
                    structure=tickets.structure, stacked=tickets.stack, train_seconds=round(study.seconds, 3))

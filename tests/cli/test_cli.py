@@ -388,3 +388,10 @@ def test_prune_refuses_cutout_and_scores_without_the_validation_examples(tmp_pat
         assert code == 0
         outs.append(out.read_bytes())
     assert outs[0] != outs[1]  # SNIP's batch came from the training part only
+
+
+def test_table_numbers_keep_their_value():
+    from ticketlab.cli.table import fmt
+
+    assert [fmt(v) for v in (0.5, 0.0, 5e-05, 19430.2, 1234.56789, None)] == [
+        "0.5000", "0.0000", "5e-05", "19430", "1234.5679", "-"]

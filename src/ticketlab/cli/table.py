@@ -10,8 +10,12 @@ from typing import Any, Sequence
 
 
 def fmt(value: Any) -> str:
+    """Four decimals where they carry the value; else four significant figures (a density of 5e-05 is no 0.0000),
+    and whole seconds as whole numbers (19430, not 1.943e+04)."""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        if abs(value) >= 1e4:
+            return f"{value:.0f}"
+        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.4g}"
     return "-" if value is None else str(value)
 
 

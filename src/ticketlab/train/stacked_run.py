@@ -119,7 +119,7 @@ def train_stacked(
         trained = _group_members(record, identified[next(iter(pending.values()))][1])
         noise_rate = _prepare(config, dataset, None).noise_rate if config.data.noise else None
         for run_id, k in pending.items():
-            done[run_id] = _store_member(identified[k][0], trained[run_id], store, noise_rate)
+            done[run_id] = _store_member(identified[k][0], trained[run_id], store, noise_rate, dev)
         if all((stored := store.get(run_id)) is not None and stored.finished for run_id in trained):
             store.remove(record.run_id)  # every member is stored as a run of its own now
     for k, (member_config, _) in enumerate(identified):
@@ -201,8 +201,9 @@ def _member_result(summary: dict[str, Any], history: list[dict[str, Any]], k: in
 
 
 def _store_member(config: RunConfig, trained: tuple[nn.Module, TrainResult], store: RunStore,
-                  noise_rate: float | None) -> RunResult:
-    """Stored as `train_run` stores a run, so a study reads it as one trained alone."""
+                  noise_rate: float | None, device: torch.device) -> RunResult:
+    """Stored as `train_run` stores a run, and returned on the training device as it returns one, so a study
+    reads it as one trained alone."""
     net, result = trained
     record = store.begin(config)
     write_tensors(record.folder / "final.safetensors", net.state_dict())
@@ -211,4 +212,4 @@ def _store_member(config: RunConfig, trained: tuple[nn.Module, TrainResult], sto
     if noise_rate is not None:
         summary["noise_rate"] = round(noise_rate, 6)
     store.finish(config.run_id, summary)
-    return RunResult(config.run_id, net, summary, result.history, record.folder, reused=False)
+    return RunResult(config.run_id, net.to(device), summary, result.history, record.folder, reused=False)

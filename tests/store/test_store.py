@@ -143,6 +143,12 @@ def test_state_round_trip_and_atomicity(tmp_path):
         save_state(path, {"bad": object()})
     assert torch.equal(load_state(path)["opt"]["state"][0]["buf"], torch.arange(3.0))  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]  # no temporary left behind
+    # keys whose paths read alike (a hook's state may hold such) keep their own tensors
+    tricky = {"a.b": torch.zeros(1), "a": {"b": torch.ones(1)},
+              "c": {1: torch.full((1,), 2.0), "1": torch.full((1,), 3.0)}}
+    save_state(path, tricky)
+    back = load_state(path)
+    assert [float(t) for t in (back["a.b"], back["a"]["b"], back["c"][1], back["c"]["1"])] == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_unwritable_store_is_a_user_error(tmp_path):

@@ -144,6 +144,8 @@ def split_tensors(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Ten
 
     def walk(node: Any, key: str) -> Any:
         if isinstance(node, torch.Tensor):
+            # numbered: paths alone collide ({"a.b": x} and {"a": {"b": y}}, keys 1 and "1" in a hook's state)
+            key = f"{len(tensors)}:{key}"
             tensors[key] = node
             return {_TENSOR: key}
         if isinstance(node, dict):

@@ -4,7 +4,7 @@ from torch import nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
-from ticketlab.sparsity import density, select_prunable
+from ticketlab.sparsity import density, ends, select_prunable
 
 
 class Net(nn.Module):
@@ -23,6 +23,28 @@ def test_module_order_and_first_last_exclusion():
     assert list(select_prunable(net, exclude_last=True)) == ["conv1.weight", "conv2.weight"]
     both = select_prunable(net, exclude_first=True, exclude_last=True)
     assert list(both) == ["conv2.weight"] and both["conv2.weight"] is net.conv2.weight
+
+
+class HeadFirst(nn.Module):
+    """Registers its classifier before its body: module order would call the head the first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 2)
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(8, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv2(self.conv1(x)).mean((2, 3)))
+
+
+def test_first_and_last_are_the_layers_the_forward_pass_calls_first_and_last():
+    net = HeadFirst()
+    assert ends(net) == ("conv1.weight", "head.weight")
+    assert list(select_prunable(net, exclude_last=True)) == ["conv1.weight", "conv2.weight"]
+    assert list(select_prunable(net, exclude_first=True)) == ["head.weight", "conv2.weight"]
+    assert ends(build_model("cifar_resnet_20")) == ("stem.conv.weight", "fc.weight")
+    assert ends(Net()) == ("conv1.weight", "fc.weight")  # no forward to trace: module order
 
 
 def test_include_and_exclude_are_searched_regexes():

@@ -36,7 +36,7 @@ from ticketlab.sparsity.masks import (
     save_masks,
     shuffle_within_layers,
 )
-from ticketlab.sparsity.prunable import density, prunable_parameters, select_prunable
+from ticketlab.sparsity.prunable import density, ends, prunable_parameters, select_prunable
 from ticketlab.sparsity.regroup import Block, dense_blocks, partition_rows, regroup, regroup_layer
 from ticketlab.sparsity.semistructured import semi_structured_support, to_semi_structured
 from ticketlab.sparsity.structure import (
@@ -50,10 +50,10 @@ from ticketlab.sparsity.structure import (
 
 __all__ = [
     "BUDGETS", "Block", "CRITERIA", "REFILL_CRITERIA", "Masks", "apply_masks", "channel_counts", "channel_scores",
-    "check_density", "check_masks", "compute_scores", "dense_blocks", "density", "density_report", "er", "erdos_renyi",
-    "erk", "global_masks", "grasp", "is_channel_structured", "kept_channels", "layerwise_masks", "load_masks",
-    "magnitude", "masks_from_scores", "nm_masks", "overall_density", "partition_rows", "prunable_parameters",
-    "prune_at_init", "prune_fraction",
+    "check_density", "check_masks", "compute_scores", "dense_blocks", "density", "density_report", "ends", "er",
+    "erdos_renyi", "erk", "global_masks", "grasp", "is_channel_structured", "kept_channels", "layerwise_masks",
+    "load_masks", "magnitude", "masks_from_scores", "nm_masks", "overall_density", "partition_rows",
+    "prunable_parameters", "prune_at_init", "prune_fraction",
     "random_like", "random_scores", "refill", "refill_layer", "regroup", "regroup_layer", "save_masks",
     "select_prunable", "semi_structured_support",
     "shuffle_within_layers", "snip", "synflow", "synflow_scores", "to_semi_structured", "uniform",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from ticketlab.errors import TicketlabError
 
@@ -23,6 +23,20 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     }
 
 
+def ends(model: nn.Module) -> tuple[str, str]:
+    """The weights of the first and the last Conv2d/Linear the forward pass calls (the stem and the classifier),
+    read off its traced graph: a module may register its head before its body. Module order where the forward
+    cannot be traced."""
+    names = list(prunable_parameters(model))
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # data-dependent control flow and the like: module order it is
+        return names[0], names[-1]
+    called = [f"{node.target}.weight" for node in graph.nodes if node.op == "call_module"
+              and f"{node.target}.weight" in names]
+    return (called[0], called[-1]) if called else (names[0], names[-1])
+
+
 def select_prunable(
     model: nn.Module,
     *,
@@ -34,8 +48,8 @@ def select_prunable(
 ) -> dict[str, nn.Parameter]:
     """The weights a pruning method may touch, in module order.
 
-    `exclude_first` keeps the first Conv2d/Linear dense and `exclude_last` the last one (the
-    classifier): the common IMP variants (methods.md section 1). `keep_streams` keeps every layer
+    `exclude_first` keeps the first Conv2d/Linear the forward pass calls dense and `exclude_last` the last
+    one (the classifier; `ends`): the common IMP variants (methods.md section 1). `keep_streams` keeps every layer
     that writes into a residual stream dense (the stem, projection shortcuts, each block's last
     conv), so channel pruning narrows only the layers inside blocks and the streams keep their
     width: the usual way to prune ResNets' channels (Li et al. 2017). `include` / `exclude` are
@@ -48,10 +62,9 @@ def select_prunable(
             "ticketlab prunes the weights of Conv2d and Linear layers only"
         )
     names = list(params)
-    if exclude_first:
-        names = names[1:]
-    if exclude_last:
-        names = names[:-1]
+    if exclude_first or exclude_last:
+        first, last = ends(model)
+        names = [n for n in names if not (exclude_first and n == first or exclude_last and n == last)]
     if keep_streams:
         writers = stream_writers(model)
         names = [n for n in names if n not in writers]

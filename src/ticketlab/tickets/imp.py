@@ -31,7 +31,15 @@ from ticketlab.data.augment import normalize
 from ticketlab.data.batches import check_batch_size, steps_per_epoch, stream_seed
 from ticketlab.data.split import check_held_out
 from ticketlab.errors import TicketlabError
-from ticketlab.sparsity import apply_masks, density_report, magnitude, prune_fraction, save_masks, select_prunable
+from ticketlab.sparsity import (
+    apply_masks,
+    density_report,
+    ends,
+    magnitude,
+    prune_fraction,
+    save_masks,
+    select_prunable,
+)
 from ticketlab.store import RunStore, read_tensors, writable, write_json
 from ticketlab.store.files import atomic_write
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
@@ -299,7 +307,8 @@ class _Study:
     def _layer_fractions(self) -> dict[str, float] | None:
         if self.t.output_fraction == -1.0:
             return None
-        return {n: self.t.output_fraction if n == self.names[-1] else self.t.fraction for n in self.names}
+        _, classifier = ends(self.probe)
+        return {n: self.t.output_fraction if n == classifier else self.t.fraction for n in self.names}
 
     def train(self, run: RunConfig, what: str, **kwargs: Any) -> RunResult:
         result = train_run(run, store=self.store, model=self._model(run) if self.user_model is not None else None,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.sparsity import Masks, apply_masks, magnitude, nm_masks, prunable_parameters
+from ticketlab.sparsity import Masks, apply_masks, ends, magnitude, nm_masks
 from ticketlab.sparsity.regroup import regroup
 from ticketlab.sparsity.structure import channel_scores, refill
 
@@ -60,7 +60,7 @@ class Structure:
                  refill_criterion: str = "count", nm: str = "2:4", refill_multiple: int = 1) -> None:
         self.kind, self.rate, self.criterion, self.multiple = kind, refill_rate, refill_criterion, refill_multiple
         self.n, self.m = parse_nm(nm)
-        classifier = list(prunable_parameters(model))[-1]
+        _, classifier = ends(model)
         self.keep = {classifier} & set(names)
         self.tied: list[tuple[str, ...]] = []
         self.compactable = False

@@ -3,7 +3,7 @@
 # too), then its ticket benched 3 times alone. Rerun to resume. Usage: SEED WORKDIR TREE (a worktree of the repo).
 # As run on 2026-12-07:   6 /work/s7 /work/s5/tree (d2a0e4d)    7 /work/s8 /work/s8/tree (2b62143)
 #                         8 /work/s11 /work/s11/tree (c4be0a0)  9 /work/s13 /work/s13/tree (0281e96)
-#                        10 /work/s15 /work/s15/tree (366160b)
+#                        10 /work/s15 /work/s15/tree (366160b)  11 /work/s16 /work/s16/tree (46e8983)
 N=$1; M=16
 PY="env PYTHONPATH=$3/src /work/main/.venv/bin/python -m ticketlab.cli.main"
 cd "$2" || exit 1

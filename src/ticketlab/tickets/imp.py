@@ -304,10 +304,11 @@ class _Study:
     def _model(self, run: RunConfig) -> nn.Module:
         return copy.deepcopy(self.user_model) if self.user_model is not None else initial_model(run, self.dataset)
 
+    @functools.cached_property
     def _layer_fractions(self) -> dict[str, float] | None:
         if self.t.output_fraction == -1.0:
             return None
-        _, classifier = ends(self.probe)
+        _, classifier = ends(self.probe)  # traced once per study, not at every level
         return {n: self.t.output_fraction if n == classifier else self.t.fraction for n in self.names}
 
     def train(self, run: RunConfig, what: str, **kwargs: Any) -> RunResult:
@@ -345,7 +346,7 @@ class _Study:
             weights = self.structure.nm_masks(previous)
         else:
             weights = prune_fraction(magnitude(previous), chain.weights, self.t.fraction, self.t.scope,
-                                     self._layer_fractions())
+                                     self._layer_fractions)
             weights = self._structured(weights, chain.trained, chain.weights)
         weights, dropped = self._without_constant_units(weights, chain.rewind_state, chain.trained)
         if not any(bool(w.any()) for w in weights.values()):  # nothing left to train, rank or compare
@@ -476,7 +477,7 @@ class _Study:
         hooks = []
         if self.t.early_bird:
             hooks.append(EarlyBird(self.names, self.t.fraction, current=weights, scope=self.t.scope,
-                                   threshold=self.t.early_bird, layer_fractions=self._layer_fractions(),
+                                   threshold=self.t.early_bird, layer_fractions=self._layer_fractions,
                                    structure=self._live_structured(weights) if self.structure.active else None))
             # the run's identity: which stop rule, and which masks it watches settle (the pruning step's
             # settings; the level's current masks enter it as the run's masks)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.models.common import require_image_size
+from ticketlab.models.common import OwnInit, require_image_size
 from ticketlab.models.registry import register_model
 
 # Added to the eigenvalues before dividing by their square root, so that directions of
@@ -42,9 +42,14 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
 
 
 @torch.no_grad()
-def _identity_start_(conv: nn.Conv2d) -> None:
-    """The first `in_channels` filters pass their input channel through (dirac)."""
-    nn.init.dirac_(conv.weight[:conv.in_channels])
+def _fastnet_init_(model: nn.Module) -> None:
+    """On top of PyTorch's layer defaults: the whitening bias at zero (as airbench: only the data-fitted filters
+    shape the first layer), and each group conv's first `in_channels` filters passing their input channel
+    through (dirac)."""
+    nn.init.zeros_(model.whiten.bias)
+    for module in model.groups.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.dirac_(module.weight[:module.in_channels])
 
 
 class ConvGroup(nn.Sequential):
@@ -54,9 +59,7 @@ class ConvGroup(nn.Sequential):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for k in range(1, convs + 1):
             source = in_channels if k == 1 else out_channels
-            conv = nn.Conv2d(source, out_channels, 3, padding=1, bias=False)
-            _identity_start_(conv)
-            layers[f"conv{k}"] = conv
+            layers[f"conv{k}"] = nn.Conv2d(source, out_channels, 3, padding=1, bias=False)
             if k == 1:
                 layers["pool"] = nn.MaxPool2d(2)
             layers[f"bn{k}"] = _batch_norm(out_channels)
@@ -64,7 +67,7 @@ class ConvGroup(nn.Sequential):
         super().__init__(layers)
 
 
-class FastNet(nn.Module):
+class FastNet(OwnInit):
     """`whiten` conv + `act`, `groups` of ConvGroups, global max `pool` (over the `final_size` map the
     groups leave), `fc` times `head_scale`."""
 
@@ -80,7 +83,6 @@ class FastNet(nn.Module):
     ) -> None:
         super().__init__()
         self.whiten = nn.Conv2d(in_channels, whiten_width, PATCH, padding=0, bias=True)
-        nn.init.zeros_(self.whiten.bias)  # as airbench: only the data-fitted filters shape the first layer
         self.act = nn.GELU()
         groups = []
         channels = whiten_width
@@ -95,6 +97,8 @@ class FastNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(channels, num_classes, bias=False)
         self.head_scale = head_scale
+        self.init_fn = _fastnet_init_
+        self.init_fn(self)
 
     def training_hooks(self) -> list:
         """Hooks the trainer adds to any run of this model."""
@@ -112,15 +116,9 @@ class FastNet(nn.Module):
         """Fresh draws of the constructor's random init (a re-initialised baseline, another seed of a user's
         fastnet); whitening filters fitted to data are data, not init, and stay."""
         fitted = None if self.needs_data_init else self.whiten.weight.clone()
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        super().reset_parameters()
         if fitted is not None:
             self.whiten.weight.copy_(fitted)
-        nn.init.zeros_(self.whiten.bias)
-        for module in self.groups.modules():
-            if isinstance(module, nn.Conv2d):
-                _identity_start_(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.groups(self.act(self.whiten(x)))

@@ -186,6 +186,9 @@ def test_density_report_and_overall_density():
     assert list(full["layers"]) == ["conv.weight", "fc.weight"]
     assert full["layers"]["conv.weight"] == {"kept": 108, "total": 108, "density": 1.0}
     assert full["total"] == {"kept": 111, "total": 116, "density": 111 / 116}
+    # a completed channel mask's bias and BatchNorm entries are not weights of the prunable layers
+    completed = {**masks, "fc.bias": torch.tensor([T, F]), "conv.bias": torch.ones(4, dtype=torch.bool)}
+    assert density_report(completed, net) == full
 
 
 def test_apply_and_check_masks():

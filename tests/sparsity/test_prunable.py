@@ -58,6 +58,8 @@ def test_include_and_exclude_are_searched_regexes():
 def test_nothing_to_prune_and_bad_patterns_are_user_errors():
     with pytest.raises(TicketlabError, match="no prunable layer"):
         select_prunable(nn.Sequential(nn.BatchNorm1d(3), nn.ReLU()))
+    with pytest.raises(TicketlabError, match="no Conv2d or Linear layer"):
+        ends(nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU()))
     with pytest.raises(TicketlabError, match="no prunable layer left"):
         select_prunable(Net(), include="nothing")
     with pytest.raises(TicketlabError, match="no prunable layer left"):

@@ -200,6 +200,13 @@ def test_refill_leaves_keep_layers_unchanged_and_refills_the_others_alone():
     assert torch.equal(out["a"], refill_layer(masks["a"]))
 
 
+def test_refill_takes_a_bare_keep_name_as_one_name_not_as_its_substrings():
+    masks = {"conv1.weight": rows_mask([3, 1, 4, 0], per=4), "layer1.0.conv1.weight": rows_mask([1, 2, 0], per=5)}
+    out = refill(masks, keep="layer1.0.conv1.weight")
+    assert torch.equal(out["layer1.0.conv1.weight"], masks["layer1.0.conv1.weight"])
+    assert torch.equal(out["conv1.weight"], refill_layer(masks["conv1.weight"]))
+
+
 def tied_masks():
     # a: 10 weights per channel, counts [6, 5, 0, 0]; b: 2 per channel, counts [0, 1, 2, 2].
     # Pooled budget (11 + 5) / (10 + 2) = 1.33 -> 1 channel. Normalised votes
@@ -218,6 +225,14 @@ def test_a_tied_group_shares_one_channel_set_with_the_pooled_budget_and_equal_vo
     # refill+: int(1.33 + 2.67 * 0.6) = 2 shared channels (b alone would get 3, the mean budget 1.8 too)
     plus = refill(masks, tied=[["a", "b"]], r=0.6)
     assert kept_rows(plus["a"]) == kept_rows(plus["b"]) == [0, 1]
+
+
+def test_votes_equal_in_exact_arithmetic_tie_to_the_lower_index_whatever_the_member_order():
+    # normalised votes: channel 0 = .3 + .2 + .1 and channel 1 = .1 + .2 + .3, equal but for float rounding,
+    # which in float64 puts them an ulp apart in one summation order or the other
+    masks = {"a": rows_mask([3, 1, 6], per=10), "b": rows_mask([2, 2, 6], per=10), "c": rows_mask([1, 3, 6], per=10)}
+    for order in (["a", "b", "c"], ["c", "b", "a"], ["b", "a", "c"]):
+        assert kept_rows(refill(masks, tied=[order], r=0.5)["a"]) == [0, 2]
 
 
 def test_a_tied_group_ranks_by_given_scores():

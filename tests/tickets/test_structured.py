@@ -34,6 +34,20 @@ def test_a_drawn_channel_baseline_keeps_the_tickets_channel_counts_refill_plus_i
         assert not all(torch.equal(like[n], ticket[n]) for n in ticket)  # other channels than the ticket's
 
 
+def test_a_channel_baseline_keeps_a_count_off_the_multiple_that_dropping_a_constant_filter_left():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    structure = Structure("channel", model, ["0.weight", "5.weight"], refill_multiple=16)
+    ticket = structure.apply({"0.weight": torch.rand(64, 3, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.25,
+                              "5.weight": torch.ones(10, 64, dtype=torch.bool)})
+    assert _channels(ticket["0.weight"]) == 16
+    first = int(ticket["0.weight"].flatten(1).any(1).nonzero()[0])
+    ticket["0.weight"][first] = False  # as a study drops a filter constant at the rewind point
+    generator = torch.Generator().manual_seed(1)
+    like = structure.like(random_like(ticket, generator), ticket, None, generator)
+    assert _channels(like["0.weight"]) == 15 and int(like["0.weight"].sum()) == int(ticket["0.weight"].sum())
+
+
 def test_a_random_group_baseline_is_the_tickets_blocks_at_random_rows_and_columns():
     structure, ticket = _ticket("conv_4", "group")
     generator = torch.Generator().manual_seed(0)

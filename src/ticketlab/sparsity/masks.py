@@ -214,14 +214,14 @@ def _row(kept: int, total: int) -> dict[str, float | int]:
 def density_report(masks: Masks, model: nn.Module | None = None) -> dict[str, dict]:
     """{"layers": {name: {"kept", "total", "density"}}, "total": {"kept", "total", "density"}}.
 
-    With `model`, every prunable layer of the model is listed (in module order), those without a
-    mask as dense, so "total" is the density over all Conv2d/Linear weights, as papers report it.
+    With `model`, exactly the prunable layers of the model are listed (in module order), those without a
+    mask as dense, so "total" is the density over all Conv2d/Linear weights, as papers report it; the
+    BatchNorm and bias entries of completed channel masks are not weights of those layers and are left out.
     """
     counts = {name: (int(m.count_nonzero()), m.numel()) for name, m in masks.items()}
     if model is not None:
         check_masks(model, masks)
-        dense = {name: counts.get(name, (w.numel(), w.numel())) for name, w in prunable_parameters(model).items()}
-        counts = {**dense, **counts}
+        counts = {name: counts.get(name, (w.numel(), w.numel())) for name, w in prunable_parameters(model).items()}
     kept = sum(k for k, _ in counts.values())
     total = sum(t for _, t in counts.values())
     return {"layers": {name: _row(k, t) for name, (k, t) in counts.items()}, "total": _row(kept, total)}

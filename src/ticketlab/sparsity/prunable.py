@@ -28,6 +28,9 @@ def ends(model: nn.Module) -> tuple[str, str]:
     read off its traced graph: a module may register its head before its body. Module order where the forward
     cannot be traced."""
     names = list(prunable_parameters(model))
+    if not names:
+        raise TicketlabError(f"{type(model).__name__} has no Conv2d or Linear layer, so it has no first or last "
+                             "layer to prune or keep; ticketlab prunes the weights of those two module types")
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception:  # data-dependent control flow and the like: module order it is

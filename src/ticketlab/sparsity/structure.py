@@ -124,11 +124,14 @@ def _refill_group(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.
     c_out = next(iter(sizes.values()))
     device = next(iter(rows.values())).device
     vote = torch.zeros(c_out, dtype=torch.float64, device=device)
-    for name, rw in rows.items():
-        score = rw.sum(1).float() if scores is None else scores[name]
+    for name in sorted(rows):  # one summation order whatever the order the group lists its members in
+        score = rows[name].sum(1).float() if scores is None else scores[name]
         score = _checked_scores(score, c_out, f"layer {name}", device)
         total = score.abs().sum()
         vote += score / total if total > 0 else score
+    # votes equal in exact arithmetic can differ in their last bits (a/x + b/y against b/y + a/x); rounded to
+    # 2^-32 (each member adds at most 1) they tie, and the tie rule below decides
+    vote = torch.round(vote * 2.0**32)
     # exact arithmetic: in floats, 100 channels at r = 0.29 give int(28.999999999999996) = 28, not 29
     width = sum((widths or {}).get(name, rw.shape[1]) for name, rw in rows.items())
     c = Fraction(sum(int(rw.sum()) for rw in rows.values()), width)
@@ -204,6 +207,7 @@ def refill(
     """
     _check_r(r)
     _check_multiple(multiple)
+    keep = {keep} if isinstance(keep, str) else set(keep)  # one name, not the set of its characters
     for name, width in (widths or {}).items():
         row = masks[name][0].numel() if name in masks and masks[name].dim() >= 2 else None
         if row is not None and (isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= row):

@@ -106,15 +106,15 @@ class Structure:
         `scores` are what chose `drawn` (one-shot's magnitudes), None when its positions are random.
           * channel: refilled at r = 0 whatever the study's rate, since `drawn` already holds the ticket's
             budget, refill+'s extra channels included: a mask with the ticket's layer densities keeps exactly
-            the ticket's channel counts (refilling again at r > 0 would add channels; the ticket's multiple
-            leaves counts that are multiples already as they are);
+            the ticket's channel counts (refilling again at r > 0 would add channels, and rounding again to the
+            ticket's multiple would move a count that a constant filter's removal left off the multiple);
           * group: a mask drawn at random has no blocks for regroup to find, and regrouping it would keep a
             different share of it, so it becomes the ticket's own blocks at random rows and columns (each layer's
             [C_out, C_in·k·k] view permuted: the same block shapes and count); a ranked mask is regrouped;
           * nm: N:M at random, or by the scores.
         The classifier keeps `drawn`'s unstructured mask, as the ticket keeps its own."""
         if self.kind == "channel":
-            return refill(drawn, r=0.0, tied=self.tied, keep=self.keep, multiple=self.multiple)
+            return refill(drawn, r=0.0, tied=self.tied, keep=self.keep)
         if self.kind == "group":
             if scores is not None:
                 return regroup(drawn, keep=self.keep)

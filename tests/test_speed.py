@@ -32,6 +32,30 @@ def test_every_variant_runs_in_the_same_layout(channels_last):
     assert speedup(timings, "dense", 4) == 1.0 and speedup(timings, "small", 4) > 0
 
 
+class _Views(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 2, 3, padding=1), nn.Linear(2 * 4 * 4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1))
+
+
+class _OptsOut(_Views):
+    channels_last = False
+
+
+def test_a_variant_that_cannot_run_is_a_user_error_and_an_opt_out_of_channels_last_holds_for_all():
+    with pytest.raises(TicketlabError, match=r"variant 'views' calls \.view\(\).*--layout nchw"):
+        measure({"probe": _Probe(), "views": _Views()}, (3, 4, 4), (2,), repeats=1, warmup=0, min_seconds=0.0)
+    with pytest.raises(TicketlabError, match=r"variant 'dense' fails on an input of shape \(1, 3, 5, 5\)"):
+        measure({"dense": _Views()}, (3, 5, 5), (2,), repeats=1, warmup=0, min_seconds=0.0, channels_last=False)
+    probe = _Probe()
+    measure({"probe": probe, "views": _OptsOut()}, (3, 4, 4), (2,), repeats=1, warmup=0, min_seconds=0.0)
+    assert set(probe.channels_last_inputs) == {False}
+
+
 def test_non_image_inputs_keep_their_layout():
     timings = measure({"mlp": nn.Linear(6, 2)}, (6,), (3,), repeats=1, warmup=0, min_seconds=0.0)
     assert timings[0].ratio == 1.0 and timings[0].throughput > 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -155,8 +156,9 @@ def _compiled(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[torch.T
 _HEADROOM = 3  # live activations at the widest point: a layer's input, its output, a skip branch
 
 
-def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the largest output any leaf module produces for the batch `x` (one example suffices)."""
+def _largest_activation(name: str, model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the largest output any leaf module produces for the batch `x` (one example suffices); the
+    first forward of variant `name`, so a failing one is reported here as the user's error."""
     largest = [x.numel() * x.element_size()]
 
     def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -165,7 +167,17 @@ def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(record) for m in model.modules() if not any(m.children())]
     try:
-        model(x)
+        with contextlib.redirect_stderr(io.StringIO()):  # a failing fx GraphModule prints its own traceback
+            model(x)
+    except Exception as error:  # the user's forward on this input, whatever it raises
+        first = next(iter(str(error).strip().splitlines()), "")
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and "view size" in first:
+            raise TicketlabError(
+                f"variant {name!r} calls .view() on a tensor in the channels-last layout it is timed in; time it "
+                "with --layout nchw (channels_last=False), or set the class attribute channels_last = False on "
+                "the model") from None
+        raise TicketlabError(f"variant {name!r} fails on an input of shape {tuple(x.shape)} "
+                             f"({type(error).__name__}: {first}); time it on inputs it takes") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -189,10 +201,10 @@ def _available_bytes(device: torch.device) -> int | None:
 def _check_memory(models: Mapping[str, nn.Module], x: torch.Tensor, batch_sizes: Sequence[int]) -> None:
     """Refuse batch sizes whose activations cannot fit, before any is timed: past the host's memory a
     CPU run swaps or is killed without a word, long after the smaller batches were measured."""
+    per_example = max(_largest_activation(name, m, x) for name, m in models.items()) // x.shape[0]
     available = _available_bytes(x.device)
     if available is None:
         return
-    per_example = max(_largest_activation(m, x) for m in models.values()) // x.shape[0]
     needed = {b: _HEADROOM * b * per_example for b in batch_sizes}
     too_large = [b for b, n in needed.items() if n > available]
     if too_large:
@@ -233,7 +245,8 @@ def measure(
     Each repetition times every variant once, in turn; a repetition runs enough forward calls to
     last about `min_seconds`, so sub-millisecond batch-1 timings are not timer noise. The first
     variant is the reference of the ratios. The variants are moved (and, for image inputs with
-    `channels_last`, re-laid out) in place.
+    `channels_last`, re-laid out) in place; a variant whose class sets `channels_last = False` (a forward
+    that calls .view() on feature maps) has every variant timed in the plain layout.
 
     `cuda_graph` times each forward replayed from a captured CUDA graph, as a deployment would run it:
     small networks on a large GPU are bound by kernel launches, which a graph removes, so their time
@@ -255,6 +268,8 @@ def measure(
     if cuda_graph and compiled:
         raise TicketlabError("time with CUDA graphs or compiled, not both (as in training); "
                              "drop one of the two options")
+    # a model that opts out of channels-last (as training honours) sets the layout of the whole comparison
+    channels_last = channels_last and all(getattr(m, "channels_last", True) for m in variants.values())
     layout = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     for name, model in variants.items():
         wrong = {str(p.dtype) for p in model.parameters() if p.dtype.is_floating_point and p.dtype != dtype}

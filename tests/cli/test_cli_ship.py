@@ -217,6 +217,9 @@ def test_tickets_with_forged_masks_or_sizes_are_refused_before_building(conv_tic
             {**info, "image_size": 10**6})}),
         "has no option": (tensors, {**meta, "ticketlab.ticket": json.dumps(
             {**info, "options": {"no_such_option": 1}})}),
+        # each size within bounds, together a 16384^3 input that bench would allocate
+        "more than 2\\^24 values an example": (tensors, {**meta, "ticketlab.ticket": json.dumps(
+            {**info, "in_channels": 16384, "image_size": 16384})}),
     }
     for what, (forged_tensors, forged_meta) in forged.items():
         save_file(forged_tensors, tmp_path / "t.safetensors", metadata=forged_meta)
@@ -346,6 +349,60 @@ def test_export_no_compact_of_a_network_without_a_channel_plan_succeeds(tmp_path
         p.numel() for p in Concat().parameters())
     x = torch.randn(2, 3, 8, 8)
     assert load_model(out)(x).shape == (2, 2)
+
+
+class _ViewNet(torch.nn.Module):
+    """Flattens with .view(), which fails on channels-last feature maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.fc(y.view(y.size(0), -1))
+
+
+class _OptOutViewNet(_ViewNet):
+    channels_last = False
+
+
+def test_bench_of_a_view_network_names_the_layout_and_honours_its_opt_out(tmp_path, capsys):
+    from ticketlab.tickets.ticketfile import save_ticket
+
+    def ticket(model, name):
+        return save_ticket(tmp_path / name, model, {}, model_name=None, model_options={}, num_classes=2,
+                           in_channels=3, image_size=8)
+
+    plain = ticket(_ViewNet(), "plain.safetensors")
+    code, _, err = _run(capsys, "bench", "--model-file", plain, "--batch-sizes", "2", "--repeats", "1")
+    assert code == 2 and "--layout nchw" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    code, _, err = _run(capsys, "bench", "--model-file", plain, "--batch-sizes", "2", "--repeats", "1",
+                        "--layout", "nchw")
+    assert code == 0, err
+    opted = ticket(_OptOutViewNet(), "opted.safetensors")  # the class's opt-out travels in the file
+    assert load_ticket(opted).model.channels_last is False
+    code, _, err = _run(capsys, "bench", "--model-file", opted, "--batch-sizes", "2", "--repeats", "1")
+    assert code == 0, err
+
+
+def test_a_user_ticket_whose_metadata_names_another_input_shape_is_refused(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ticketlab.tickets.ticketfile import save_ticket
+
+    path = save_ticket(tmp_path / "t.safetensors", _OptOutViewNet(), {}, model_name=None, model_options={},
+                       num_classes=2, in_channels=3, image_size=8)
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for field, value in (("in_channels", 4), ("image_size", 9)):
+        info = {**json.loads(meta["ticketlab.ticket"]), field: value}
+        save_file(tensors, tmp_path / "forged.safetensors", metadata={**meta, "ticketlab.ticket": json.dumps(info)})
+        for command in ("bench", "export"):
+            extra = ["--out", str(tmp_path / "out.safetensors")] if command == "export" else []
+            code, _, err = _run(capsys, command, "--model-file", tmp_path / "forged.safetensors", *extra)
+            assert code == 2 and "does not take inputs of shape" in err and "Traceback" not in err, err
 
 
 def test_bench_threads_apply_to_the_timing_only(conv_ticket, capsys):

@@ -273,6 +273,47 @@ def test_report_counts_parameters_and_channels():
         compaction_report(model, build("cifar_vgg_11"))
 
 
+class _OneChannelChain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = (nn.Conv2d(c, 8, 3, padding=1) for c in (3, 8, 8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_report_of_a_traced_network_cut_to_one_channel_a_layer():
+    """Compacted, c2 is a 1 -> 1 conv, which a second trace would read as depthwise: the report keeps the
+    original's groups."""
+    model = _OneChannelChain()
+    masks = complete_channel_masks(model, {f"c{i}.weight": torch.zeros(8, c, 3, 3, dtype=torch.bool)
+                                           for i, c in ((1, 3), (2, 8), (3, 8))})
+    small = compact(model, masks)
+    report = compaction_report(model, small)
+    assert [g["channels"] for g in report["groups"]] == [{"before": 8, "after": 1}] * 3
+    assert report["parameters"]["after"] == sum(p.numel() for p in small.parameters())
+
+
+class _ScalesByWidth(nn.Module):
+    """Scales by 1/sqrt(fan-in) read from the layers: compaction changes what the forward reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(20, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)) / self.fc2.in_features ** 0.5)
+
+
+def test_a_forward_reading_a_width_compaction_changes_is_refused():
+    model = _ScalesByWidth()
+    masks = complete_channel_masks(model, {"fc1.weight": rows((16, 20), torch.arange(16) < 8)})
+    with pytest.raises(TicketlabError, match="_ScalesByWidth reads a value that compaction changes"):
+        compact(model, masks)
+
+
 def test_unstructured_producer_masks_are_refused_with_the_fix():
     model = build("lenet_300_100")
     mask = torch.ones(300, 784, dtype=torch.bool)

@@ -146,6 +146,24 @@ class ReadsDtype(nn.Module):
         return self.fc(x).to(x.dtype)
 
 
+class _FunctionalDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.fc2(nn.functional.dropout(torch.relu(self.fc1(x)), 0.5, self.training))
+
+
+def test_a_model_left_in_training_mode_saves_what_it_computes_in_eval_mode(tmp_path):
+    model = _FunctionalDropout().train()  # as right after training
+    save_model(tmp_path / "m.safetensors", model, (1, 8))
+    assert model.training
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "m.safetensors")(x), model.eval()(x))
+
+
 def test_a_loaded_model_saves_again_and_keeps_frozen_weights(tmp_path):
     model = compacted("fastnet")
     model.whiten.weight.requires_grad_(False)
@@ -339,6 +357,29 @@ def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path):
         (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         with torch.no_grad():
             assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        features = torch.relu(self.conv(x)).mean((2, 3))
+        return self.fc(features), features
+
+
+def test_onnx_export_checks_every_output_of_a_model_with_several(tmp_path, monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _TwoOutputs().eval()
+    export_onnx(model, tmp_path / "two.onnx", (1, 3, 8, 8))
+    assert (tmp_path / "two.onnx").is_file()
+    run = ort.InferenceSession.run  # then onnxruntime gets the second output wrong
+    monkeypatch.setattr(ort.InferenceSession, "run", lambda self, *a: [o + i for i, o in enumerate(run(self, *a))])
+    with pytest.raises(TicketlabError, match="onnxruntime computes something else than _TwoOutputs"):
+        export_onnx(model, tmp_path / "other.onnx", (1, 3, 8, 8))
+    assert not (tmp_path / "other.onnx").exists()
 
 
 def test_an_onnx_file_onnxruntime_runs_differently_is_not_written(tmp_path, monkeypatch):

@@ -71,6 +71,10 @@ def register_channel_plan(cls: type[nn.Module]) -> Callable[[Plan], Plan]:
     return decorate
 
 
+def has_registered_plan(model: nn.Module) -> bool:
+    return type(model) in _PLANS
+
+
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
     """The channel groups of `model`, checked against its parameter shapes.
 

@@ -8,13 +8,21 @@ columns of every consumer gives dense layers that really run faster (methods.md 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from ticketlab.compact.channels import ChannelGroup, channel_groups, dead_inputs, is_depthwise, pruned_channels
+from ticketlab.compact.channels import (
+    ChannelGroup,
+    channel_groups,
+    dead_inputs,
+    has_registered_plan,
+    is_depthwise,
+    pruned_channels,
+)
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity.masks import Masks, apply_masks, check_masks
 
@@ -201,13 +209,39 @@ def compact(model: nn.Module, masks: Masks, multiple: int = 1) -> nn.Module:
         for alias in aliases[id(module)]:
             parent, _, child = alias.rpartition(".")
             setattr(out.get_submodule(parent), child, new)
+    if not has_registered_plan(model):
+        _check_same_graph(model, out)
     return out
 
 
+def _traced_code(model: nn.Module) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fx.symbolic_trace(model).code
+
+
+def _check_same_graph(model: nn.Module, compacted: nn.Module) -> None:
+    """A traced plan reads the forward as torch.fx records it, with Python values such as a layer's
+    `in_features` fixed at what they were; a forward that reads one computes something else once the
+    layer is narrower, and only a second trace shows it: the compacted copy must trace to the same code."""
+    if _traced_code(model) != _traced_code(compacted):
+        name = type(model).__name__
+        raise TicketlabError(
+            f"the forward of {name} reads a value that compaction changes (such as a layer's in_features or "
+            "out_features), so its compacted copy would compute another function; keep such constants as "
+            f"attributes set in {name}.__init__, or compute them from the input"
+        )
+
+
 def compaction_report(original: nn.Module, compacted: nn.Module) -> dict:
-    """Parameters and per-group channels before and after compaction (JSON-ready)."""
-    before, after = channel_groups(original), channel_groups(compacted)
-    if [g.producers for g in before] != [g.producers for g in after]:
+    """Parameters and per-group channels before and after compaction (JSON-ready).
+
+    The groups are the original's, with widths read off the compacted weights: tracing the compacted
+    network again could group its channels otherwise (a conv cut to one channel in and out reads as
+    depthwise)."""
+    before, params = channel_groups(original), dict(compacted.named_parameters())
+    after = [{params[p].shape[0] for p in g.producers if p in params} for g in before]
+    if any(len(widths) != 1 or not set(g.producers) <= set(params) for g, widths in zip(before, after)):
         raise TicketlabError(
             f"{type(compacted).__name__} is not a compaction of {type(original).__name__}: their channel groups "
             "differ; pass the model given to compact() and the model it returned"
@@ -218,7 +252,7 @@ def compaction_report(original: nn.Module, compacted: nn.Module) -> dict:
             "after": sum(p.numel() for p in compacted.parameters()),
         },
         "groups": [
-            {"producers": list(b.producers), "channels": {"before": b.channels, "after": a.channels}}
+            {"producers": list(b.producers), "channels": {"before": b.channels, "after": next(iter(a))}}
             for b, a in zip(before, after)
         ],
     }

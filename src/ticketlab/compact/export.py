@@ -378,9 +378,10 @@ def _check_reproduces(model: nn.Module, rebuilt: fx.GraphModule, shape: list[int
     try:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     except AssertionError as e:
+        first = next(iter(str(e).strip().splitlines()), "")
         raise TicketlabError(
-            f"the traced graph of {type(model).__name__} computes something else than its forward ({e}); its forward "
-            "depends on state torch.fx cannot record (Python values that change between calls)"
+            f"the traced graph of {type(model).__name__} computes something else than its forward ({first}); its "
+            "forward depends on state torch.fx cannot record (Python values that change between calls)"
         ) from None
 
 
@@ -390,7 +391,8 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[s
     shape = _shape(input_shape)
     model_name = type(model).__name__
     try:
-        graph_module = fx.symbolic_trace(model)
+        with eval_mode(model):  # the file loads in eval mode: a forward reading self.training is traced so
+            graph_module = fx.symbolic_trace(model)
     except Exception as e:  # fx fails in many ways on Python control flow over tensor values
         raise TicketlabError(
             f"cannot trace {model_name} with torch.fx ({type(e).__name__}: {e}); saving a model needs a forward "
@@ -512,16 +514,19 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
         atomic_write(Path(path), export)
 
 
-def _check_onnx(path: str, x: torch.Tensor, expected: torch.Tensor, model_name: str) -> None:
-    """Refuse an ONNX file whose outputs, as onnxruntime computes them, are not the model's."""
+def _check_onnx(path: str, x: torch.Tensor, expected: Any, model_name: str) -> None:
+    """Refuse an ONNX file whose outputs, as onnxruntime computes them, are not the model's (every tensor
+    of a forward that returns several, in order)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # a check on two small batches: no thread pool spun up for it
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
+    got = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
+    wanted = [t for t in torch.utils._pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
     try:
-        torch.testing.assert_close(torch.from_numpy(got), expected.detach().cpu().float(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close([torch.from_numpy(g) for g in got], [t.detach().cpu().float() for t in wanted],
+                                   rtol=1e-4, atol=1e-4)
     except AssertionError as e:
         raise TicketlabError(
             f"onnxruntime computes something else than {model_name} on a batch of "

@@ -9,7 +9,9 @@ user's own module, which no name rebuilds, is stored as its torch.fx graph inste
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,8 @@ def save_ticket(
         from ticketlab.compact.export import describe_model
 
         info["architecture"], _ = describe_model(model, (1, in_channels, image_size, image_size))
+        if getattr(model, "channels_last", True) is False:  # the class's opt-out, which its graph does not keep
+            info["channels_last"] = False
     tensors = {f"weight/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"mask/{k}": m.bool() for k, m in masks.items()})
     write_tensors(Path(path), tensors, metadata={KEY: json.dumps(info, sort_keys=True)})
@@ -90,6 +94,9 @@ def load_ticket(path: str | Path) -> Ticket:
         from ticketlab.compact.export import rebuild
 
         model = rebuild(info["architecture"], state, str(path))
+        if info.get("channels_last", True) is False:
+            model.channels_last = False
+        _runs(path, info, model)
     else:
         _fits(path, info, state, _built(path, info, torch.device("meta")))  # checked before anything is allocated
         model = _built(path, info, torch.device("cpu"))
@@ -102,6 +109,19 @@ def load_ticket(path: str | Path) -> Ticket:
     with torch.no_grad():
         apply_masks(model, masks)
     return Ticket(model, masks, info)
+
+
+@torch.no_grad()
+def _runs(path: Path, info: dict[str, Any], model: nn.Module) -> None:
+    """A stored graph takes the input shape the metadata names: tools build inputs from that shape."""
+    try:
+        with redirect_stderr(io.StringIO()):  # a failing fx GraphModule prints its own traceback
+            model.eval()(torch.zeros(1, info["in_channels"], info["image_size"], info["image_size"]))
+    except Exception as error:  # whatever the graph's operations raise on a wrong shape
+        first = next(iter(str(error).strip().splitlines()), "")
+        raise TicketlabError(f"{path}: its stored network does not take inputs of shape ({info['in_channels']}, "
+                             f"{info['image_size']}, {info['image_size']}) as its metadata says ({first}); the file "
+                             "is corrupt or hand-made, pass a ticket file written by `ticketlab find`") from None
 
 
 def _built(path: Path, info: dict[str, Any], device: torch.device) -> nn.Module:
@@ -129,6 +149,7 @@ def _fits(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor], mode
 
 _FIELDS = {"model": str, "options": dict, "num_classes": int, "in_channels": int, "image_size": int}
 _LARGEST = 1 << 14  # classes, channels or pixels a side: far beyond any classifier's, short of absurd allocations
+_LARGEST_INPUT = 1 << 24  # values in one example (3 x 2364 x 2364): tools allocate batches of that shape
 
 
 def _ticket_info(path: Path, text: str) -> dict[str, Any]:
@@ -140,6 +161,8 @@ def _ticket_info(path: Path, text: str) -> dict[str, Any]:
     wrong = [k for k, kind in _FIELDS.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
     sizes = {k: info[k] for k in ("num_classes", "in_channels", "image_size") if k not in wrong}
     wrong += [k for k, v in sizes.items() if isinstance(v, bool) or not 0 < v <= _LARGEST]
+    if not wrong and info["in_channels"] * info["image_size"] ** 2 > _LARGEST_INPUT:
+        wrong += ["in_channels and image_size (together more than 2^24 values an example)"]
     if wrong:
         raise TicketlabError(f"{path} has damaged ticket metadata ({KEY!r} lacks a valid {', '.join(wrong)}); "
                              "pass a ticket file written by `ticketlab find`")

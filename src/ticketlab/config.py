@@ -44,7 +44,7 @@ class DataConfig:
     subset: str = ""  # digest of the training examples used, when not all are (PrAC sets)
 
     def __post_init__(self) -> None:
-        _normalise(self)
+        normalise_numbers(self)
         _check_types(self)
         if self.noise:
             from ticketlab.data.noise import canonical_noise  # the data package imports this module
@@ -106,7 +106,7 @@ class TrainConfig:
     sat_start: int = 60  # SAT's first epoch (0-based); plain cross-entropy before it
 
     def __post_init__(self) -> None:
-        _normalise(self)
+        normalise_numbers(self)
 
     def validate(self) -> None:
         _check_types(self)
@@ -173,7 +173,7 @@ def _flag(name: str) -> str:
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
-def _normalise(config: Any) -> None:
+def normalise_numbers(config: Any) -> None:
     """One form for equal settings written differently (1, 1.0 and numpy's 1.0; 1 and True), so they
     hash alike; values of the wrong kind are left for `_check_types` to name."""
     def number(value: Any, kind: type) -> Any:
@@ -310,8 +310,9 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_canonical(v) for v in value]
     if isinstance(value, float):
-        # repr round-trips exactly, so 0.1 and 1e-1 hash the same and no precision is lost
-        return float(repr(value))
+        # repr round-trips exactly, so 0.1 and 1e-1 hash the same and no precision is lost (numpy's floats
+        # are floats whose repr names their type)
+        return float(repr(float(value)))
     return value
 
 

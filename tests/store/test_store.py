@@ -37,6 +37,8 @@ def test_begin_finish_list_resolve_remove(tmp_path):
     again = RunStore(tmp_path).resolve(cfg.run_id[:6])
     assert again.finished and again.summary == {"test_accuracy": 0.5}
     assert [r.run_id for r in store.list()] == [cfg.run_id]
+    with pytest.raises(TicketlabError, match="no run"):  # a prefix, not a LIKE pattern
+        store.resolve(cfg.run_id[0] + "_")
     store.remove(cfg.run_id)
     assert store.list() == [] and not rec.folder.exists()
     with pytest.raises(TicketlabError, match="no run"):

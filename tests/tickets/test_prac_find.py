@@ -64,6 +64,39 @@ def test_a_wrong_prac_file_fails_before_anything_trains(tmp_path):
     assert RunStore(tmp_path / "s").list() == []
 
 
+def test_a_study_is_identified_by_what_its_module_and_prac_file_hold_not_by_their_names(tmp_path):
+    from ticketlab.config import DataConfig
+    from ticketlab.tickets.imp import study_config
+
+    from helpers import TinyNet
+
+    ds = tiny_dataset(n=120, channels=1, size=8)
+
+    def study_id(model, tickets=TicketConfig(levels=1)):
+        return study_config(model, ds, tickets, DataConfig(), "cpu", None, {"epochs": 1}).run_id
+
+    torch.manual_seed(0)
+    first, second = TinyNet(channels=1), TinyNet(channels=1)
+    assert study_id(first) == study_id(first) != study_id(second)  # the same class, other weights
+    path = tmp_path / "p.safetensors"
+    prac = TicketConfig(levels=1, data="prac", prac_file=str(path))
+    ids = []
+    for hard in ([True] * 54 + [False] * 54, [False] * 54 + [True] * 54):  # two PrAC sets, one path
+        save_prac(path, PracSet(torch.tensor(hard), {}))
+        ids.append(study_id("lenet_300_100", prac))
+    assert ids[0] != ids[1]
+
+
+def test_numpy_numbers_in_ticket_settings_identify_a_study_as_python_numbers_do():
+    import numpy as np
+
+    from ticketlab.config import run_id
+
+    assert run_id(TicketConfig(fraction=np.float64(0.5), levels=np.int64(3))) == run_id(TicketConfig(fraction=0.5,
+                                                                                                    levels=3))
+    TicketConfig(levels=np.int64(3)).validate()
+
+
 def test_a_prac_file_of_other_data_settings_or_damaged_is_refused(tmp_path):
     info = {"dataset": "tiny@abc", "validation": 12, "split_seed": 0, "noise": "", "noise_seed": 0}
     path = save_prac(tmp_path / "p.safetensors", PracSet(torch.tensor([True, False, True]), info))

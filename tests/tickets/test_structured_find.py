@@ -106,6 +106,16 @@ def test_structure_options_are_checked():
     for multiple in (0, 2.5, True):
         with pytest.raises(TicketlabError, match="positive integer"):
             TicketConfig(structure="channel", refill_multiple=multiple).validate()
+    for option, value in (("fraction", 0.5), ("scope", "layerwise"), ("exclude_last", True)):
+        with pytest.raises(TicketlabError, match="no effect under --structure nm"):
+            TicketConfig(structure="nm", levels=1, **{option: value}).validate()
+    TicketConfig(structure="nm", levels=1, fraction=0.5, early_bird=0.1).validate()  # early-bird prunes by fraction
+
+
+def test_an_nm_pattern_that_fits_no_layer_is_refused_before_the_dense_run_trains(tmp_path):
+    with pytest.raises(TicketlabError, match="divisible by 7"):
+        _study(tmp_path, "lenet_300_100", tiny_dataset(n=64, channels=1, size=8), structure="nm", nm="2:7", levels=1)
+    assert RunStore(tmp_path).list() == []
 
 
 def test_a_channel_study_with_a_refill_multiple_keeps_multiples_of_it_in_the_ticket_and_its_baseline(tmp_path):

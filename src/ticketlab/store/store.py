@@ -123,8 +123,8 @@ class RunStore:
     def resolve(self, prefix: str) -> RunRecord:
         """A run by id or unique id prefix, as users type them."""
         with self._connect() as con:
-            rows = con.execute(
-                "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY run_id", (prefix.replace("%", "") + "%",)
+            rows = con.execute(  # a plain prefix: LIKE would read _ and % as wildcards
+                "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id", (len(prefix), prefix)
             ).fetchall()
         if not rows:
             raise TicketlabError(f"no run {prefix!r} in {self.root}; `ticketlab runs list` shows the runs")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
@@ -25,10 +26,20 @@ import torch
 from torch import nn
 
 from ticketlab.compact.training import TRAIN_MULTIPLE
-from ticketlab.config import REFILL_CRITERIA, STRUCTURES, DataConfig, RunConfig, TrainConfig, run_id, scaled_train
+from ticketlab.config import (
+    REFILL_CRITERIA,
+    STRUCTURES,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    normalise_numbers,
+    run_id,
+    scaled_train,
+)
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
 from ticketlab.data.batches import check_batch_size, steps_per_epoch, stream_seed
+from ticketlab.data.noise import noise_file_digest
 from ticketlab.data.split import check_held_out
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import (
@@ -58,6 +69,7 @@ from ticketlab.train.run import (
     model_config,
     recipe_config,
     resolve_device,
+    tensor_digest,
     train_run,
     training_part,
 )
@@ -86,9 +98,13 @@ class TicketConfig:
     nm: str = "2:4"  # nm: N of every M weights kept
     data: str = "full"  # full, or prac: search each level on its PrAC set (methods.md section 6)
     prac_file: str = ""  # a saved PrAC set to use instead of this dense run's (transfer across models)
+    prac_digest: str = ""  # prac_file's content hash (find_ticket fills it in): another file there, another study
     early_bird: float = 0.0  # > 0: stop a search run once its next mask moves less than this (You et al. 0.08)
     stack: bool = False  # train each level's arms together in one batched step (train/stacked_run.py)
     compact_training: bool = True  # channel: train tickets and baselines physically compacted (compact/training.py)
+
+    def __post_init__(self) -> None:
+        normalise_numbers(self)  # numpy's numbers, as a sweep makes them, hash like Python's
 
     def validate(self) -> None:
         for name in ("levels", "seeds"):  # counted with range(): 2.0 would fail after the dense run has trained
@@ -140,6 +156,15 @@ class TicketConfig:
         if self.structure == "nm" and self.levels != 1:
             raise TicketlabError(f"an N:M mask has one fixed density ({self.nm} keeps {self.nm.replace(':', ' of ')}), "
                                  f"so --structure nm takes --levels 1, got {self.levels}")
+        if self.structure == "nm" and not self.early_bird:  # early-bird's would-be masks prune by fraction and scope
+            default = TicketConfig()
+            flags = {"fraction": "--fraction", "scope": "--scope", "output_fraction": "--output-fraction",
+                     "exclude_last": "--exclude-last"}
+            idle = [flag for name, flag in flags.items() if getattr(self, name) != getattr(default, name)]
+            if idle:
+                raise TicketlabError(f"{idle[0]} has no effect under --structure nm: the ticket keeps {self.nm} of "
+                                     "every layer it fits, whatever the fraction or scope, and the classifier stays "
+                                     f"dense; drop {idle[0]}")
 
 
 @dataclass(frozen=True)
@@ -254,6 +279,8 @@ class _Study:
         self.structure = Structure(self.t.structure, probe, self.names, refill_rate=self.t.refill_rate,
                                    refill_criterion=self.t.refill_criterion, nm=self.t.nm,
                                    refill_multiple=self.t.refill_multiple)
+        if self.t.structure == "nm":  # a pattern that fits no layer is refused before the dense run trains
+            self.structure.nm_masks({n: p.detach() for n, p in probe.named_parameters() if n in self.names})
         self.input_shape = dataset.image_shape
         self.prac = self.t.data == "prac"
         self._dense_predictions: tuple[RunResult, torch.Tensor] | None = None
@@ -555,6 +582,32 @@ def _chains(study: _Study, tickets: TicketConfig) -> list[_Chain]:
     return chains
 
 
+def study_config(model: str | nn.Module, ds: ImageDataset, tickets: TicketConfig, data_cfg: DataConfig, device: str,
+                 model_options: Mapping[str, Any] | None, train_options: Mapping[str, Any]) -> StudyConfig:
+    """The study's identity: its runs' base configuration and the ticket settings, with what they read by
+    content (a user module's layers and weights, a label file, a PrAC file) rather than by name or path."""
+    if data_cfg.validation == 0:
+        data_cfg = replace(data_cfg, validation=default_validation(len(ds.train_y)))
+    check_held_out(data_cfg.validation, len(ds.train_y))  # before anything is sized by the rest
+    train_cfg: TrainConfig = recipe_config(model if isinstance(model, str) else None, **train_options)
+    resolve_device(device, train_cfg)
+    if data_cfg.noise:
+        data_cfg = replace(data_cfg, noise_file=noise_file_digest(data_cfg.noise))
+    if tickets.prac_file and Path(tickets.prac_file).is_file():  # a missing file is reported by the study
+        tickets = replace(tickets, prac_digest=hashlib.sha256(Path(tickets.prac_file).read_bytes()).hexdigest()[:16])
+    run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=model_config(model, model_options),
+                    train=train_cfg, device=torch.device(device).type)
+    if not isinstance(model, str):
+        run = replace(run, init=tensor_digest(model.state_dict()))
+    run.train.validate()
+    if tickets.stack and run.train.loss != "ce":
+        raise TicketlabError(f"--stack trains a level's arms together with the cross-entropy loss only; "
+                             f"drop --stack to use --loss {run.train.loss}")
+    if tickets.stack and run.train.cuda_graph:
+        raise TicketlabError(STACKED_GRAPHS)
+    return StudyConfig(run=run, tickets=tickets)
+
+
 def find_ticket(
     model: str | nn.Module,
     dataset: str | ImageDataset,
@@ -587,22 +640,8 @@ def find_ticket(
     store = store if isinstance(store, RunStore) else RunStore(store)
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, data_dir=data_dir, download=download,
                                                                         progress=progress)
-    data_cfg = data or DataConfig()
-    if data_cfg.validation == 0:
-        data_cfg = replace(data_cfg, validation=default_validation(len(ds.train_y)))
-    check_held_out(data_cfg.validation, len(ds.train_y))  # before anything is sized by the rest
-    name = model if isinstance(model, str) else type(model).__name__
-    train_cfg: TrainConfig = recipe_config(name if isinstance(model, str) else None, **train_options)
-    resolve_device(device, train_cfg)
-    run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=model_config(model, model_options),
-                    train=train_cfg, device=torch.device(device).type)
-    run.train.validate()
-    if tickets.stack and run.train.loss != "ce":
-        raise TicketlabError(f"--stack trains a level's arms together with the cross-entropy loss only; "
-                             f"drop --stack to use --loss {run.train.loss}")
-    if tickets.stack and run.train.cuda_graph:
-        raise TicketlabError(STACKED_GRAPHS)
-    config = StudyConfig(run=run, tickets=tickets)
+    config = study_config(model, ds, tickets, data or DataConfig(), device, model_options, train_options)
+    name = config.run.model.name
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
 
     record = store.begin(config)

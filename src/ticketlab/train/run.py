@@ -465,7 +465,7 @@ def model_config(model: str | nn.Module, options: Mapping[str, Any] | None) -> M
         if options:
             raise TicketlabError(f"model_options apply to registered models; pass your {type(model).__name__} "
                                  f"built with the options you want instead")
-        return ModelConfig(name=type(model).__name__)
+        return ModelConfig(name=type(model).__name__, architecture=architecture_digest(model))
     return ModelConfig.of(model, options)
 
 

@@ -56,6 +56,14 @@ def test_a_variant_that_cannot_run_is_a_user_error_and_an_opt_out_of_channels_la
     assert set(probe.channels_last_inputs) == {False}
 
 
+def test_a_batch_size_given_twice_is_timed_once_and_progress_goes_to_stderr(capsys):
+    timings = measure({"a": _Probe(), "b": _Probe()}, (3, 4, 4), (2, 2), repeats=2, warmup=0, min_seconds=0.0,
+                      progress=True)
+    assert [(t.variant, t.batch_size) for t in timings] == [("a", 2), ("b", 2)]
+    out, err = capsys.readouterr()
+    assert out == "" and "timing" in err and "/6 " in err  # per variant: sizing call + 2 repetitions
+
+
 def test_non_image_inputs_keep_their_layout():
     timings = measure({"mlp": nn.Linear(6, 2)}, (6,), (3,), repeats=1, warmup=0, min_seconds=0.0)
     assert timings[0].ratio == 1.0 and timings[0].throughput > 0

@@ -33,6 +33,7 @@ import contextlib
 import copy
 import io
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from ticketlab.errors import TicketlabError
 from ticketlab.train.evaluate import eval_mode
@@ -239,6 +241,7 @@ def measure(
     channels_last: bool = True,
     cuda_graph: bool = False,
     compiled: bool = False,
+    progress: bool = False,
 ) -> list[Timing]:
     """Median forward latency of each variant (eval mode, no autograd) at each batch size.
 
@@ -254,6 +257,8 @@ def measure(
 
     `compiled` times each variant compiled by `torch.compile` with frozen weights (module docstring);
     each batch size is compiled once, before its warm-up, and compiling is not timed.
+
+    `progress`: a bar on stderr, one step per variant's warm-up and per timed repetition, with its ETA.
     """
     if not variants:
         raise TicketlabError("nothing to measure: give at least one model variant")
@@ -261,6 +266,7 @@ def measure(
         raise TicketlabError(f"--repeats must be at least 1 and warm-up at least 0, got {repeats} and {warmup}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise TicketlabError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    batch_sizes = list(dict.fromkeys(batch_sizes))  # each timed once
     dev = torch.device(device)
     if cuda_graph and dev.type != "cuda":
         raise TicketlabError(f"CUDA graphs need a CUDA device, got {dev}; "
@@ -280,7 +286,9 @@ def measure(
     generator = torch.Generator().manual_seed(0)
     timings: list[Timing] = []
     compiling = _compiling() if compiled else contextlib.nullcontext()
-    with torch.inference_mode(), compiling:
+    bar = tqdm(total=len(batch_sizes) * len(models) * (1 + repeats), desc="timing", unit="run", leave=False,
+               disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    with torch.inference_mode(), compiling, bar:
         one = torch.zeros(1, *input_shape).to(dev, dtype, memory_format=layout)
         _check_memory(models, one, batch_sizes)
         for batch in batch_sizes:
@@ -290,16 +298,18 @@ def measure(
             for name, model in models.items():
                 if compiled:
                     forwards[name] = _compiled(name, model, x)
-                for _ in range(warmup):
-                    forwards[name](x)
+                warm = [_time_once(forwards[name], x, 1) for _ in range(warmup)]
                 if cuda_graph:
-                    forwards[name] = _graphed(name, model, x)
-                once = _time_once(forwards[name], x, 1)
+                    forwards[name], warm = _graphed(name, model, x), []
+                # the fastest single call sizes the repetitions: one call the host preempted would shrink them all
+                once = min([*warm, _time_once(forwards[name], x, 1)])
                 calls[name] = max(1, int(min_seconds / max(once, 1e-9)))
+                bar.update()
             seconds: dict[str, list[float]] = {name: [] for name in models}
             for _ in range(repeats):
                 for name, forward in forwards.items():
                     seconds[name].append(_time_once(forward, x, calls[name]))
+                    bar.update()
             medians = {name: statistics.median(s) for name, s in seconds.items()}
             reference = next(iter(medians.values()))
             for name, median in medians.items():

@@ -97,7 +97,7 @@ def _bench(args: argparse.Namespace) -> int:
             model.to(dtype)
     timings = measure(variants, shape, args.batch_sizes, device=device, warmup=args.warmup, repeats=args.repeats,
                       dtype=dtype, channels_last=args.layout == "channels-last",
-                      cuda_graph=args.cuda_graph, compiled=args.compile)
+                      cuda_graph=args.cuda_graph, compiled=args.compile, progress=not args.quiet)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in variants.items()}
     graphs = " (CUDA graphs)" if args.cuda_graph else ""
     graphs += ", compiled by torch.compile with frozen weights" if args.compile else ""
@@ -217,6 +217,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="weights and inputs of every variant in this dtype (default fp32); a GPU deployment "
                         "serves in half precision, where tensor cores change what a narrower layer saves")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the rest goes to stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="save a ticket as a compacted model (safetensors + JSON graph, or .onnx)")

@@ -209,6 +209,65 @@ def test_an_array_the_file_never_fills_is_refused(tmp_path, make):
         parse_cifar10(folder)
 
 
+def _array_state_pickle(state) -> bytes:
+    """An array pickled as numpy does (_reconstruct of an empty array, then BUILD), with a state of our own."""
+    reconstruct = np.empty(0).__reduce__()[0]
+
+    class Crafted:
+        def __reduce__(self):
+            return reconstruct, (np.ndarray, (0,), b"b"), state
+
+    return pickle.dumps({b"data": Crafted(), b"labels": [0, 1]}, protocol=2)
+
+
+@pytest.mark.parametrize("state, why", [
+    ((1, (2,), np.dtype("O"), False, [1]), "dtype 'O8'"),  # numpy would read past the list: a segfault
+    ((1, (2, 3072), np.dtype("u1"), False, bytes(100)), "filled from 100 bytes"),
+    ((1, (2, 3072), np.dtype([("a", "u1")]), False, bytes(6144)), "refusing dtype"),
+    ((1, (2, 3072), "u1", False, bytes(6144)), "not \\(shape, dtype, order, bytes\\)"),
+])
+def test_an_array_state_numpy_would_misread_is_refused_before_numpy_sees_it(tmp_path, state, why):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    (folder / "data_batch_2").write_bytes(_array_state_pickle(state))
+    with pytest.raises(TicketlabError, match=f"data_batch_2 is damaged.*{why}.*delete its folder"):
+        parse_cifar10(folder)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_arrays_re_pickled_by_python_3_in_any_byte_order_or_layout_load(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    batch = cifar_batch(4, 1)
+    data = np.asfortranarray(batch[b"data"])
+    labels = np.array(batch[b"labels"], dtype=">i8")
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=protocol))
+    dataset = parse_cifar10(folder)
+    assert np.array_equal(dataset.train_x[:4].numpy().reshape(4, -1), batch[b"data"])
+    assert dataset.train_y[:4].tolist() == list(batch[b"labels"])
+
+
+def test_cifar_labels_past_the_classes_and_names_that_are_not_text_name_their_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    (folder / "data_batch_3").write_bytes(pickle.dumps({**cifar_batch(4, 3), b"labels": [0, 1, 200, 2]}, protocol=2))
+    with pytest.raises(TicketlabError, match=r"data_batch_3 is damaged.*labels from 0 to 200, not class indices 0..9"):
+        parse_cifar10(folder)
+    write_cifar10(folder)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"\xffat"] * 10}, protocol=2))
+    with pytest.raises(TicketlabError, match="batches.meta is damaged.*not text"):
+        parse_cifar10(folder)
+
+
+def test_mnist_labels_past_the_classes_name_their_file(tmp_path):
+    write_mnist(tmp_path / "MNIST" / "raw")
+    labels = np.arange(10, dtype=np.uint8)
+    labels[3] = 200
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 2049))
+    with pytest.raises(TicketlabError, match=r"t10k-labels-idx1-ubyte is damaged.*a label 200"):
+        load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
 @pytest.mark.parametrize("labels", [[3.9, 1.0, 2.0, 0.0], 7, [b"1", b"2", b"3", b"4"], [2**70, 0, 0, 0]])
 def test_cifar_labels_that_are_no_class_indices_are_refused(tmp_path, labels):
     folder = tmp_path / "cifar-10-batches-py"

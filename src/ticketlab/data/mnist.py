@@ -80,7 +80,7 @@ def _corrupt(path: Path, why: str) -> str:
     return f"{path} is damaged or not an IDX file ({why}); delete it so that it is downloaded again"
 
 
-def _split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+def _split(folder: Path, prefix: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     images_path = idx_path(folder, f"{prefix}-images-idx3-ubyte")
     labels_path = idx_path(folder, f"{prefix}-labels-idx1-ubyte")
     images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
@@ -89,12 +89,14 @@ def _split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
             "they belong to different downloads; delete both so that they are downloaded again"
         )
+    if len(labels) and int(labels.max()) >= classes:  # IDX labels are unsigned bytes: never below 0
+        raise TicketlabError(_corrupt(labels_path, f"a label {int(labels.max())}, not a class index 0..{classes - 1}"))
     return images[:, None], labels
 
 
 def parse_idx_folder(folder: Path, name: str, classes: tuple[str, ...]) -> ImageDataset:
-    train_x, train_y = _split(folder, "train")
-    test_x, test_y = _split(folder, "t10k")
+    train_x, train_y = _split(folder, "train", len(classes))
+    test_x, test_y = _split(folder, "t10k", len(classes))
     return ImageDataset.create(name, train_x, train_y, test_x, test_y, classes)
 
 

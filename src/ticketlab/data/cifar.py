@@ -3,8 +3,8 @@
 The pickles are unpickled with an allow-list of the few numpy globals an array needs,
 so a tampered file cannot run code, and the arrays are built here from a checked integer dtype and
 exactly the bytes their shape takes: numpy never sees a state from the file, which it would trust.
-Each data row is 3,072 bytes: the R, G and B planes
-of a 32x32 image, row-major, which is exactly (3, 32, 32) in memory.
+Each data row is 3,072 bytes: the R, G and B planes of a 32x32 image, row-major, which is exactly
+(3, 32, 32) in memory.
 """
 
 from __future__ import annotations

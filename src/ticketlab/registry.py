@@ -17,9 +17,12 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        if not isinstance(name, str) or not name:  # a name users type on the command line
+            raise TicketlabError(f"a {self.kind} is registered under a non-empty string name, got {name!r}")
+
         def decorate(entry: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise TicketlabError(f"{self.kind} {name!r} is already registered; register yours under another name")
             self._entries[name] = entry
             return entry
 

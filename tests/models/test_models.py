@@ -283,6 +283,22 @@ def test_register_user_model(monkeypatch: pytest.MonkeyPatch) -> None:
         build_model("tiny_linear", width=3)
     with pytest.raises(TicketlabError, match="already registered"):
         register_model("tiny_linear")(tiny)
+    register_model("tiny_nothing")(lambda num_classes, in_channels, image_size: None)
+    with pytest.raises(TicketlabError, match="returned NoneType, not an nn.Module"):
+        build_model("tiny_nothing")
+
+
+def test_every_registry_refuses_a_taken_or_non_string_name_as_a_user_error():
+    from ticketlab.data import register_dataset
+    from ticketlab.sparsity.criteria import CRITERIA
+
+    with pytest.raises(TicketlabError, match="dataset 'cifar10' is already registered"):
+        register_dataset("cifar10")(lambda data_dir, download: None)
+    with pytest.raises(TicketlabError, match="already registered"):
+        CRITERIA.register("snip")(lambda *a: None)
+    for name in (123, ""):
+        with pytest.raises(TicketlabError, match="non-empty string name"):
+            register_dataset(name)
 
 
 def test_register_rejects_bad_recipe_and_signature(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,6 +47,22 @@ def test_first_and_last_are_the_layers_the_forward_pass_calls_first_and_last():
     assert ends(Net()) == ("conv1.weight", "fc.weight")  # no forward to trace: module order
 
 
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.b.weight = self.a.weight  # one weight, two layers
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x)))
+
+
+def test_a_weight_two_layers_share_is_one_prunable_weight_under_its_parameter_name():
+    net = Tied()
+    assert list(select_prunable(net)) == ["a.weight", "fc.weight"]
+    assert set(select_prunable(net)) <= dict(net.named_parameters()).keys()
+
+
 def test_include_and_exclude_are_searched_regexes():
     net = Net()
     assert list(select_prunable(net, include="conv")) == ["conv1.weight", "conv2.weight"]

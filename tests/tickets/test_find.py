@@ -234,6 +234,23 @@ def test_a_zoo_net_handed_in_is_reinitialised_from_its_own_init():
     assert set(other) == set(TinyNet().state_dict())
 
 
+def test_a_zoo_net_inside_a_users_module_keeps_its_own_init_when_reinitialised():
+    from ticketlab.models import build_model
+    from ticketlab.tickets.imp import _init_mismatch, _user_init
+
+    class Wrapper(torch.nn.Module):  # no reset_parameters of its own
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("cifar_resnet_20")
+
+        def forward(self, x):
+            return self.net(x)
+
+    fresh = _user_init(Wrapper(), "reinit", 0)["net.stem.bn.weight"]  # OpenLTH: U(0, 1), not the layer's 1s
+    assert 0 <= fresh.min() and fresh.max() <= 1 and fresh.std() > 0.1
+    assert _init_mismatch(Wrapper()) == []
+
+
 def test_the_plot_copy_is_atomic_and_a_full_disk_a_clear_error(tmp_path, monkeypatch):
     """The user's --plot file is replaced whole or not at all, after the study is stored."""
     import errno

@@ -51,6 +51,36 @@ def test_user_module_with_masks_and_validation(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+class _TupleOut(TinyNet):
+    def forward(self, x):
+        return super().forward(x), x
+
+
+class _TooFew(TinyNet):
+    def __init__(self):
+        super().__init__(classes=3)
+
+
+class _WrongInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("model, message", [(_TupleOut, "returns tuple"), (_TooFew, r"returns \(2, 3\)"),
+                                            (_WrongInput, "fails on a batch of tiny images of shape")])
+def test_a_user_module_whose_forward_does_not_fit_the_data_is_refused_before_training(tmp_path, model, message):
+    from ticketlab.errors import TicketlabError
+    from ticketlab.store import RunStore
+
+    with pytest.raises(TicketlabError, match=message):
+        ticketlab.train(model(), tiny_dataset(n=32), store=tmp_path, epochs=1, progress=False)
+    assert RunStore(tmp_path).list() == []
+
+
 def test_recipe_milestones_and_warmup_follow_a_shorter_schedule():
     from ticketlab.train import recipe_config
 

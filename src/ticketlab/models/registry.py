@@ -169,7 +169,11 @@ def build_model(
         if missing:
             raise TicketlabError(f"model {name!r} needs option(s) {', '.join(missing)}; give them as "
                                  f"{', '.join(f'--model-arg {n}=...' for n in missing)} (model_options= in Python)")
-    return entry.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    model = entry.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    if not isinstance(model, nn.Module):  # a user's builder: caught here, not as an AttributeError in training
+        raise TicketlabError(f"the builder of model {name!r} returned {type(model).__name__}, not an nn.Module; "
+                             "make it return the network it builds")
+    return model
 
 
 def list_models() -> list[str]:

@@ -15,12 +15,14 @@ from ticketlab.errors import TicketlabError
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Name -> weight of every Conv2d and Linear layer, in module order."""
-    return {
-        f"{name}.weight" if name else "weight": module.weight
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
-    }
+    """Name -> weight of every Conv2d and Linear layer, in module order; a weight two layers share (tied) once,
+    under the name `named_parameters` gives it, so that masks, scores and densities count it once."""
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    out: dict[str, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and id(module.weight) in canonical:
+            out.setdefault(canonical[id(module.weight)], module.weight)
+    return out
 
 
 def ends(model: nn.Module) -> tuple[str, str]:

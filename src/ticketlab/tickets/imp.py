@@ -42,6 +42,7 @@ from ticketlab.data.batches import check_batch_size, steps_per_epoch, stream_see
 from ticketlab.data.noise import noise_file_digest
 from ticketlab.data.split import check_held_out
 from ticketlab.errors import TicketlabError
+from ticketlab.models.common import OwnInit
 from ticketlab.sparsity import (
     apply_masks,
     density_report,
@@ -227,14 +228,25 @@ class StudyResult:
 
 
 def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]:
-    """A user's module re-initialised, seeded: by its own `reset_parameters` where the module has one (the
-    zoo's nets draw their own init there), else by each submodule's."""
+    """A user's module re-initialised, seeded: by its own `reset_parameters` where the module has one, else by
+    each submodule's, where a zoo net inside it draws its whole init itself (`OwnInit`): its layers' own
+    resets would overwrite that with PyTorch's defaults."""
     fresh = copy.deepcopy(model)
+
+    def reset(module: nn.Module) -> None:
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+            if isinstance(module, OwnInit):
+                return
+        for child in module.children():
+            reset(child)
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(key, seed))
-        for module in [fresh] if hasattr(fresh, "reset_parameters") else fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        if hasattr(fresh, "reset_parameters"):
+            fresh.reset_parameters()
+        else:
+            reset(fresh)
     return fresh.state_dict()
 
 
@@ -643,6 +655,14 @@ def find_ticket(
     config = study_config(model, ds, tickets, data or DataConfig(), device, model_options, train_options)
     name = config.run.model.name
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
+    odd = _init_mismatch(model) if not isinstance(model, str) and (
+        tickets.seeds > 1 or {"reinit", "scratch"} & set(tickets.baselines)) else []
+    odd_init = (f"your module's re-initialised weights (other seeds, reinit, scratch) differ in scale from its own in "
+                f"{', '.join(odd[:3])}{' and more' if len(odd) > 3 else ''}: its init is not what reset_parameters "
+                "draws, so those runs start from another distribution; define reset_parameters on the module to "
+                "draw its own init") if odd else ""
+    if odd_init and progress:  # said before hours of training, and again in the summary
+        _log(f"warning: {odd_init}")
 
     record = store.begin(config)
     try:
@@ -656,15 +676,8 @@ def find_ticket(
     per_seed = [chain.results for chain in chains]
     masks = chains[0].masks
     summary = summarise(per_seed, tickets.baselines, "validation")
-    odd = _init_mismatch(model) if not isinstance(model, str) and (
-        tickets.seeds > 1 or {"reinit", "scratch"} & set(tickets.baselines)) else []
-    if odd:
-        summary["warnings"].append(
-            f"your module's re-initialised weights (other seeds, reinit, scratch) differ in scale from its own in "
-            f"{', '.join(odd[:3])}{' and more' if len(odd) > 3 else ''}: its init is not what reset_parameters "
-            "draws, so those runs start from another distribution; define reset_parameters on the module to draw "
-            "its own init"
-        )
+    if odd_init:
+        summary["warnings"].append(odd_init)
     summary.update(study_id=config.run_id, model=name, dataset=ds.name, seeds=tickets.seeds,
                    fraction=tickets.fraction, scope=tickets.scope, rewind_iteration=study.k,
                    structure=tickets.structure, stacked=tickets.stack, train_seconds=round(study.seconds, 3))

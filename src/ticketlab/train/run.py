@@ -40,6 +40,7 @@ from ticketlab.store import (
     write_json,
     write_tensors,
 )
+from ticketlab.train.evaluate import eval_mode
 from ticketlab.train.hooks import Hook, MaskHook
 from ticketlab.train.trainer import Trainer, TrainResult, graphs_need_cuda
 
@@ -268,6 +269,7 @@ def _identify(
             )
         config = replace(config, model=ModelConfig(name=type(model).__name__, architecture=architecture_digest(model)))
         init_state = init_state if init_state is not None else model.state_dict()
+        _check_output(model, dataset, dataset.num_classes + extra_outputs)
     if init_state is not None:
         try:
             model.load_state_dict(init_state)
@@ -278,6 +280,29 @@ def _identify(
     if masks:
         config = replace(config, masks=tensor_digest(masks))
     return replace(config, start=start_iteration, snapshots=tuple(sorted(set(save_at)))), model
+
+
+@torch.no_grad()
+def _check_output(model: nn.Module, dataset: ImageDataset, classes: int) -> None:
+    """A user's forward must return one [N, >= classes] tensor of scores: anything else would fail deep in the
+    loss, or on a GPU as a device-side assert that ends the process."""
+    like = next(iter(model.parameters()), torch.empty(0))
+    x = torch.zeros(2, *dataset.image_shape, device=like.device, dtype=like.dtype if like.is_floating_point()
+                    else torch.float32)
+    with eval_mode(model):
+        try:
+            out = model(x)
+        except Exception as error:  # the user's forward, whatever it raises
+            first = next(iter(str(error).strip().splitlines()), "")
+            raise TicketlabError(f"{type(model).__name__} fails on a batch of {dataset.name} images of shape "
+                                 f"{tuple(dataset.image_shape)} ({type(error).__name__}: {first}); build it for "
+                                 "that input") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < classes:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        abstain = ", plus the abstain output" if classes > dataset.num_classes else ""
+        raise TicketlabError(f"{type(model).__name__} returns {got} for a batch of 2; ticketlab trains a forward that "
+                             f"returns one tensor of scores of shape [batch, {classes}] ({dataset.name} has "
+                             f"{dataset.num_classes} classes{abstain})")
 
 
 def train_run(

@@ -73,6 +73,9 @@ def test_model_options_are_canonical():
     ({"lr_start": 0.1}, "--warmup"),
     ({"optimizer": "adam", "momentum": 0.5}, "--optimizer sgd"),
     ({"optimizer": "adamw", "nesterov": False}, "--optimizer sgd"),
+    ({"momentum": 0.0, "nesterov": False}, "--momentum above 0"),
+    ({"ema_every": 3}, "--ema"),
+    ({"loss_scale": 1024.0}, "--precision fp16"),
     ({"sat_alpha": 0.8}, "--loss sat"),
 ])
 def test_options_that_would_be_ignored_are_refused(given, needs):
@@ -95,6 +98,14 @@ def test_gamma_must_be_positive():
 def test_a_fixed_loss_scale_must_be_a_power_of_two(scale):
     with pytest.raises(TicketlabError, match="--loss-scale must be 0 .* or a power of two"):
         TrainConfig(precision="fp16", loss_scale=scale).validate()
+    for scale in (2.0**1023, 2.0**-150):  # powers of two that overflow or vanish: not a divergence to blame on --lr
+        with pytest.raises(TicketlabError, match="from 2\\^-24 to 2\\^24"):
+            TrainConfig(precision="fp16", loss_scale=scale).validate()
+
+
+def test_milestones_in_any_order_are_one_schedule_and_one_run():
+    a, b = (RunConfig(train=TrainConfig(schedule="step", milestones=m)) for m in ((120.0, 80.0), (80.0, 120.0)))
+    assert run_id(a) == run_id(b) and b.train.milestones == (80.0, 120.0)
 
 
 def test_cuda_graphs_enter_the_run_id_and_exclude_compile():

@@ -107,6 +107,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         normalise_numbers(self)
+        if isinstance(self.milestones, tuple) and all(type(m) is float for m in self.milestones):
+            object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))  # one schedule, one id
 
     def validate(self) -> None:
         _check_types(self)
@@ -136,6 +138,9 @@ class TrainConfig:
         if self.loss_scale != 0 and not (self.loss_scale > 0 and math.frexp(self.loss_scale)[0] == 0.5):
             raise TicketlabError(f"--loss-scale must be 0 (dynamic) or a power of two such as 1024, got "
                                  f"{self.loss_scale:g}: unscaling by a power of two is exact")
+        if self.loss_scale != 0 and not 2.0**-24 <= self.loss_scale <= 2.0**24:  # past fp16's range either way
+            raise TicketlabError(f"--loss-scale must be from 2^-24 to 2^24 (fp16's range; 1024 is usual), got "
+                                 f"{self.loss_scale:g}")
         if self.cuda_graph and self.compile:
             raise TicketlabError("--cuda-graph and --compile both remove the host's per-operation work; pass one "
                                  "(torch.compile's mode 'reduce-overhead' makes CUDA graphs of its own)")
@@ -212,7 +217,9 @@ _ONLY_WITH: dict[str, tuple[Any, str]] = {
     "lr_end": (lambda c: c.schedule in ("cosine", "linear"), "--schedule cosine or linear"),
     "lr_start": (lambda c: c.warmup_epochs > 0, "--warmup"),
     "momentum": (lambda c: c.optimizer == "sgd", "--optimizer sgd"),
-    "nesterov": (lambda c: c.optimizer == "sgd", "--optimizer sgd"),
+    "nesterov": (lambda c: c.optimizer == "sgd" and c.momentum > 0, "--optimizer sgd with --momentum above 0"),
+    "ema_every": (lambda c: c.ema_decay > 0, "--ema"),
+    "loss_scale": (lambda c: c.precision == "fp16", "--precision fp16"),  # fp32 and bf16 need no scaling
     "sat_alpha": (lambda c: c.loss != "ce", "--loss sat or sat-selective"),
     "sat_start": (lambda c: c.loss != "ce", "--loss sat or sat-selective"),
     "label_smoothing": (lambda c: c.loss == "ce", "--loss ce"),  # SAT's targets are its own soft labels

@@ -113,3 +113,12 @@ def test_records_with_drop_last_and_an_impossible_batch_are_user_errors_that_lea
     with pytest.raises(TicketlabError, match="larger than the 100 training examples"):
         train_run(too_big, store=RunStore(tmp_path), dataset=ds, progress=False)
     assert RunStore(tmp_path).list() == []
+
+
+def test_a_user_error_found_after_training_leaves_no_half_written_run(tmp_path):
+    """Selective SAT's report splits the test predictions in two; one test image cannot be split."""
+    ds = tiny_dataset(n=64, n_test=1, channels=1, size=8)
+    with pytest.raises(TicketlabError, match="cannot be split"):
+        train("lenet_300_100", ds, store=tmp_path, epochs=2, batch_size=16, lr=0.01, optimizer="adam",
+              loss="sat-selective", sat_start=1, progress=False)
+    assert RunStore(tmp_path).list() == []

@@ -394,19 +394,25 @@ def train_run(
             start_iteration=start_iteration, output_classes=dataset.num_classes if extra_outputs else None,
             progress=progress, description=description or f"{config.model.name} on {dataset.name}",
         )
-        if shrunk is not None:
-            model.load_state_dict(shrunk.trained_state())
-            model.to(dev)
-        if recorder is not None:
-            recorder.save(record.folder / "records.safetensors")
-        summary = _summary(config, model, result)
-        if shrunk is not None:
-            summary["trained_parameters"] = sum(p.numel() for p in net.parameters())
-        if data.noise_rate is not None:
-            summary["noise_rate"] = round(data.noise_rate, 6)
-        if loss_hook is not None:
-            summary.update(sat_outcome(loss_hook, model, dataset, train_set, data.clean_train_y, record.folder,
-                                       seed=config.train.seed, tta=config.train.tta))
+        try:  # what follows training can still find a user error: then no half-written run either
+            if shrunk is not None:
+                model.load_state_dict(shrunk.trained_state())
+                model.to(dev)
+            if recorder is not None:
+                recorder.save(record.folder / "records.safetensors")
+            summary = _summary(config, model, result)
+            if shrunk is not None:
+                summary["trained_parameters"] = sum(p.numel() for p in net.parameters())
+            if data.noise_rate is not None:
+                summary["noise_rate"] = round(data.noise_rate, 6)
+            if loss_hook is not None:
+                summary.update(sat_outcome(loss_hook, model, dataset, train_set, data.clean_train_y, record.folder,
+                                           seed=config.train.seed, tta=config.train.tta))
+        except (CorruptFileError, UnwritableFileError):  # a full disk keeps the trained run, as in _fit
+            raise
+        except TicketlabError:
+            store.remove(config.run_id)
+            raise
         store.finish(config.run_id, summary)
         (record.folder / "checkpoint.safetensors").unlink(missing_ok=True)  # finished: nothing to resume
         return RunResult(config.run_id, model, summary, result.history, record.folder, reused=False)

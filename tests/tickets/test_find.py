@@ -278,7 +278,7 @@ def test_the_plot_copy_is_atomic_and_a_full_disk_a_clear_error(tmp_path, monkeyp
 
 def test_a_level_that_keeps_no_weights_and_fractional_counts_are_clear_errors(tmp_path):
     tickets = TicketConfig(levels=3, fraction=0.9, baselines=("oneshot",), seeds=1, rewind="2it")
-    with pytest.raises(TicketlabError, match="level 3 keeps none of the prunable weights.*lower --levels"):
+    with pytest.raises(TicketlabError, match="3 levels pruning 0.9 each leave less than one.*lower --levels"):
         find_ticket(TinyNet(), tiny_dataset(n=80), tickets=tickets, store=tmp_path, epochs=1, batch_size=16,
                     progress=False)
     for bad in (dict(levels=2.0), dict(seeds=2.0)):

@@ -112,6 +112,12 @@ def test_structure_options_are_checked():
     TicketConfig(structure="nm", levels=1, fraction=0.5, early_bird=0.1).validate()  # early-bird prunes by fraction
 
 
+def test_levels_that_would_leave_no_weight_are_refused_before_the_dense_run_trains(tmp_path):
+    with pytest.raises(TicketlabError, match="20 levels pruning 0.9 each leave less than one"):
+        _study(tmp_path, "lenet_300_100", tiny_dataset(n=64, channels=1, size=8), fraction=0.9, levels=20)
+    assert RunStore(tmp_path).list() == []
+
+
 def test_an_nm_pattern_that_fits_no_layer_is_refused_before_the_dense_run_trains(tmp_path):
     with pytest.raises(TicketlabError, match="divisible by 7"):
         _study(tmp_path, "lenet_300_100", tiny_dataset(n=64, channels=1, size=8), structure="nm", nm="2:7", levels=1)

@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list, show or remove stored runs")
     p.add_argument("action", choices=("list", "show", "rm"))
-    p.add_argument("ids", nargs="*", help="run ids or unique prefixes (show, rm)")
+    p.add_argument("ids", nargs="*", default=[], help="run ids or unique prefixes (show, rm)")
     p.add_argument("--store", help="an existing run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the rest goes to stderr)")
     p.set_defaults(func=cmd_runs)

@@ -291,6 +291,10 @@ class _Study:
         self.structure = Structure(self.t.structure, probe, self.names, refill_rate=self.t.refill_rate,
                                    refill_criterion=self.t.refill_criterion, nm=self.t.nm,
                                    refill_multiple=self.t.refill_multiple)
+        weights = sum(p.numel() for n, p in probe.named_parameters() if n in self.names)
+        if self.t.structure != "nm" and weights * (1 - self.t.fraction) ** self.t.levels < 1:  # before any training
+            raise TicketlabError(f"{self.t.levels} levels pruning {self.t.fraction:g} each leave less than one of the "
+                                 f"{weights} prunable weights; lower --levels or --fraction")
         if self.t.structure == "nm":  # a pattern that fits no layer is refused before the dense run trains
             self.structure.nm_masks({n: p.detach() for n, p in probe.named_parameters() if n in self.names})
         self.input_shape = dataset.image_shape

@@ -45,7 +45,7 @@ from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import TicketlabError, first_line
 from ticketlab.train.evaluate import eval_mode
 
 # what `--precision` names, for the variants timed (ticketlab bench, benchmarks/structured_speed.py)
@@ -172,7 +172,7 @@ def _largest_activation(name: str, model: nn.Module, x: torch.Tensor) -> int:
         with contextlib.redirect_stderr(io.StringIO()):  # a failing fx GraphModule prints its own traceback
             model(x)
     except Exception as error:  # the user's forward on this input, whatever it raises
-        first = next(iter(str(error).strip().splitlines()), "")
+        first = first_line(error)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and "view size" in first:
             raise TicketlabError(
                 f"variant {name!r} calls .view() on a tensor in the channels-last layout it is timed in; time it "

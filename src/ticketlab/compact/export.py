@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import fx, nn
 
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import TicketlabError, first_line
 from ticketlab.store.files import atomic_write, write_tensors
 from ticketlab.train.evaluate import eval_mode
 
@@ -378,7 +378,7 @@ def _check_reproduces(model: nn.Module, rebuilt: fx.GraphModule, shape: list[int
     try:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     except AssertionError as e:
-        first = next(iter(str(e).strip().splitlines()), "")
+        first = first_line(e)
         raise TicketlabError(
             f"the traced graph of {type(model).__name__} computes something else than its forward ({first}); its "
             "forward depends on state torch.fx cannot record (Python values that change between calls)"
@@ -502,9 +502,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) 
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as e:
             cause = _root_cause(e)  # torch's own wrappers only say which export step failed
-            first_line = next(iter(str(cause).strip().splitlines()), "")
+            first = first_line(cause)
             raise TicketlabError(
-                f"torch.onnx.export cannot export {type(model).__name__} ({type(cause).__name__}: {first_line}); "
+                f"torch.onnx.export cannot export {type(model).__name__} ({type(cause).__name__}: {first}); "
                 "export a model made of standard layers, such as the result of compact() or load_model()"
             ) from e
         for batch in (x[:1], x):
@@ -530,7 +530,7 @@ def _check_onnx(path: str, x: torch.Tensor, expected: Any, model_name: str) -> N
     except AssertionError as e:
         raise TicketlabError(
             f"onnxruntime computes something else than {model_name} on a batch of "
-            f"{x.shape[0]} ({str(e).strip().splitlines()[0]}); the ONNX file is not written"
+            f"{x.shape[0]} ({first_line(e)}); the ONNX file is not written"
         ) from None
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ticketlab.errors import TicketlabError, state_mismatch
+from ticketlab.errors import TicketlabError, first_line, state_mismatch
 from ticketlab.models import MODELS, build_model
 from ticketlab.sparsity import Masks, apply_masks
 from ticketlab.store.files import write_tensors
@@ -118,7 +118,7 @@ def _runs(path: Path, info: dict[str, Any], model: nn.Module) -> None:
         with redirect_stderr(io.StringIO()):  # a failing fx GraphModule prints its own traceback
             model.eval()(torch.zeros(1, info["in_channels"], info["image_size"], info["image_size"]))
     except Exception as error:  # whatever the graph's operations raise on a wrong shape
-        first = next(iter(str(error).strip().splitlines()), "")
+        first = first_line(error)
         raise TicketlabError(f"{path}: its stored network does not take inputs of shape ({info['in_channels']}, "
                              f"{info['image_size']}, {info['image_size']}) as its metadata says ({first}); the file "
                              "is corrupt or hand-made, pass a ticket file written by `ticketlab find`") from None

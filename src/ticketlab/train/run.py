@@ -26,7 +26,7 @@ from ticketlab.data.augment import Augment, normalize
 from ticketlab.data.batches import DeviceData, stream_seed
 from ticketlab.data.catalog import name_fixes_content
 from ticketlab.data.split import stratified_indices
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import TicketlabError, first_line
 from ticketlab.models import MODELS, build_model, model_augment, model_revision
 from ticketlab.sparsity import density
 from ticketlab.store import (
@@ -293,7 +293,7 @@ def _check_output(model: nn.Module, dataset: ImageDataset, classes: int) -> None
         try:
             out = model(x)
         except Exception as error:  # the user's forward, whatever it raises
-            first = next(iter(str(error).strip().splitlines()), "")
+            first = first_line(error)
             raise TicketlabError(f"{type(model).__name__} fails on a batch of {dataset.name} images of shape "
                                  f"{tuple(dataset.image_shape)} ({type(error).__name__}: {first}); build it for "
                                  "that input") from None

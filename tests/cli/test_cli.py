@@ -4,7 +4,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,7 +246,7 @@ def test_prune_a_finished_run_and_bad_inputs(tmp_path, tiny_npz, capsys):
     out_masks = tmp_path / "m.safetensors"
     code, out, _ = _run(capsys, "prune", "--run", run_id[:6], "--dataset", str(tiny_npz), "--store", store,
                         "--budget", "erk", "--density", "0.1", "--out", str(out_masks))
-    assert code == 0 and "total" in out and out_masks.exists()
+    assert code == 0 and "total" in out and out_masks.exists(), _
     # a mask that does not fit the model, an impossible density, an unknown criterion
     for argv, message in (
         (["train", "--model", "lenet_300_100", "--masks", str(out_masks), "--epochs", "1"], "does not fit the model"),
@@ -395,3 +397,28 @@ def test_table_numbers_keep_their_value():
 
     assert [fmt(v) for v in (0.5, 0.0, 5e-05, 19430.2, 1234.56789, None)] == [
         "0.5000", "0.0000", "5e-05", "19430", "1234.5679", "-"]
+
+
+def test_prune_a_run_uses_its_data_settings_and_refuses_others(tmp_path, tiny_npz, capsys):
+    store = str(tmp_path / "store")
+    code, out, _ = _run(capsys, "train", "--model", "conv_2", "--dataset", str(tiny_npz), "--validation", "20",
+                        "--noise", "uniform:0.2", "--epochs", "1", "--store", store, "--quiet", "--json")
+    run_id = json.loads(out)["run_id"]
+    masks = str(tmp_path / "m.safetensors")
+    code, _, err = _run(capsys, "prune", "--run", run_id, "--validation", "10", "--density", "0.5", "--store", store,
+                        "--dataset", str(tiny_npz), "--out", masks, "--quiet")
+    assert code == 2 and "trained with --validation 20, not 10; drop --validation" in err
+    code, _, err = _run(capsys, "prune", "--run", run_id, "--density", "0.5", "--store", store, "--out", masks)
+    assert code == 2 and "trained on a dataset file (tiny), which runs do not keep; pass --dataset" in err
+    other = tmp_path / "other.npz"
+    with np.load(tiny_npz) as z:
+        np.savez(other, **{k: z[k][::-1].copy() if k == "train_y" else z[k] for k in z.files})
+    code, _, err = _run(capsys, "prune", "--run", run_id, "--density", "0.5", "--dataset", str(other),
+                        "--store", store, "--out", masks, "--quiet")
+    assert code == 2 and "trained on other data than other holds now" in err
+    assert not Path(masks).exists()
+    # no other data flag: the run's split and noisy labels
+    code, out, _ = _run(capsys, "prune", "--run", run_id, "--criterion", "snip", "--density", "0.5",
+                        "--dataset", str(tiny_npz), "--store", store, "--out", masks, "--no-download", "--quiet")
+    assert code == 0, out
+    assert f"--dataset {tiny_npz} --validation 20 --noise uniform:0.2 --noise-seed 0 --masks" in out

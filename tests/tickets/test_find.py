@@ -185,6 +185,14 @@ def test_stack_refuses_a_loss_it_cannot_stack(tmp_path):
         _find(tmp_path, tickets=TicketConfig(levels=1, stack=True), loss="sat", sat_start=1)
 
 
+def test_stack_refuses_dropout_before_anything_trains(tmp_path, monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4))
+    monkeypatch.setattr(imp, "train_run", lambda *a, **k: pytest.fail("a run trained"))
+    with pytest.raises(TicketlabError, match="random numbers in their forward pass"):
+        _find(tmp_path, model=model, tickets=TicketConfig(levels=1, stack=True))
+    assert not RunStore(tmp_path).list()
+
+
 def test_densities_count_the_layers_left_out_of_pruning_as_dense(tmp_path):
     """Papers quote density over every Conv2d/Linear weight; an unpruned classifier is kept in full."""
     from ticketlab.models import build_model

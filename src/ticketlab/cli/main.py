@@ -61,8 +61,7 @@ def _model_arg(text: str) -> tuple[str, Any]:
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="mnist_subset",
-                   help="registered name (see `ticketlab datasets`) or a .npz file")
+    g.add_argument("--dataset", help="registered name (see `ticketlab datasets`) or a .npz file (default mnist_subset)")
     g.add_argument("--data-dir", help="folder holding datasets (else $TICKETLAB_DATA, else the user cache)")
     g.add_argument("--no-download", action="store_true", help="never download; fail if the files are absent")
     g.add_argument("--validation", type=int, default=0, help="training examples held out for validation (stratified)")
@@ -145,8 +144,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     train_cfg = recipe_config(model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
     if args.noise_seed is not None and not args.noise:
         raise TicketlabError("--noise-seed seeds the label noise of --noise; add --noise or drop --noise-seed")
-    data_cfg = DataConfig(dataset=args.dataset, validation=args.validation, cutout=args.cutout, noise=args.noise,
-                          noise_seed=args.noise_seed or 0)
+    data_cfg = DataConfig(dataset=args.dataset or DataConfig.dataset, validation=args.validation, cutout=args.cutout,
+                          noise=args.noise, noise_seed=args.noise_seed or 0)
     model_cfg = ModelConfig.of(model, dict(args.model_arg))
     return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
 
@@ -249,7 +248,7 @@ def cmd_find(args: argparse.Namespace) -> int:
     train_cfg = run_config(args)
     options = {f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f) is not None}  # the recipe fills the rest
     result = find_ticket(
-        train_cfg.model.name, args.dataset, model_options=train_cfg.model.kwargs_dict(), tickets=tickets,
+        train_cfg.model.name, train_cfg.data.dataset, model_options=train_cfg.model.kwargs_dict(), tickets=tickets,
         data=train_cfg.data, store=RunStore(args.store),
         data_dir=args.data_dir, download=not args.no_download, device=args.device, progress=not args.quiet,
         plot=args.plot, **options,
@@ -334,12 +333,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.model and args.model != model_cfg["name"]:
             raise TicketlabError(f"run {record.run_id} trained {model_cfg['name']}, not --model {args.model}; "
                                  "drop --model (the run's model is used)")
-        config = replace(config, model=ModelConfig(model_cfg["name"], tuple(tuple(kv) for kv in model_cfg["kwargs"])))
+        config = replace(config, model=ModelConfig(model_cfg["name"], tuple(tuple(kv) for kv in model_cfg["kwargs"])),
+                         data=_run_data(record, args))
         weights = record.folder / "final.safetensors"
     else:
         weights = Path(args.weights) if args.weights else None
     dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download,
                            progress=not args.quiet)
+    if args.run:
+        _check_run_dataset(record, dataset)
     model = initial_model(config, dataset)
     start = {k: v.clone() for k, v in model.state_dict().items()}  # what `train --masks` will start from
     dataset = training_part(config, dataset)  # criteria that read data see what training will: no held-out example
@@ -376,12 +378,53 @@ def cmd_prune(args: argparse.Namespace) -> int:
               "also drop the weights that read removed channels (dead: their input is zero), so the weights kept "
               f"are {100 * report['total']['density']:.2f}%, about the square of the widths kept")
     compact = " --compact" if args.structure == "channel" else ""
-    print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} --dataset {args.dataset} "
+    print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} {_data_flags(config.data)}"
           f"--masks {args.out}{compact} ...)")
     if args.json:
         print_json(args, {"masks": str(args.out), "criterion": args.criterion, "budget": args.budget,
                           "density": report["total"]["density"], "layers": report["layers"]})
     return 0
+
+
+def _run_data(record: Any, args: argparse.Namespace) -> DataConfig:
+    """A stored run's data settings, so masks are scored on the examples and labels it trained on;
+    a data flag that says otherwise is refused rather than silently overridden."""
+    from ticketlab.config import from_dict
+
+    data = from_dict(DataConfig, record.config["data"])
+    if "@" in data.dataset:  # data identified by its content (a .npz file): only the user knows where it is
+        if args.dataset is None:
+            raise TicketlabError(f"run {record.run_id} trained on a dataset file ({data.dataset.split('@')[0]}), "
+                                 "which runs do not keep; pass --dataset with that file")
+        data = replace(data, dataset=args.dataset)
+    given = {"--dataset": (args.dataset, None, data.dataset),
+             "--validation": (args.validation, 0, data.validation),
+             "--noise": (args.noise and DataConfig(noise=args.noise).noise, "", data.noise),
+             "--noise-seed": (args.noise_seed, None, data.noise_seed)}
+    for flag, (value, default, stored) in given.items():
+        if value != default and value != stored:
+            raise TicketlabError(f"run {record.run_id} trained with {flag} {stored!r}, not {value!r}; drop {flag} "
+                                 "(the run's data settings are used)")
+    return data
+
+
+def _check_run_dataset(record: Any, dataset: Any) -> None:
+    from ticketlab.train.run import dataset_identity
+
+    stored = record.config["data"]["dataset"]
+    if "@" in stored and dataset_identity(dataset) != stored:
+        raise TicketlabError(f"run {record.run_id} trained on other data than {dataset.name} holds now "
+                             f"({stored.split('@')[0]} with content digest {stored.split('@')[1]}); pass "
+                             "--dataset with the file it trained on")
+
+
+def _data_flags(data: DataConfig) -> str:
+    """The data flags that give `train` the examples and labels of `data`."""
+    flags = f"--dataset {data.dataset} "
+    flags += f"--validation {data.validation} " if data.validation else ""
+    flags += f"--cutout {data.cutout} " if data.cutout else ""
+    flags += f"--noise {data.noise} --noise-seed {data.noise_seed} " if data.noise else ""
+    return flags
 
 
 def cmd_prac(args: argparse.Namespace) -> int:

@@ -74,6 +74,7 @@ from ticketlab.train.run import (
     train_run,
     training_part,
 )
+from ticketlab.train.stacked import check_stackable
 from ticketlab.train.stacked_run import Member, train_stacked
 from ticketlab.train.trainer import STACKED_GRAPHS
 
@@ -298,6 +299,8 @@ class _Study:
         if self.t.structure == "nm":  # a pattern that fits no layer is refused before the dense run trains
             self.structure.nm_masks({n: p.detach() for n, p in probe.named_parameters() if n in self.names})
         self.input_shape = dataset.image_shape
+        if self.t.stack:  # dropout or tied weights are refused before the dense runs train
+            check_stackable(probe, self.input_shape)
         self.prac = self.t.data == "prac"
         self._dense_predictions: tuple[RunResult, torch.Tensor] | None = None
         self.n_train = n_train

@@ -49,6 +49,14 @@ def _check_stackable(model: nn.Module) -> None:
                              "momentum=None (a cumulative average); set a momentum or train it without --stack")
 
 
+def check_stackable(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse, before anything trains, a network that stacked training would refuse at its first step:
+    one batched training-mode forward of two copies on a blank batch."""
+    stacked = StackedModels([model, model]).train()
+    with torch.no_grad():
+        stacked(torch.zeros(2, *input_shape))
+
+
 class StackedModels(nn.Module):
     """K networks as one: parameter `name` of shape S becomes shape [K, *S]; forward gives [K, B, ...].
 

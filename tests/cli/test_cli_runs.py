@@ -42,6 +42,8 @@ def test_runs_json_is_one_object_alone_on_stdout(tmp_path, capsys):
     runs = _only_json(out)["runs"]
     assert code == 0 and {r["run_id"]: r["status"] for r in runs} == {a.run_id: "finished", b.run_id: "incomplete"}
     assert next(r for r in runs if r["run_id"] == a.run_id)["summary"] == {"test_accuracy": 0.5}
+    code, out, _ = _run(capsys, "runs", "list", b.run_id[:6], "--store", tmp_path, "--json")  # only those named
+    assert code == 0 and [r["run_id"] for r in _only_json(out)["runs"]] == [b.run_id]
 
     code, out, _ = _run(capsys, "runs", "show", a.run_id[:6], b.run_id, "--store", tmp_path, "--json")
     shown = _only_json(out)["runs"]
@@ -170,3 +172,15 @@ def test_runs_list_shows_a_studys_model_and_dataset(tmp_path, tiny_npz, capsys):
 def test_an_unknown_option_points_to_the_subcommands_help(capsys):
     code, _, err = _run(capsys, "prac", "--seeds", "2")
     assert code == 2 and "unrecognized arguments: --seeds 2 (see `ticketlab prac --help`)" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--dataset", "missing.npz"],
+    ["train", "--epochs", "0"],
+    ["find", "--levels", "1", "--fraction", "1.5"],
+    ["prac", "--dataset", "missing.npz", "--out", "p.safetensors"],
+])
+def test_a_command_stopped_by_a_user_error_leaves_no_store(tmp_path, capsys, argv):
+    code, _, err = _run(capsys, *argv, "--store", tmp_path / "store", "--no-download", "--quiet")
+    _user_error(code, err)
+    assert not (tmp_path / "store").exists()

@@ -156,14 +156,24 @@ def test_state_round_trip_and_atomicity(tmp_path):
 def test_unwritable_store_is_a_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(TicketlabError, match="--store"):
-        RunStore(blocker / "store")
+    store = RunStore(blocker / "store")  # nothing is made before the first run
+    with pytest.raises(TicketlabError, match="cannot create the run store .*--store"):
+        store.begin(RunConfig())
+
+
+def test_a_new_store_is_made_by_its_first_run_not_before(tmp_path):
+    store = RunStore(tmp_path / "store")
+    assert store.list() == [] and store.get("0" * 16) is None and not (tmp_path / "store").exists()
+    with pytest.raises(TicketlabError, match="no run 'ab'"):
+        store.resolve("ab")
+    store.begin(RunConfig())
+    assert [r.run_id for r in store.list()] == [RunConfig().run_id]
 
 
 def test_a_file_where_the_run_folder_goes_is_a_user_error(tmp_path):
     (tmp_path / "runs").write_text("x")
     with pytest.raises(TicketlabError, match="runs as the store's run folder.*move that file away"):
-        RunStore(tmp_path)
+        RunStore(tmp_path).begin(RunConfig())
 
 
 def test_corrupt_index_is_a_user_error(tmp_path):
@@ -223,8 +233,8 @@ def test_opening_without_create_needs_an_existing_store(tmp_path):
         with pytest.raises(TicketlabError, match=re.escape(f"no run store at {where}; ")):
             RunStore(where, create=False)
     assert list(tmp_path.iterdir()) == []
-    RunStore(tmp_path)
-    assert RunStore(tmp_path, create=False).list() == []
+    RunStore(tmp_path).begin(RunConfig())
+    assert len(RunStore(tmp_path, create=False).list()) == 1
 
 
 def test_an_unreadable_checkpoint_keeps_its_run_for_the_user_to_discard(tmp_path):

@@ -216,6 +216,8 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
     print(table(("seed", "run", "test accuracy", "val accuracy", "train seconds", ""),
                 [(seed, r.run_id, r.summary["test_accuracy"], r.summary.get("val_accuracy"),
                   r.summary["train_seconds"], "reused" if r.reused else "") for seed, r in zip(seeds, results)]))
+    if args.stack:
+        print("stacked: the networks trained together, each run's seconds are its share of their time")
     test = stat([r.summary["test_accuracy"] for r in results])
     print(f"test accuracy {100 * test.mean:.2f} ± {100 * test.std:.2f}% (mean ± sample std over {len(seeds)} seeds)")
     if args.json:
@@ -468,7 +470,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     store = RunStore(args.store, create=False)
     if args.action == "list":
-        runs = store.list()
+        runs = list({r.run_id: r for r in map(store.resolve, args.ids)}.values()) if args.ids else store.list()
         runs_of = [r.config.get("run", r.config) for r in runs]  # a study keeps its runs' settings under "run"
         status = ["training" if not r.finished and store.training(r.run_id) else r.status for r in runs]
         rows = [
@@ -630,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list, show or remove stored runs")
     p.add_argument("action", choices=("list", "show", "rm"))
-    p.add_argument("ids", nargs="*", default=[], help="run ids or unique prefixes (show, rm)")
+    p.add_argument("ids", nargs="*", default=[], help="run ids or unique prefixes (list: only these; show, rm)")
     p.add_argument("--store", help="an existing run store folder (else $TICKETLAB_STORE, else ./ticketlab-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the rest goes to stderr)")
     p.set_defaults(func=cmd_runs)

@@ -66,14 +66,19 @@ def resolve_store_root(root: str | Path | None = None) -> Path:
 
 class RunStore:
     def __init__(self, root: str | Path | None = None, *, create: bool = True) -> None:
-        """`create=False` opens an existing store only, so a read-only command given a mistyped
-        --store fails instead of leaving an empty store there."""
+        """The folder is made when the first run begins, so a command that stops at a user error
+        leaves no empty store behind; `create=False` opens an existing store only, so a read-only
+        command given a mistyped --store fails at once."""
         self.root = resolve_store_root(root)
         self._db = self.root / "index.sqlite"
-        if not create and not self._db.is_file():
+        if self._db.is_file():
+            self._open()  # an unreadable index is named before any work
+        elif not create:
             raise TicketlabError(
                 f"no run store at {self.root}; pass the --store DIR (or $TICKETLAB_STORE) your runs were trained with"
             )
+
+    def _open(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -81,7 +86,7 @@ class RunStore:
                 f"cannot create the run store at {self.root}: {e.strerror}; pass a writable --store DIR"
             ) from None
         try:
-            with self._connect() as con:
+            with sqlite3.connect(self._db, timeout=30) as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.execute(_SCHEMA)
         except sqlite3.DatabaseError as e:
@@ -95,7 +100,16 @@ class RunStore:
                                  "move that file away, or pass another --store DIR") from None
 
     def _connect(self) -> sqlite3.Connection:
+        if not self._db.is_file():  # the first write of a new store, or a store removed since
+            self._open()
         return sqlite3.connect(self._db, timeout=30)
+
+    def _rows(self, query: str, args: tuple = ()) -> list[tuple]:
+        """A read, which leaves a store not yet made unmade: it holds no runs."""
+        if not self._db.is_file():
+            return []
+        with self._connect() as con:
+            return con.execute(query, args).fetchall()
 
     def folder(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -108,24 +122,19 @@ class RunStore:
         )
 
     def get(self, run_id: str) -> RunRecord | None:
-        with self._connect() as con:
-            row = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return self._record(row) if row else None
+        rows = self._rows("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return self._record(rows[0]) if rows else None
 
     def list(self, kind: str | None = None) -> list[RunRecord]:
         query, args = "SELECT * FROM runs", ()
         if kind:
             query, args = query + " WHERE kind = ?", (kind,)
-        with self._connect() as con:
-            rows = con.execute(query + " ORDER BY updated", args).fetchall()
-        return [self._record(r) for r in rows]
+        return [self._record(r) for r in self._rows(query + " ORDER BY updated", args)]
 
     def resolve(self, prefix: str) -> RunRecord:
         """A run by id or unique id prefix, as users type them."""
-        with self._connect() as con:
-            rows = con.execute(  # a plain prefix: LIKE would read _ and % as wildcards
-                "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id", (len(prefix), prefix)
-            ).fetchall()
+        rows = self._rows(  # a plain prefix: LIKE would read _ and % as wildcards
+            "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id", (len(prefix), prefix))
         if not rows:
             raise TicketlabError(f"no run {prefix!r} in {self.root}; `ticketlab runs list` shows the runs")
         if len(rows) > 1:
@@ -138,6 +147,8 @@ class RunStore:
         existing = self.get(config.run_id)
         if existing is not None:
             return existing
+        if not self._db.is_file():  # a new store is made by its first run
+            self._open()
         folder = self.folder(config.run_id)
         full = to_dict(config)
         write_json(folder / "config.json", full)

@@ -46,6 +46,8 @@ def test_damaged_idx_names_the_file(tmp_path, damage, why):
     with pytest.raises(TicketlabError) as info:
         load_dataset("mnist", data_dir=tmp_path, download=False)
     assert str(path) in str(info.value) and why in str(info.value) and "delete it" in str(info.value)
+    # downloads are off in this load: the fix says how to fetch a copy, not that one will come by itself
+    assert "without --no-download" in str(info.value) and "downloaded again" not in str(info.value)
 
 
 def test_truncated_gzip_names_the_file(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 
 from ticketlab.data.catalog import DatasetSpec, Resource, register_dataset
 from ticketlab.data.dataset import ImageDataset
+from ticketlab.data.locate import REFETCH
 from ticketlab.errors import TicketlabError
 
 
@@ -134,8 +135,8 @@ def _text_keys(content: dict) -> dict:
 
 def _corrupt(path: Path, why: str) -> str:
     # the files come in one archive, unpacked into a folder that must not exist yet: the folder goes, not the file
-    return (f"{path} is damaged or not a CIFAR file ({why}); delete its folder {path.parent} so that the archive "
-            "is downloaded and unpacked again")
+    return (f"{path} is damaged or not a CIFAR file ({why}); delete its folder {path.parent}, "
+            f"{REFETCH} (the archive is unpacked into a new folder)")
 
 
 def _batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,8 @@ from ticketlab.errors import TicketlabError
 ENV_VAR = "TICKETLAB_DATA"
 _TIMEOUT_S = 30
 _CHUNK = 1 << 20
+# how a damaged file is replaced, said the same way whether or not this load may download
+REFETCH = "then load the dataset with downloads on (without --no-download) to fetch a fresh copy"
 
 
 class DownloadUnavailable(Exception):
@@ -149,7 +151,7 @@ def extract_tar(archive: Path, into: Path) -> list[Path]:
                     tar.extractall(staging, members=_checked_members(tar, archive))
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise TicketlabError(
-                f"could not unpack {archive}: {exc}; delete it so that it is downloaded again"
+                f"could not unpack {archive}: {exc}; delete it, {REFETCH}"
             ) from exc
         entries = sorted(staging.iterdir())
         for entry in entries:

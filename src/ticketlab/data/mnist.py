@@ -18,6 +18,7 @@ import numpy as np
 
 from ticketlab.data.catalog import DatasetSpec, Resource, register_dataset
 from ticketlab.data.dataset import ImageDataset
+from ticketlab.data.locate import REFETCH
 from ticketlab.errors import TicketlabError
 
 IMAGES_MAGIC = 2051
@@ -77,7 +78,7 @@ def _read_at_most(f: BinaryIO, size: int) -> bytes:
 
 
 def _corrupt(path: Path, why: str) -> str:
-    return f"{path} is damaged or not an IDX file ({why}); delete it so that it is downloaded again"
+    return f"{path} is damaged or not an IDX file ({why}); delete it, {REFETCH}"
 
 
 def _split(folder: Path, prefix: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +88,7 @@ def _split(folder: Path, prefix: str, classes: int) -> tuple[np.ndarray, np.ndar
     if len(images) != len(labels):
         raise TicketlabError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
-            "they belong to different downloads; delete both so that they are downloaded again"
+            f"they belong to different downloads; delete both, {REFETCH}"
         )
     if len(labels) and int(labels.max()) >= classes:  # IDX labels are unsigned bytes: never below 0
         raise TicketlabError(_corrupt(labels_path, f"a label {int(labels.max())}, not a class index 0..{classes - 1}"))

@@ -13,6 +13,7 @@ import numpy as np
 
 from ticketlab.data.catalog import DatasetSpec, Resource, register_dataset
 from ticketlab.data.dataset import ImageDataset
+from ticketlab.data.locate import REFETCH
 from ticketlab.errors import TicketlabError
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -40,7 +41,7 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _corrupt(path: Path, why: str) -> str:
-    return f"{path} is damaged or not an SVHN file ({why}); delete it so that it is downloaded again"
+    return f"{path} is damaged or not an SVHN file ({why}); delete it, {REFETCH}"
 
 
 def parse_svhn(folder: Path) -> ImageDataset:

@@ -64,6 +64,7 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--lr", "-0.1"], "--lr must be positive"),
     (["--precision", "fp16", "--loss-scale", "1000"], "--loss-scale must be 0 (dynamic) or a power of two"),
     (["--cuda-graph"], "--cuda-graph replays CUDA graphs and needs --device cuda"),
+    (["--precision", "bf16"], "--precision bf16 sets the autocast dtype on CUDA, and cpu trains in fp32"),
     (["--cuda-graph", "--compile"], "--cuda-graph and --compile both"),
     (["--seeds", "2", "--stack", "--cuda-graph"], "pass --cuda-graph or --stack, not both"),
     (["--schedule", "step"], "--milestones"),

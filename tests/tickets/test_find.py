@@ -14,7 +14,7 @@ from ticketlab.train import Trainer
 
 from helpers import TinyNet, tiny_dataset
 
-ALL = ("reinit", "random", "shuffle", "oneshot", "finetune", "scratch")
+ALL = ("reinit", "random", "shuffle", "oneshot", "finetune", "lr_rewind", "scratch")
 
 
 def _find(tmp_path, **kw):
@@ -74,6 +74,23 @@ def test_scratch_trains_the_reinit_start_for_the_epochs_imp_spent(tmp_path):
         assert scratch.config["init"] == reinit.config["init"] != ticket.config["init"]
         assert scratch.config["masks"] == reinit.config["masks"] == ticket.config["masks"]
     assert all(0 <= row["scratch"]["mean"] <= 1 for row in result.summary["levels"])
+
+
+def test_finetune_trains_on_at_the_last_lr_and_lr_rewind_rewinds_the_schedule(tmp_path):
+    """Both keep the trained weights; fine-tuning holds the schedule's last lr for the ticket's retraining
+    length, learning-rate rewinding replays the ticket's schedule from the rewind point."""
+    tickets = TicketConfig(levels=1, baselines=("finetune", "lr_rewind"), rewind="3it", seeds=1)
+    result = _find(tmp_path, tickets=tickets, schedule="step", milestones=(1.0, 2.0), gamma=0.1)
+    store = RunStore(tmp_path)
+    [dense, level] = json.loads((result.folder / "per_seed.json").read_text())[0]
+    ticket, finetune, rewind = (store.get(level["runs"][arm]) for arm in ("ticket", "finetune", "lr_rewind"))
+    assert finetune.config["train"]["schedule"] == "constant" and finetune.config["train"]["milestones"] == []
+    assert finetune.config["train"]["lr"] == pytest.approx(0.003 * 0.1 ** 2)
+    assert rewind.config["train"] == ticket.config["train"]
+    assert finetune.config["start"] == rewind.config["start"] == ticket.config["start"] == 3
+    assert finetune.summary["iterations"] == rewind.summary["iterations"] == ticket.summary["iterations"]
+    assert finetune.config["init"] == rewind.config["init"] != ticket.config["init"]  # the trained weights
+    assert finetune.config["masks"] == rewind.config["masks"] == ticket.config["masks"]
 
 
 def test_user_module_and_layerwise_rates(tmp_path):
@@ -181,7 +198,7 @@ def test_stacked_arms_give_the_one_by_one_study(tmp_path, seeds):
 
 
 def test_stack_refuses_a_loss_it_cannot_stack(tmp_path):
-    with pytest.raises(TicketlabError, match="--stack .* cross-entropy"):
+    with pytest.raises(TicketlabError, match="stacked training supports --loss ce only"):
         _find(tmp_path, tickets=TicketConfig(levels=1, stack=True), loss="sat", sat_start=1)
 
 
@@ -323,3 +340,17 @@ def test_a_module_whose_init_reset_parameters_does_not_draw_is_warned_about(tmp_
     study = find_ticket(Wide(), tiny_dataset(n=80, channels=1), tickets=tickets, store=tmp_path, epochs=1,
                         batch_size=16, progress=False)
     assert any("define reset_parameters" in w for w in study.summary["warnings"])
+
+
+def test_rewind_spellings_of_one_iteration_are_one_study(tmp_path):
+    from ticketlab.config import DataConfig
+
+    ds = tiny_dataset(n=120, channels=1, size=8)  # 12 held out: 108 training examples, 4 batches of 32 an epoch
+
+    def study_id(rewind):
+        tickets = TicketConfig(levels=1, rewind=rewind)
+        return imp.study_config("lenet_300_100", ds, tickets, DataConfig(), "cpu", None,
+                                {"epochs": 3, "batch_size": 32}).run_id
+
+    assert study_id("1ep") == study_id("4it") == study_id("4") == study_id(" 4 it") != study_id("3it")
+    assert study_id("0") == study_id("0ep") != study_id("1ep")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ticketlab.errors import TicketlabError
+from ticketlab.store import RunStore
 from ticketlab.tickets import TicketConfig, find_ticket
 from ticketlab.tickets.prac import PracSet, load_prac, prac_indices, save_prac
 
@@ -32,14 +33,20 @@ def test_prac_file_round_trip_and_size_check(tmp_path):
 
 def test_prac_study_saves_iterations_and_reports_fractions(tmp_path):
     ds = tiny_dataset(n=120, channels=1, size=8)
-    t = TicketConfig(levels=2, baselines=(), data="prac", rewind="2it")
+    t = TicketConfig(levels=2, baselines=(), data="prac", rewind="10it")
     result = find_ticket("lenet_300_100", ds, tickets=t, store=tmp_path, epochs=4, batch_size=16, lr=0.01,
                          optimizer="adam", progress=False)
     s = result.summary
     json.dumps(s)
-    for row in s["levels"]:
+    store = RunStore(tmp_path)
+    levels = json.loads((result.folder / "per_seed.json").read_text())[0][1:]
+    for row, level in zip(s["levels"], levels):
         assert 0 < row["prac_fraction"] <= 1
-        assert row["search_iterations"][0] <= 4 * 7
+        assert row["search_iterations"][0] <= 4 * 7 - 10  # 108 examples: 7 steps an epoch, rewound to 10
+        # the search starts its scaled schedule where the rewind point lies in the full one (10 of 28)
+        search = store.get(level["search"]["run"])
+        assert search.config["start"] == 10 * search.summary["iterations"] // 28 > 0
+        assert row["search_iterations"][0] == search.summary["iterations"] - search.config["start"]
     assert 0 <= s["iterations_saved"] < 1
     assert s["search_iterations"] + 0 <= s["full_data_iterations"]
 
@@ -73,7 +80,7 @@ def test_a_study_is_identified_by_what_its_module_and_prac_file_hold_not_by_thei
     ds = tiny_dataset(n=120, channels=1, size=8)
 
     def study_id(model, tickets=TicketConfig(levels=1)):
-        return study_config(model, ds, tickets, DataConfig(), "cpu", None, {"epochs": 1}).run_id
+        return study_config(model, ds, tickets, DataConfig(), "cpu", None, {"epochs": 1, "batch_size": 32}).run_id
 
     torch.manual_seed(0)
     first, second = TinyNet(channels=1), TinyNet(channels=1)

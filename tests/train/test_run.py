@@ -132,7 +132,8 @@ def test_fastnet_full_recipe_learns_on_each_device(tmp_path, device):
     bf16 autocast (CUDA only) and flip + shift TTA, through the public API in one run."""
     ds = tiny_dataset(n=128, size=16)
     result = ticketlab.train("fastnet", ds, store=tmp_path, epochs=4, batch_size=32, device=device,
-                             precision="bf16", progress=False, model_options={"widths": [16, 32, 32]})
+                             precision="bf16" if device == "cuda" else "fp32", progress=False,
+                             model_options={"widths": [16, 32, 32]})
     s = result.summary
     assert s["test_accuracy"] >= 0.8 and s["epochs"] == 4  # chance is 0.25
     assert next(result.model.parameters()).device.type == device

@@ -144,3 +144,15 @@ def test_stacked_networks_train_on_cuda():
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, precision="bf16")
     result = Trainer(stacked, data, cfg, test=(ds.test_x, ds.test_y), progress=False).fit()
     assert len(result.test["accuracies"]) == 3 and min(result.test["accuracies"]) > 0.5
+
+
+def test_stacked_fp16_needs_a_fixed_loss_scale():
+    """One dynamic scaler skips every network's step when one overflows: the networks would not train as alone."""
+    ds = tiny_dataset()
+    data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment())
+    cfg = TrainConfig(epochs=1, batch_size=16, precision="fp16")
+    with pytest.raises(TicketlabError, match="fp16 needs a fixed --loss-scale"):
+        Trainer(StackedModels(_nets(2)), data, cfg, progress=False)
+    Trainer(StackedModels(_nets(2)), data, TrainConfig(epochs=1, batch_size=16, precision="fp16", loss_scale=1024.0),
+            progress=False)
+    Trainer(_nets(1)[0], data, cfg, progress=False)  # one network owns its scaler

@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scope", choices=("global", "layerwise"), default="global")
     g.add_argument("--rewind", default="0", help="rewind point: 0, <n>it or <n>ep")
     g.add_argument("--baselines", default="reinit,random",
-                   help="comma list of reinit,random,shuffle,oneshot,finetune,scratch")
+                   help="comma list of reinit,random,shuffle,oneshot,finetune,lr_rewind,scratch")
     g.add_argument("--seeds", type=int, default=1, help="repeat the study with this many seeds")
     g.add_argument("--exclude-first", action="store_true", help="never prune the first layer")
     g.add_argument("--exclude-last", action="store_true", help="never prune the classifier")

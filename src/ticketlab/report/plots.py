@@ -15,7 +15,7 @@ from ticketlab.tickets.verdict import arms_of
 _STYLE = {"ticket": dict(color="C0", marker="o", lw=2), "reinit": dict(color="C3", marker="s"),
           "random": dict(color="C2", marker="^"), "shuffle": dict(color="C4", marker="v"),
           "oneshot": dict(color="C1", marker="D"), "finetune": dict(color="C5", marker="x"),
-          "scratch": dict(color="C6", marker="P")}
+          "lr_rewind": dict(color="C7", marker="*"), "scratch": dict(color="C6", marker="P")}
 
 
 def new_axes(width: float, height: float) -> tuple[Figure, Axes]:
@@ -66,7 +66,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
 
 # Arms trained on the ticket's own masks: compacted, they run exactly as fast as the ticket.
 # (random, shuffle and oneshot draw other masks, whose speed-up was not measured.)
-_SAME_MASKS = ("ticket", "finetune", "reinit", "scratch")
+_SAME_MASKS = ("ticket", "finetune", "lr_rewind", "reinit", "scratch")
 
 
 def _measured_levels(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ class Arm:
     masks: Tensors
     start: int
     epochs: int | None = None  # its own schedule length (the study's schedule scaled to it); None: the study's
+    final_lr: bool = False  # train at the study schedule's last learning rate, constant, instead of the schedule
     # what ranked a mask the arm drew itself (one-shot's magnitudes); None where its positions are random. A
     # structured study gives a drawn mask the ticket's structure (`Structure.like`), which needs to know
     scores: Tensors | None = None
@@ -84,7 +85,15 @@ def oneshot(ctx: LevelContext) -> Arm:
 
 @BASELINES.register("finetune")
 def finetune(ctx: LevelContext) -> Arm:
-    """Keep the trained weights instead of rewinding them, and train on with the lr rewound."""
+    """Prune and fine-tune: keep the trained weights and train on at the schedule's last learning rate,
+    for as many iterations as the ticket retrains (Renda et al. 2020's fine-tuning baseline)."""
+    return Arm(ctx.previous_final, ctx.masks, ctx.rewind_iteration, final_lr=True)
+
+
+@BASELINES.register("lr_rewind")
+def lr_rewind(ctx: LevelContext) -> Arm:
+    """Keep the trained weights and rewind only the learning rate: the ticket's schedule from the
+    rewind point (Renda et al. 2020's learning-rate rewinding)."""
     return Arm(ctx.previous_final, ctx.masks, ctx.rewind_iteration)
 
 

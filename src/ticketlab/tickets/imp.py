@@ -35,6 +35,7 @@ from ticketlab.config import (
     normalise_numbers,
     run_id,
     scaled_train,
+    without_unused,
 )
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.data.augment import normalize
@@ -62,6 +63,7 @@ from ticketlab.tickets.rewind import rewind_iteration
 from ticketlab.tickets.structured import Structure, parse_nm
 from ticketlab.tickets.ticketfile import save_ticket
 from ticketlab.tickets.verdict import summarise
+from ticketlab.train.optim import lr_factor
 from ticketlab.train.records import ExampleRecords
 from ticketlab.train.run import (
     RunResult,
@@ -76,7 +78,7 @@ from ticketlab.train.run import (
 )
 from ticketlab.train.stacked import check_stackable
 from ticketlab.train.stacked_run import Member, train_stacked
-from ticketlab.train.trainer import STACKED_GRAPHS
+from ticketlab.train.trainer import check_stacked_training
 
 SCOPES = ("global", "layerwise")
 
@@ -265,11 +267,16 @@ def _init_mismatch(model: nn.Module) -> list[str]:
     return odd
 
 
-def _arm_run(run: RunConfig, arm: Arm) -> RunConfig:
-    """The run an arm trains: the study's, or its schedule scaled to the arm's own length."""
-    if arm.epochs is None or arm.epochs == run.train.epochs:
-        return run
-    return replace(run, train=scaled_train(run.train, arm.epochs / run.train.epochs))
+def _arm_run(run: RunConfig, arm: Arm, steps: int) -> RunConfig:
+    """The run an arm trains: the study's, its schedule scaled to the arm's own length, or (`final_lr`)
+    a constant learning rate at the schedule's last value (`steps` per epoch)."""
+    train = run.train
+    if arm.final_lr:
+        last = lr_factor(train, steps * train.epochs - 1, steps)
+        train = without_unused(replace(train, lr=train.lr * last, schedule="constant", warmup_epochs=0.0), set())
+    if arm.epochs is not None and arm.epochs != train.epochs:
+        train = scaled_train(train, arm.epochs / train.epochs)
+    return run if train == run.train else replace(run, train=train)
 
 
 class _Study:
@@ -424,7 +431,7 @@ class _Study:
                 arm_weights = self.structure.like(arm.masks, weights, arm.scores, ctx.generator(f"{name}-structure"))
             arm_weights, _ = self._without_constant_units(arm_weights, arm.init_state, chain.trained)
             arm_masks = masks if arm_weights is weights else self.structure.complete(arm_weights)
-            to_train[name] = Arm(arm.init_state, arm_masks, arm.start, arm.epochs)
+            to_train[name] = replace(arm, masks=arm_masks, scores=None)
         if dropped:
             _log(f"{what}: dropped {dropped} kept filters that are constant at the rewind point "
                  "(BatchNorm cannot normalise them; see ticketlab.tickets.constant_units)")
@@ -441,18 +448,20 @@ class _Study:
         """The arms of one level of each chain: one by one, or (`stack`) all those that start at
         one iteration, of every chain, in one batched step."""
         if not self.t.stack:
-            return [{name: self.train(_arm_run(chain.run, arm), f"{lv.what} {name}", init_state=arm.init_state,
-                                      masks=arm.masks, start_iteration=arm.start, compacted=self.compacted)
+            return [{name: self.train(_arm_run(chain.run, arm, self.steps), f"{lv.what} {name}",
+                                      init_state=arm.init_state, masks=arm.masks, start_iteration=arm.start,
+                                      compacted=self.compacted)
                      for name, arm in lv.to_train.items()}
                     for chain, lv in levels]
         out: list[dict[str, RunResult]] = [{} for _ in levels]
         entries = [(i, name, arm) for i, (_, lv) in enumerate(levels) for name, arm in lv.to_train.items()]
-        for start, epochs in dict.fromkeys((arm.start, arm.epochs) for _, _, arm in entries):
-            group = [(i, name, arm) for i, name, arm in entries if (arm.start, arm.epochs) == (start, epochs)]
+        for start, epochs, final_lr in dict.fromkeys((arm.start, arm.epochs, arm.final_lr) for _, _, arm in entries):
+            group = [(i, name, arm) for i, name, arm in entries
+                     if (arm.start, arm.epochs, arm.final_lr) == (start, epochs, final_lr)]
             names = sorted({name for _, name, _ in group})
             what = levels[0][1].what if len(levels) == 1 else f"level {levels[0][1].level}/{self.t.levels}"
             members = [Member(arm.init_state, arm.masks, seed=levels[i][0].run.train.seed) for i, _, arm in group]
-            results = train_stacked(_arm_run(self.config.run, group[0][2]), members, store=self.store,
+            results = train_stacked(_arm_run(self.config.run, group[0][2], self.steps), members, store=self.store,
                                     model=self.user_model, dataset=self.dataset, start_iteration=start,
                                     device=self.device, progress=self.progress,
                                     description=f"{what} {'+'.join(names)} x {len(levels)} seed(s) stacked")
@@ -547,9 +556,14 @@ class _Study:
         subset = prac_indices(hard, changed)
         fraction = len(subset) / self.n_train
         prac_run = replace(run, train=scaled_train(run.train, fraction))
+        # the rewind weights start the scaled schedule where the rewind point lies in the full one, as a level does
+        t = prac_run.train
+        prac_total = steps_per_epoch(len(subset), t.batch_size, t.drop_last) * t.epochs
+        start = self.k * prac_total // (self.steps * run.train.epochs)
         result = self.train(prac_run, f"{what} PrAC search ({fraction:.0%} of the data)", init_state=rewind_state,
-                            masks=masks, subset=subset, hooks=hooks, compacted=0 if hooks else self.compacted)
-        return _Search(result, fraction, result.summary["iterations"])
+                            masks=masks, subset=subset, hooks=hooks, compacted=0 if hooks else self.compacted,
+                            start_iteration=start)
+        return _Search(result, fraction, result.summary["iterations"] - start)
 
     def _density_report(self, masks: dict[str, torch.Tensor]) -> dict[str, dict]:
         """Kept weights over all Conv2d/Linear weights, as papers quote density: layers left out of pruning
@@ -619,11 +633,13 @@ def study_config(model: str | nn.Module, ds: ImageDataset, tickets: TicketConfig
     if not isinstance(model, str):
         run = replace(run, init=tensor_digest(model.state_dict()))
     run.train.validate()
-    if tickets.stack and run.train.loss != "ce":
-        raise TicketlabError(f"--stack trains a level's arms together with the cross-entropy loss only; "
-                             f"drop --stack to use --loss {run.train.loss}")
-    if tickets.stack and run.train.cuda_graph:
-        raise TicketlabError(STACKED_GRAPHS)
+    # the rewind point by the iteration it names, so `1ep` and `3it` of a 3-step epoch are one study
+    n_train = len(ds.train_y) - data_cfg.validation
+    check_batch_size(train_cfg.batch_size, n_train)
+    steps = steps_per_epoch(n_train, train_cfg.batch_size, train_cfg.drop_last)
+    tickets = replace(tickets, rewind=f"{rewind_iteration(tickets.rewind, steps, steps * train_cfg.epochs)}it")
+    if tickets.stack:
+        check_stacked_training(run.train)
     return StudyConfig(run=run, tickets=tickets)
 
 

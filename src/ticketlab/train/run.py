@@ -42,6 +42,7 @@ from ticketlab.store import (
 )
 from ticketlab.train.evaluate import eval_mode
 from ticketlab.train.hooks import Hook, MaskHook
+from ticketlab.train.optim import norm_biases
 from ticketlab.train.trainer import Trainer, TrainResult, graphs_need_cuda
 
 
@@ -65,6 +66,9 @@ def resolve_device(device: str, train: TrainConfig | None = None) -> torch.devic
         raise TicketlabError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu")
     if train is not None and train.cuda_graph and dev.type != "cuda":
         raise graphs_need_cuda(dev)
+    if train is not None and train.precision != "fp32" and dev.type != "cuda":  # would change the id, not the numbers
+        raise TicketlabError(f"--precision {train.precision} sets the autocast dtype on CUDA, and {dev.type} trains in "
+                             "fp32; drop --precision or add --device cuda")
     if dev.type not in ("cpu", "cuda"):
         raise TicketlabError(f"unsupported device {device!r}; use cpu or cuda")
     return dev
@@ -270,6 +274,9 @@ def _identify(
         config = replace(config, model=ModelConfig(name=type(model).__name__, architecture=architecture_digest(model)))
         init_state = init_state if init_state is not None else model.state_dict()
         _check_output(model, dataset, dataset.num_classes + extra_outputs)
+    if config.train.bias_lr_scale != 1.0 and not norm_biases(model):  # would change the id, not the numbers
+        raise TicketlabError(f"--bias-lr-scale scales the lr of normalisation-layer biases, and {config.model.name} "
+                             "has none; drop --bias-lr-scale")
     if init_state is not None:
         try:
             model.load_state_dict(init_state)

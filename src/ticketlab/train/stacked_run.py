@@ -38,7 +38,7 @@ from ticketlab.train.run import (
     train_run,
 )
 from ticketlab.train.stacked import StackedModels, stack_masks
-from ticketlab.train.trainer import STACKED_GRAPHS, TrainResult
+from ticketlab.train.trainer import TrainResult, check_stacked_training
 
 Tensors = dict[str, torch.Tensor]
 
@@ -75,11 +75,7 @@ def train_stacked(
     only the others are trained; a lone remaining member trains by itself.
     """
     config.train.validate()
-    if config.train.loss != "ce":
-        raise TicketlabError(f"stacked training supports --loss ce only, got {config.train.loss!r}; "
-                             "train these runs one by one")
-    if config.train.cuda_graph:
-        raise TicketlabError(STACKED_GRAPHS)
+    check_stacked_training(config.train)
     if not members:
         raise TicketlabError("train_stacked needs at least one member")
     dev = resolve_device(str(device) if device is not None else config.device, config.train)

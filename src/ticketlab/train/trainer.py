@@ -79,7 +79,17 @@ class _InterruptFlag:
         self._previous = {}
 
 
-STACKED_GRAPHS = "stacked networks train without CUDA graphs: pass --cuda-graph or --stack, not both"
+def check_stacked_training(cfg: TrainConfig) -> None:
+    """What networks trained together in one batched step cannot share and stay each its own run."""
+    if cfg.loss != "ce":
+        raise TicketlabError(f"stacked training supports --loss ce only, got {cfg.loss!r}; drop --stack to train "
+                             "these runs one by one")
+    if cfg.cuda_graph:
+        raise TicketlabError("stacked networks train without CUDA graphs: pass --cuda-graph or --stack, not both")
+    if cfg.precision == "fp16" and not cfg.loss_scale:
+        # one dynamic scaler: an overflow in one network would skip every network's step and change its scale
+        raise TicketlabError("stacked training in fp16 needs a fixed --loss-scale (e.g. 1024), as one dynamic "
+                             "scaler would tie each network's steps to the others'; add one or use --precision bf16")
 
 
 def graphs_need_cuda(device: torch.device) -> TicketlabError:
@@ -159,8 +169,8 @@ class Trainer:
         self.seeds = list(seeds) if seeds is not None else [cfg.seed]
         if cfg.cuda_graph and self.device.type != "cuda":
             raise graphs_need_cuda(self.device)
-        if cfg.cuda_graph and isinstance(model, StackedModels):
-            raise TicketlabError(STACKED_GRAPHS)
+        if isinstance(model, StackedModels):
+            check_stacked_training(cfg)
         self._graphed: tuple[torch.Size, Callable[[torch.Tensor], torch.Tensor]] | None = None
         cuda = self.device.type == "cuda"
         # channels-last suits both oneDNN (CPU evaluation 1.4-2.4x faster, BENCHMARKS.md) and cuDNN's

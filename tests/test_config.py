@@ -172,6 +172,14 @@ def test_wrong_kinds_of_training_options_are_user_errors(options, message):
         recipe_config("cifar_resnet_20", **options)
 
 
+def test_numpy_whole_numbers_are_epochs_too():
+    import numpy as np
+
+    assert recipe_config("cifar_resnet_20", epochs=np.int64(16)) == recipe_config("cifar_resnet_20", epochs=16)
+    with pytest.raises(TicketlabError, match="--epochs must be a whole number"):
+        recipe_config("cifar_resnet_20", epochs=True)
+
+
 def test_data_options_of_the_wrong_kind_are_user_errors():
     with pytest.raises(TicketlabError, match="--noise-seed must be a whole number, got 1.5"):
         DataConfig(noise="uniform:0.2", noise_seed=1.5)

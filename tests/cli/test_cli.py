@@ -207,7 +207,7 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
     for argv, message in ((["--fraction", "1.5"], "--fraction"), (["--rewind", "50ep"], "beyond training"),
                           (["--rewind", "-1ep"], "cannot read rewind point '-1ep'"),
                           (["--baselines", "reinit,nope"], "unknown baseline 'nope'"),
-                          (["--stack", "--loss", "sat", "--sat-start", "1"], "--stack trains"),
+                          (["--stack", "--loss", "sat", "--sat-start", "1"], "supports --loss ce only"),
                           (["--refill-multiple", "16"], "add --structure channel"),
                           (["--structure", "channel", "--refill-multiple", "0"], "must be a positive"),
                           (["--keep-streams"], "has none (no channels are written by two layers)")):

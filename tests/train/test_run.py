@@ -6,6 +6,7 @@ import ticketlab
 from ticketlab.config import DataConfig
 from ticketlab.data import ImageDataset
 from ticketlab.data.augment import Augment
+from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import density
 from ticketlab.train.hooks import Hook
 from ticketlab.train.run import default_augment
@@ -194,6 +195,31 @@ def test_masks_enter_the_identity_with_their_layer_names(tmp_path):
                                     progress=False))
     assert runs[0].run_id != runs[1].run_id and not runs[1].reused
     assert int(runs[1].model.a.weight.count_nonzero()) == 256 and int(runs[1].model.b.weight.count_nonzero()) == 64
+
+
+def test_a_mask_is_one_run_in_any_dtype_and_save_at_in_any_spelling(tmp_path):
+    ds, options = tiny_dataset(n=64), dict(model="conv_2", epochs=1, batch_size=32, progress=False, store=tmp_path)
+    weight = ticketlab.train(**options, dataset=ds).model.state_dict()["features.conv1.weight"]
+    keep = torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    runs = [ticketlab.train(**options, dataset=ds, masks={"features.conv1.weight": keep.to(dtype)})
+            for dtype in (torch.bool, torch.float32, torch.float64)]
+    assert len({r.run_id for r in runs}) == 1 and runs[1].reused and runs[2].reused
+    snaps = [ticketlab.train(**options, dataset=ds, save_at=at) for at in ([1], [1.0, 1], 1)]
+    assert len({r.run_id for r in snaps}) == 1 and snaps[1].reused and snaps[2].reused
+    for bad in ([1.5], ["one"], -1):
+        with pytest.raises(TicketlabError, match="save_at takes whole iteration numbers"):
+            ticketlab.train(**options, dataset=ds, save_at=bad)
+
+
+def test_a_boolean_subset_is_refused_not_read_as_indices_zero_and_one(tmp_path):
+    from ticketlab.config import RunConfig, TrainConfig
+    from ticketlab.store import RunStore
+    from ticketlab.train.run import train_run
+
+    config = RunConfig(data=DataConfig(dataset="tiny"), train=TrainConfig(epochs=1, batch_size=32))
+    with pytest.raises(TicketlabError, match="subset holds example indices .* got torch.bool"):
+        train_run(config, store=RunStore(tmp_path), dataset=tiny_dataset(n=64, channels=1, size=8),
+                  subset=torch.arange(64) % 2 == 0, progress=False)
 
 
 class _Scale(Hook):

@@ -102,6 +102,16 @@ def test_finished_members_are_reused_and_a_lone_one_trains_alone(tmp_path):
     assert twins[0].run_id == twins[1].run_id == first[0].run_id and twins[0].model is not twins[1].model
 
 
+def test_a_lone_member_of_a_dataset_loaded_by_name_is_the_plain_run_by_name(tmp_path):
+    """`train --seeds N --stack` with one seed left trains the very run `train` would, and reuses it."""
+    cfg = RunConfig(data=DataConfig(dataset="mnist_subset"), model=ModelConfig("lenet_300_100"),
+                    train=recipe_config("lenet_300_100", epochs=1, batch_size=500))
+    store = RunStore(tmp_path)
+    plain = train_run(cfg, store=store, progress=False)
+    [lone] = train_stacked(cfg, [Member()], store=store, progress=False)
+    assert lone.reused and lone.run_id == plain.run_id and len(store.list()) == 1
+
+
 def test_seeds_stacked_are_the_seeds_trained_alone(tmp_path):
     """Member(seed=s): its own initialisation and data order, as `train_run` with that seed."""
     ds, cfg, _ = _setup()

@@ -613,3 +613,11 @@ def test_snapshots_before_the_start_of_a_rewound_run_are_a_user_error(tmp_path):
         data = DeviceData(ds.train_x, ds.train_y, ds.mean, ds.std, "cpu", Augment())
         Trainer(TinyNet(), data, TrainConfig(epochs=2, batch_size=16), save_at=(2, 8), start_iteration=5,
                 checkpoint_dir=tmp_path, progress=False)
+
+
+def test_an_ema_that_would_never_be_taken_is_refused():
+    """Averaging every 100 steps of an 8-step run would return the starting weights as trained."""
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, ema_decay=0.9, ema_every=100)  # 64 examples: 4 steps an epoch
+    with pytest.raises(TicketlabError, match="so the average would never be taken"):
+        _trainer(cfg=cfg)
+    _trainer(cfg=replace(cfg, epochs=25))  # 100 steps: the average is taken once

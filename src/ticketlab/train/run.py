@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
+import numbers
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -285,8 +287,25 @@ def _identify(
                                  f"{str(error).splitlines()[-1].strip()}; give weights of this architecture") from None
         config = replace(config, init=tensor_digest(init_state))
     if masks:
-        config = replace(config, masks=tensor_digest(masks))
-    return replace(config, start=start_iteration, snapshots=tuple(sorted(set(save_at)))), model
+        config = replace(config, masks=mask_digest(masks))
+    return replace(config, start=start_iteration, snapshots=_iterations(save_at)), model
+
+
+def mask_digest(masks: Mapping[str, torch.Tensor]) -> str:
+    """Masks by what they keep, so a float, bool or double mask of one pattern is one run (values other
+    than 0 and 1 are refused before training)."""
+    return tensor_digest({n: m.bool() for n, m in masks.items()})
+
+
+def _iterations(save_at: int | Iterable[int]) -> tuple[int, ...]:
+    """`save_at` as sorted, distinct whole iteration numbers: 2, 2.0 and [2] keep one snapshot, one run."""
+    try:
+        values = [float(v) for v in ([save_at] if isinstance(save_at, numbers.Real) else save_at)]
+    except (TypeError, ValueError):
+        values = [math.nan]
+    if not all(math.isfinite(v) and v.is_integer() and v >= 0 for v in values):
+        raise TicketlabError(f"save_at takes whole iteration numbers (e.g. [0, 500]), got {save_at!r}")
+    return tuple(sorted({int(v) for v in values}))
 
 
 @torch.no_grad()
@@ -351,7 +370,12 @@ def train_run(
     config = replace(config, device=dev.type)
     config, dataset = _load_data(config, dataset, data_dir, download, progress)
     if subset is not None:
-        subset = torch.as_tensor(subset, dtype=torch.long).flatten()
+        subset = torch.as_tensor(subset)
+        if subset.dtype == torch.bool or subset.is_floating_point() or subset.is_complex():
+            # a boolean selection cast to integers would index examples 0 and 1 over and over
+            raise TicketlabError(f"the training subset holds example indices (integers), got {subset.dtype}; pass "
+                                 "mask.nonzero().flatten() for a boolean selection")
+        subset = subset.long().flatten()
         config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))
     if records:
         if config.train.drop_last:
@@ -376,7 +400,7 @@ def train_run(
         # are masked too (compaction removes them); the run is the masked run of these masks, and says so
         masks = complete_channel_masks(model, masks)
         shrunk = compacted_for_training(model, masks, compacted)
-        config = replace(config, masks=tensor_digest(masks), compacted=compacted)
+        config = replace(config, masks=mask_digest(masks), compacted=compacted)
 
     augment = default_augment(config.data, dataset, config.model.name)
     with store.claim(config) as record:
@@ -517,10 +541,12 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
         raise TicketlabError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     recipe = {k: v for k, v in (model_recipe(model_name) if model_name else {}).items() if k in known}
     given = {k: v for k, v in overrides.items() if v is not None}
-    if "epochs" in given and type(given["epochs"]) is not int:  # scaled below, before the config checks types
-        raise TicketlabError(f"--epochs must be a whole number, got {given['epochs']!r}")
+    if "epochs" in given:  # scaled below, before the config checks types; numpy's integers are whole numbers too
+        if not isinstance(given["epochs"], numbers.Integral) or isinstance(given["epochs"], bool):
+            raise TicketlabError(f"--epochs must be a whole number, got {given['epochs']!r}")
+        given["epochs"] = int(given["epochs"])
     if "milestones" in given and not (isinstance(given["milestones"], (list, tuple)) and all(
-            isinstance(m, (int, float)) and not isinstance(m, bool) for m in given["milestones"])):
+            isinstance(m, numbers.Real) and not isinstance(m, bool) for m in given["milestones"])):
         raise TicketlabError(f"--milestones must be a list of epochs such as 80,120, got {given['milestones']!r}")
     values = {**recipe, **given}
     # a shorter run keeps the recipe's shape: its lr milestones and warm-up move with the epoch count

@@ -79,6 +79,7 @@ def train_stacked(
     if not members:
         raise TicketlabError("train_stacked needs at least one member")
     dev = resolve_device(str(device) if device is not None else config.device, config.train)
+    given_config, given_dataset = config, dataset  # a lone member is the plain run of these, by name or by content
     config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download,
                                  progress)
     identified = [_identify(config if m.seed is None else replace(config, train=replace(config.train, seed=m.seed)),
@@ -99,10 +100,10 @@ def train_stacked(
     if len(pending) == 1:  # nothing to stack with: train it the plain way
         run_id, k = next(iter(pending.items()))
         done[run_id] = train_run(
-            replace(config, stacked=False, train=identified[k][0].train), store=store,
+            replace(given_config, device=dev.type, stacked=False, train=identified[k][0].train), store=store,
             model=copy.deepcopy(model) if model is not None else None, init_state=members[k].init_state,
-            dataset=dataset, masks=members[k].masks, start_iteration=start_iteration, device=dev, progress=progress,
-            description=description)
+            dataset=given_dataset, data_dir=data_dir, download=download, masks=members[k].masks,
+            start_iteration=start_iteration, device=dev, progress=progress, description=description)
     elif pending:
         # a group that finished but was cut off while storing its members is read, not retrained
         record = _finished_group(store, set(pending))

@@ -152,6 +152,13 @@ class Trainer:
                 f"({cfg.epochs} epochs of {self.steps_per_epoch}); pick a rewind point inside training"
             )
         self.start_iteration = start_iteration
+        # an EMA never updated would hand back the starting weights as trained (a lookahead never synced is
+        # only a no-op, as a recipe's may be on a short run)
+        if cfg.ema_decay > 0 and self.total_steps // cfg.ema_every == start_iteration // cfg.ema_every:
+            raise TicketlabError(
+                f"--ema-every {cfg.ema_every} averages the weights every {cfg.ema_every} steps, and this run trains "
+                f"iterations {start_iteration} to {self.total_steps}, so the average would never be taken; lower it"
+            )
         beyond = sorted(k for k in self.save_at if not start_iteration <= k <= self.total_steps)
         if beyond:
             raise TicketlabError(

@@ -23,7 +23,7 @@ SCHEDULES = ("constant", "step", "cosine", "linear")
 TTA_MODES = ("none", "flip", "flip_shift")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("ce", "sat", "sat-selective")
-# ticket structures and refill channel rankings (methods.md section 5), here so the CLI lists them without torch
+# ticket structures and refill channel rankings (Chen et al. 2022), here so the CLI lists them without torch
 STRUCTURES = ("none", "channel", "group", "nm")
 REFILL_CRITERIA = ("count", "l1", "activation", "taylor")
 

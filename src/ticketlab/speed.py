@@ -1,6 +1,6 @@
 """Inference latency and throughput, measured side by side.
 
-Pruned models are famously no faster (methods.md section 5), so every speed claim ticketlab makes
+Pruned models are famously no faster, so every speed claim ticketlab makes
 is a ratio measured in one process: the variants take turns within each repetition, so a noisy
 machine slows them alike, and the figure is the median over repetitions after a warm-up.
 

@@ -184,3 +184,11 @@ def test_a_command_stopped_by_a_user_error_leaves_no_store(tmp_path, capsys, arg
     code, _, err = _run(capsys, *argv, "--store", tmp_path / "store", "--no-download", "--quiet")
     _user_error(code, err)
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--seeds", "2", "--stack"]])
+def test_a_batch_larger_than_the_data_leaves_no_store(tmp_path, tiny_npz, capsys, extra):
+    code, _, err = _run(capsys, "train", "--dataset", tiny_npz, "--batch-size", "1000", *extra,
+                        "--store", tmp_path / "store", "--quiet")
+    _user_error(code, err, "--batch-size 1000 is larger than the 160 training examples")
+    assert not (tmp_path / "store").exists()

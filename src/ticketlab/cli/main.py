@@ -584,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stack", action="store_true",
                    help="train each level's arms of all seeds together in one batched step (meant for GPUs; "
                         "numbers equal one-by-one training up to float rounding)")
-    g = p.add_argument_group("structured tickets (methods.md section 5)")
+    g = p.add_argument_group("structured tickets (refill, regroup, N:M)")
     g.add_argument("--structure", choices=STRUCTURES, default="none",
                    help="channel: refill whole channels (compactable, faster); group: regroup dense blocks; nm: N:M")
     g.add_argument("--refill-rate", type=float, default=0.0, help="channel: refill+ rate r of extra channels")
@@ -597,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-compact-training", action="store_true",
                    help="channel: train tickets masked at full size instead of physically compacted "
                         "(same numbers up to float rounding; compacted is faster)")
-    g = p.add_argument_group("cheaper search (methods.md section 6)")
+    g = p.add_argument_group("cheaper search (PrAC sets, early-bird stopping)")
     g.add_argument("--data", choices=("full", "prac"), default="full",
                    help="prac: each level's search trains on its PrAC set with a shrunk schedule")
     g.add_argument("--prac-file", default="", help="a PrAC set from `ticketlab prac` (e.g. of another model)")

@@ -2,7 +2,7 @@
 
 A channel can be removed from a network only where every layer writing it drops it: in a residual
 stage the stem (or the stage's projection shortcut) and every block's conv2 add into one stream,
-so their channels are tied (methods.md section 5). A *plan* lists these groups for one model class:
+so their channels are tied. A *plan* lists these groups for one model class:
 the built-in architectures register theirs here, any other network gets the one its torch.fx
 graph shows (`ticketlab.compact.trace`), and `register_channel_plan` covers a network fx cannot
 read.

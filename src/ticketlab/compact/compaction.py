@@ -2,7 +2,7 @@
 
 Masking only zeroes weights, so a channel-pruned network costs as much as the dense one. Removing
 the dropped channels' rows from their producers, their BatchNorm entries and the matching input
-columns of every consumer gives dense layers that really run faster (methods.md section 5).
+columns of every consumer gives dense layers that really run faster.
 """
 
 from __future__ import annotations

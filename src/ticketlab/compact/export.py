@@ -1,7 +1,7 @@
 """Shipping a model as data: its graph as JSON and its weights as tensors, in one safetensors file.
 
 A compacted model no longer has the shapes its architecture code builds, so its weights alone
-cannot be loaded back (methods.md section 5, pitfalls). Here the module is traced with torch.fx,
+cannot be loaded back. Here the module is traced with torch.fx,
 every leaf layer is described by its type and constructor arguments and every operation by a
 name, and `load_model` rebuilds a `torch.fx.GraphModule` from fixed whitelists of those: a file
 is read as data only, never unpickled or executed, so an untrusted file cannot run code.

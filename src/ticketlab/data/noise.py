@@ -1,7 +1,7 @@
 """Noisy training labels: synthetic noise at a chosen rate, or a real noisy label set from a file.
 
 Two synthetic conventions exist in the noisy-label literature and give different error rates at the
-same nominal rate, so both are exposed under explicit names (methods.md section 8):
+same nominal rate, so both are exposed under explicit names:
 
 - ``uniform``: a fraction r of labels is redrawn from ALL K classes, so about r(K-1)/K end up wrong
   (the self-adaptive training paper's convention);
@@ -28,7 +28,7 @@ NOISE_KINDS = ("uniform", "flip", "asymmetric", "file")
 _SYNTAX = "write uniform:RATE, flip:RATE, asymmetric:RATE (RATE a fraction in [0, 1], e.g. 0.4) or file:PATH.npz:KEY"
 
 # CIFAR-10 class order: 0 airplane 1 automobile 2 bird 3 cat 4 deer 5 dog 6 frog 7 horse 8 ship 9 truck.
-# truck->automobile, bird->airplane, cat<->dog, deer->horse: confusions between look-alike classes (methods.md 8).
+# truck->automobile, bird->airplane, cat<->dog, deer->horse: confusions between look-alike classes.
 CIFAR10_ASYMMETRIC: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

@@ -1,4 +1,4 @@
-"""Training and evaluation under noisy labels (methods.md section 8)."""
+"""Training and evaluation under noisy labels (self-adaptive training, Huang et al. 2020)."""
 
 from ticketlab.robust.sat import SelectiveSAT, SelfAdaptiveTraining
 from ticketlab.robust.selective import (

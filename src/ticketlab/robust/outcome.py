@@ -1,5 +1,5 @@
 """What a self-adaptive training run adds to its summary: the labels it corrected, or, for the
-selective variant, selective error at each coverage (methods.md section 8)."""
+selective variant, selective error at each coverage."""
 
 from __future__ import annotations
 

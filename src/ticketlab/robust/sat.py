@@ -1,6 +1,6 @@
 """Self-adaptive training (Huang, Zhang & Zhang 2020, "Self-Adaptive Training: beyond Empirical Risk
 Minimization", NeurIPS): train on a running average of the model's own predictions instead of the
-given, possibly noisy, labels (methods.md section 8).
+given, possibly noisy, labels.
 
 Each object is a hook (it holds the per-example target table, moves it to the device and saves it for
 exact resume) and provides the loss: pass `hook.loss` as the trainer's `loss_fn` and the same object
@@ -104,7 +104,7 @@ class SelfAdaptiveTraining(_TargetTable):
 class SelectiveSAT(_TargetTable):
     """Self-adaptive training for selective classification: K class outputs plus one "abstain" output.
 
-    Our reading of the paper's selective variant (section 8 of methods.md): the table tracks the EMA of
+    Our reading of the paper's selective variant: the table tracks the EMA of
     the softmax over the K class outputs only, exactly as SAT does. After the warm-up (cross-entropy on
     the first K outputs), example i with given label y_i is trained toward a two-point target over all
     K + 1 outputs: t_{i,y_i} on class y_i and 1 - t_{i,y_i} on abstain; loss = -mean_i (t_{i,y_i} log

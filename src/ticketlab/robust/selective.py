@@ -2,7 +2,7 @@
 
 A selective classifier may abstain; at coverage c it answers the fraction c of examples with the highest
 confidence (for SAT's abstain output, 1 − softmax abstain probability). The threshold that reaches c is
-chosen on a held-out part of the predictions and applied to the rest (methods.md section 8): a threshold
+chosen on a held-out part of the predictions and applied to the rest: a threshold
 picked on the reported examples would use them twice, to choose and to score, and meet the target coverage
 by construction, which a deployed classifier cannot.
 """

@@ -1,7 +1,7 @@
 """Layer-wise density budgets: how a target overall density is split over the prunable layers.
 
 Every budget maps `shapes` (name -> weight shape) and a target density d in (0, 1] to per-layer
-densities whose weighted mean is d (methods.md section 3). "global" has no per-layer densities:
+densities whose weighted mean is d (ER: Mocanu et al. 2018; ERK: Evci et al. 2020). "global" has no per-layer densities:
 one threshold ranks all weights together (`masks.masks_from_scores`).
 """
 

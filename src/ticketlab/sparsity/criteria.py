@@ -1,6 +1,6 @@
 """Pruning criteria: a score per weight, higher = more important = kept.
 
-The pruning-at-initialisation criteria (methods.md section 3) score a model before training:
+The pruning-at-initialisation criteria score a model before training:
 SNIP and GraSP on one batch of data, SynFlow on no data at all. `prune_at_init` turns any of them
 into masks; SynFlow prunes iteratively with its own global schedule.
 """

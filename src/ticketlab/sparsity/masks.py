@@ -117,7 +117,7 @@ def prune_fraction(
     scope: Literal["global", "layerwise"] = "global",
     layer_fractions: Mapping[str, float] | None = None,
 ) -> Masks:
-    """One IMP step: remove `fraction` of the weights still unpruned (methods.md section 1).
+    """One IMP step: remove `fraction` of the weights still unpruned (Frankle & Carbin 2019).
 
     Global: R unpruned weights over all layers become round((1 − fraction)·R), lowest scores out.
     Layer-wise: the same per layer; `layer_fractions` overrides the fraction of named layers
@@ -184,7 +184,7 @@ def nm_masks(scores: Scores, n: int = 2, m: int = 4) -> Masks:
 
 def random_like(masks: Masks, generator: torch.Generator) -> Masks:
     """Random pruning baseline: a uniformly random mask with exactly each layer's kept count
-    (methods.md section 2, "a random mask with the same per-layer densities")."""
+    (the random-pruning sanity check: the same per-layer densities, other positions)."""
     out = {}
     for name, mask in masks.items():
         chosen = torch.randperm(mask.numel(), generator=generator, device=generator.device)[: int(mask.count_nonzero())]

@@ -1,6 +1,6 @@
 """The prunable tensors of a model: Conv2d and Linear weights, never biases or BatchNorm.
 
-This is the convention of the lottery-ticket literature (methods.md section 1); it applies to
+This is the convention of the lottery-ticket literature (Frankle & Carbin 2019 and after); it applies to
 any `nn.Module`, including users' own, without subclassing.
 """
 
@@ -54,7 +54,7 @@ def select_prunable(
     """The weights a pruning method may touch, in module order.
 
     `exclude_first` keeps the first Conv2d/Linear the forward pass calls dense and `exclude_last` the last
-    one (the classifier; `ends`): the common IMP variants (methods.md section 1). `keep_streams` keeps every layer
+    one (the classifier; `ends`): the common IMP variants. `keep_streams` keeps every layer
     that writes into a residual stream dense (the stem, projection shortcuts, each block's last
     conv), so channel pruning narrows only the layers inside blocks and the streams keep their
     width: the usual way to prune ResNets' channels (Li et al. 2017). `include` / `exclude` are

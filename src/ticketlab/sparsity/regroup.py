@@ -1,4 +1,4 @@
-"""Regroup: an unstructured mask becomes a union of dense blocks (methods.md section 5, "Regroup").
+"""Regroup: an unstructured mask becomes a union of dense blocks (Chen et al. 2022, "Coarsening the granularity").
 
 After each IMP pruning step, Chen et al. (2022) regroup every layer's kept weights into dense blocks so the layer
 runs as a few dense GEMMs. A layer's mask is viewed as its GEMM matrix [C_out, C_in·k·k] (rows = output channels,

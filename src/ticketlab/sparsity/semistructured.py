@@ -1,4 +1,4 @@
-"""2:4 masks on sparse tensor cores (methods.md section 5, "N:M").
+"""2:4 masks on sparse tensor cores (N:M sparsity, 2 of every 4 weights kept).
 
 PyTorch's semi-structured sparse tensors (`torch.sparse.to_sparse_semi_structured`) store a weight whose every
 group of 4 consecutive entries along the input dimension holds exactly 2 kept values, and multiply it on the

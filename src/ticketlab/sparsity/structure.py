@@ -1,4 +1,4 @@
-"""Refill: an unstructured mask turned into whole output channels (methods.md section 5).
+"""Refill: an unstructured mask turned into whole output channels (Chen et al. 2022, "Coarsening the granularity").
 
 A mask that keeps or drops whole output channels (dim-0 rows of a conv [C_out, C_in, k, k] or
 linear [out, in] weight) can be compacted into a smaller dense network, which is faster on any

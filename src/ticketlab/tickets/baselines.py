@@ -1,4 +1,4 @@
-"""The sanity-check baselines trained beside a ticket at every level (methods.md section 2).
+"""The sanity-check baselines trained beside a ticket at every level.
 
 Each baseline turns a level's context into an `Arm`: starting weights, masks and the iteration
 training starts at. Everything else (schedule, data order, seeds) is the ticket's, so any

@@ -1,5 +1,5 @@
 """Early-bird stopping (You et al. 2020, "Drawing Early-Bird Tickets", ICLR): end dense training once
-the mask that pruning would give has stopped changing (methods.md section 6).
+the mask that pruning would give has stopped changing (You et al. 2020, "Drawing early-bird tickets").
 
 Every epoch the would-be mask is computed from the live weights; when the last `window` (5)
 epoch-to-epoch mask distances are all below `threshold` (0.08), the ticket has emerged and further

@@ -4,7 +4,7 @@ Level 0 trains the dense network from its saved initialisation and keeps its wei
 rewind point k. Each level L >= 1 prunes `fraction` of the remaining weights of the network
 that finished level L-1 (global or layer-wise magnitude), resets the survivors to their values
 at k, and retrains from iteration k with the schedule and data order fast-forwarded
-(methods.md section 1). Beside every ticket, the selected baselines train with the same seed.
+(Frankle et al. 2020, "Linear mode connectivity"). Beside every ticket, the selected baselines train with the same seed.
 
 Every training is an ordinary stored run whose identity includes its starting weights and
 masks, so a study is resumable for free: re-running recomputes the (deterministic) masks,
@@ -100,7 +100,7 @@ class TicketConfig:
     refill_criterion: str = "count"  # channel: how channels are ranked (structure.REFILL_CRITERIA)
     refill_multiple: int = 1  # channel: keep the nearest multiple of this many channels per layer (16: AVX-512)
     nm: str = "2:4"  # nm: N of every M weights kept
-    data: str = "full"  # full, or prac: search each level on its PrAC set (methods.md section 6)
+    data: str = "full"  # full, or prac: search each level on its PrAC set (tickets/prac.py)
     prac_file: str = ""  # a saved PrAC set to use instead of this dense run's (transfer across models)
     prac_digest: str = ""  # prac_file's content hash (find_ticket fills it in): another file there, another study
     early_bird: float = 0.0  # > 0: stop a search run once its next mask moves less than this (You et al. 0.08)

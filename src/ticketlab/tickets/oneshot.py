@@ -1,7 +1,7 @@
 """One-shot pruning of a model's weights (trained, or at initialisation) with any criterion.
 
-At initialisation this is pruning-at-init (SNIP, GraSP, SynFlow, random, magnitude; methods.md
-section 3); on a trained checkpoint it is classic one-shot magnitude pruning. Data-dependent
+At initialisation this is pruning-at-init (SNIP, GraSP, SynFlow, random, magnitude);
+on a trained checkpoint it is classic one-shot magnitude pruning. Data-dependent
 criteria score one seeded batch of normalised training images, never test data. A structure
 (refill's whole channels, regroup's dense blocks) can follow, as in a structured study's level.
 """

@@ -1,4 +1,4 @@
-"""PrAC sets: find tickets on the training examples that matter (methods.md section 6).
+"""PrAC sets: find tickets on the training examples that matter (Zhang et al. 2021, "Less data is more").
 
 Zhang et al. 2021 ("Efficient Lottery Ticket Finding: Less Data is More") keep two kinds of
 examples and run IMP on them alone, with epochs and lr milestones scaled by |PrAC| / |train|:

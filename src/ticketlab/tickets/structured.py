@@ -1,4 +1,4 @@
-"""Structured tickets: the IMP mask turned into shapes hardware can exploit (methods.md section 5).
+"""Structured tickets: the IMP mask turned into shapes hardware can exploit.
 
 After each IMP pruning step and before rewinding, the unstructured mask becomes
   * channel: whole output channels (refill / refill+), which `ticketlab.compact` then removes

@@ -1,4 +1,4 @@
-"""When a ticket *wins* (methods.md section 2), and the study table it is judged on, as pure functions.
+"""When a ticket *wins*, and the study table it is judged on, as pure functions.
 
 Condition 1: the ticket reaches the dense network's accuracy within a tolerance. Condition 2:
 it beats the same mask with a fresh random initialisation by more than a tolerance. Each

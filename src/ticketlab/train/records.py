@@ -1,6 +1,6 @@
 """Per-example training records: what the network did with every training example, every epoch.
 
-PrAC sets (methods.md section 6) need, per example and epoch, whether the prediction on the
+PrAC sets (Zhang et al. 2021, "Less data is more") need, per example and epoch, whether the prediction on the
 augmented training view was correct; forgetting events (Toneva et al. 2019, "An Empirical Study of
 Example Forgetting during Deep Neural Network Learning") are read off that history. The hook
 records it from the logits the step already computed, so recording costs a few index_put calls per

@@ -25,7 +25,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given, without_unused
 from ticketlab.data import DATASETS, ImageDataset, load_dataset
 from ticketlab.data.augment import Augment, normalize
-from ticketlab.data.batches import DeviceData, stream_seed
+from ticketlab.data.batches import DeviceData, check_batch_size, stream_seed
 from ticketlab.data.catalog import name_fixes_content
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError, first_line
@@ -383,6 +383,7 @@ def train_run(
         config = replace(config, kind="records" if config.kind == "train" else config.kind)
     data = _prepare(config, dataset, subset)
     train_set, validation = data.train_set, data.validation
+    check_batch_size(config.train.batch_size, len(train_set.train_y))  # before the store holds the run
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
     if hooks and not config.hooks:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ticketlab.config import RunConfig
 from ticketlab.data import ImageDataset
-from ticketlab.data.batches import DeviceData
+from ticketlab.data.batches import DeviceData, check_batch_size
 from ticketlab.errors import TicketlabError
 from ticketlab.sparsity import check_masks
 from ticketlab.store import RunRecord, RunStore, read_json, read_tensors, write_json, write_tensors
@@ -88,6 +88,7 @@ def train_stacked(
     for (_, net), member in zip(identified, members):  # before the store holds anything of the group
         if member.masks:
             check_masks(net, member.masks)
+    check_batch_size(config.train.batch_size, len(dataset.train_y) - config.data.validation)
     results: list[RunResult | None] = []
     for member_config, net in identified:
         record = store.get(member_config.run_id)

@@ -181,8 +181,11 @@ def test_bad_shapes_and_options() -> None:
         build_model("conv_6", image_size=4)
     with pytest.raises(TicketlabError, match="fastnet needs image_size >= 9"):
         build_model("fastnet", image_size=8)
-    with pytest.raises(TicketlabError, match="whiten_width = 2 \\* in_channels \\* 4 = 24"):
+    with pytest.raises(TicketlabError, match="whiten_width"):  # fixed by the data-dependent init, no option
         build_model("fastnet", whiten_width=32)
+    for scale in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(TicketlabError, match="head_scale must be a positive finite number"):
+            build_model("fastnet", head_scale=scale)
     with pytest.raises(TicketlabError, match="dropout must be in"):
         build_model("wide_resnet_16_4", dropout=1.0)
 
@@ -432,3 +435,11 @@ def test_fastnet_too_small_images_suggest_fewer_widths() -> None:
     with pytest.raises(TicketlabError, match="fewer widths") as error:
         build_model("fastnet", image_size=28, widths=(8,) * 5)
     assert "or fastnet" not in str(error.value)
+
+
+def test_resnet_110_warms_up_as_he_et_al_did_and_the_shallower_ones_do_not() -> None:
+    from ticketlab.models import model_recipe
+
+    deep = model_recipe("cifar_resnet_110")
+    assert deep["warmup_epochs"] == 1.0 and deep["lr_start"] * deep["lr"] == pytest.approx(0.01)
+    assert "warmup_epochs" not in model_recipe("cifar_resnet_56") and model_recipe("cifar_resnet_56")["lr"] == 0.1

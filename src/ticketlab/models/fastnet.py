@@ -10,6 +10,7 @@ bias trains for the first 3 epochs only.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Sequence
 
@@ -203,29 +204,22 @@ def fastnet(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    whiten_width: int | None = None,
     widths: Sequence[int] = (64, 256, 256),
     convs_per_group: int = 2,
     head_scale: float = 1 / 9,
 ) -> nn.Module:
-    """airbench94's net; `whiten_width` defaults to 2 * in_channels * 4 (24 for RGB), the only
-    width the data-dependent whitening init fills."""
-    needed = 2 * in_channels * PATCH * PATCH
-    if whiten_width is None:
-        whiten_width = needed
-    if whiten_width != needed:
-        raise TicketlabError(
-            f"fastnet whitening needs whiten_width = 2 * in_channels * 4 = {needed} for in_channels="
-            f"{in_channels}, got {whiten_width}; omit whiten_width to get it"
-        )
+    """airbench94's net. Its whitening width is 2 * in_channels * 4 (24 for RGB): the eigenvectors
+    of the 2x2 patch covariance and their negatives, the only width the data-dependent init fills."""
+    whiten_width = 2 * in_channels * PATCH * PATCH
     if not isinstance(widths, (list, tuple)) or not widths or any(
             isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise TicketlabError(f"fastnet widths must be a non-empty sequence of positive integers, got {widths!r}")
     widths = tuple(widths)
     if isinstance(convs_per_group, bool) or not isinstance(convs_per_group, int) or convs_per_group < 1:
         raise TicketlabError(f"fastnet convs_per_group must be a positive integer, got {convs_per_group!r}")
-    if isinstance(head_scale, bool) or not isinstance(head_scale, (int, float)):
-        raise TicketlabError(f"fastnet head_scale must be a number, got {head_scale!r}")
+    if isinstance(head_scale, bool) or not isinstance(head_scale, (int, float)) or not (
+            math.isfinite(head_scale) and head_scale > 0):
+        raise TicketlabError(f"fastnet head_scale must be a positive finite number (airbench: 1/9), got {head_scale!r}")
     # The 2x2 whitening conv (no padding) trims one pixel, then every group halves the image.
     require_image_size(
         "fastnet", image_size, 2 ** len(widths) + 1, f"its 2x2 whitening conv and {len(widths)} max-pools",

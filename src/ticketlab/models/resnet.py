@@ -116,8 +116,12 @@ RESNET_RECIPE = {
 def _register_cifar_resnet(depth: int) -> None:
     blocks = (depth - 2) // 6
 
+    # He et al. warm ResNet-110 up at lr 0.01 until its training error is below 80% (about 400
+    # iterations), then use 0.1; one epoch rising linearly from 0.01 is the trainer's nearest schedule
+    recipe = {**CIFAR_RESNET_RECIPE, "warmup_epochs": 1.0, "lr_start": 0.1} if depth >= 110 else CIFAR_RESNET_RECIPE
+
     # revision 1: OpenLTH's init (was torchvision's fan_out init with BatchNorm scales of 1)
-    @register_model(f"cifar_resnet_{depth}", CIFAR_RESNET_RECIPE, revision=1)
+    @register_model(f"cifar_resnet_{depth}", recipe, revision=1)
     def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return ResNet((16, 32, 64), (blocks,) * 3, num_classes, in_channels, init=openlth_init_)
 

@@ -383,9 +383,9 @@ def train_run(
         config = replace(config, kind="records" if config.kind == "train" else config.kind)
     data = _prepare(config, dataset, subset)
     train_set, validation = data.train_set, data.validation
-    check_batch_size(config.train.batch_size, len(train_set.train_y))  # before the store holds the run
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
+    check_batch_size(config.train.batch_size, len(train_set.train_y))  # before the store holds the run
     if hooks and not config.hooks:
         config = replace(config, hooks=";".join(filter(None, (hook.identity() for hook in hooks))))
     save_at = config.snapshots

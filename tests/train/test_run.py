@@ -304,6 +304,26 @@ def test_a_dataset_edited_in_place_is_another_dataset():
     assert dataset_identity(ds) != before
 
 
+def test_a_dataset_with_other_classes_is_another_dataset():
+    """The classes set the model's outputs and the labels noise draws: the same arrays, another training."""
+    from dataclasses import replace
+
+    from ticketlab.train.run import dataset_identity
+
+    ds = tiny_dataset(n=32)
+    assert dataset_identity(replace(ds, classes=(*ds.classes, "extra"))) != dataset_identity(ds)
+
+
+def test_data_settings_that_change_nothing_leave_the_run_id_alone(tmp_path):
+    ds = tiny_dataset(n=64, channels=1, size=8)  # grey: no crop, no flip by default
+    options = dict(model="conv_2", epochs=1, batch_size=32, progress=False, store=tmp_path)
+    first = ticketlab.train(dataset=ds, **options)
+    for same in (DataConfig(crop_padding=0, flip=False), DataConfig(noise_seed=7), DataConfig(split_seed=3)):
+        assert ticketlab.train(dataset=ds, data=same, **options).run_id == first.run_id
+    for other in (DataConfig(crop_padding=1), DataConfig(flip=True), DataConfig(validation=16, split_seed=3)):
+        assert ticketlab.train(dataset=ds, data=other, **options).run_id != first.run_id
+
+
 def test_a_hand_built_fastnet_must_be_fitted_to_data_first(tmp_path):
     """Trained by name, fastnet's first layer is fitted to the training images; built by hand and handed in,
     it was silently trained from a random start."""

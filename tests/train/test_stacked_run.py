@@ -65,14 +65,15 @@ def test_an_interrupted_group_resumes_to_the_uninterrupted_result(tmp_path, monk
     assert [r.kind for r in store.list()] == ["train"] * 3
 
 
-def test_a_group_cut_off_while_storing_its_members_is_read_not_retrained(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut_after", [1, 2])  # two members left to store, or one (which is not trained alone)
+def test_a_group_cut_off_while_storing_its_members_is_read_not_retrained(tmp_path, monkeypatch, cut_after):
     ds, cfg, members = _setup()
     reference = train_stacked(cfg, members, store=RunStore(tmp_path / "ref"), dataset=ds, progress=False)
     store = RunStore(tmp_path / "run")
     real, stored = stacked_run._store_member, []
 
     def cut_off(*args):
-        if len(stored) == 1:
+        if len(stored) == cut_after:
             raise KeyboardInterrupt
         stored.append(real(*args))
         return stored[-1]
@@ -82,6 +83,7 @@ def test_a_group_cut_off_while_storing_its_members_is_read_not_retrained(tmp_pat
         train_stacked(cfg, members, store=store, dataset=ds, progress=False)
     monkeypatch.undo()
     monkeypatch.setattr(stacked_run, "_fit", lambda *a, **k: pytest.fail("the finished group was retrained"))
+    monkeypatch.setattr(stacked_run, "train_run", lambda *a, **k: pytest.fail("a member was retrained alone"))
     resumed = train_stacked(cfg, members, store=store, dataset=ds, progress=False)
     for mine, ref in zip(resumed, reference):
         assert mine.run_id == ref.run_id and mine.summary["test_accuracy"] == ref.summary["test_accuracy"]

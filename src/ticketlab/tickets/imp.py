@@ -67,6 +67,7 @@ from ticketlab.train.optim import lr_factor
 from ticketlab.train.records import ExampleRecords
 from ticketlab.train.run import (
     RunResult,
+    canonical_data,
     dataset_identity,
     initial_model,
     model_config,
@@ -628,8 +629,9 @@ def study_config(model: str | nn.Module, ds: ImageDataset, tickets: TicketConfig
         data_cfg = replace(data_cfg, noise_file=noise_file_digest(data_cfg.noise))
     if tickets.prac_file and Path(tickets.prac_file).is_file():  # a missing file is reported by the study
         tickets = replace(tickets, prac_digest=hashlib.sha256(Path(tickets.prac_file).read_bytes()).hexdigest()[:16])
-    run = RunConfig(data=replace(data_cfg, dataset=dataset_identity(ds)), model=model_config(model, model_options),
-                    train=train_cfg, device=torch.device(device).type)
+    model_cfg = model_config(model, model_options)
+    run = RunConfig(data=canonical_data(replace(data_cfg, dataset=dataset_identity(ds)), ds, model_cfg.name),
+                    model=model_cfg, train=train_cfg, device=torch.device(device).type)
     if not isinstance(model, str):
         run = replace(run, init=tensor_digest(model.state_dict()))
     run.train.validate()

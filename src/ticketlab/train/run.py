@@ -162,10 +162,12 @@ def dataset_identity(dataset: ImageDataset) -> str:
     again when a tensor was replaced or edited in place (torch counts in-place writes in `_version`).
     """
     tensors = (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y)
-    state = tuple((id(t), t._version) for t in tensors)
+    state = (*((id(t), t._version) for t in tensors), dataset.classes)
     cached = _DATASET_DIGESTS.get(dataset)
     if cached is None or cached[0] != state:
-        cached = (state, f"{dataset.name}@{tensor_digest(list(tensors))}")
+        # the classes too: their number sets the model's outputs and the range noisy labels are drawn from
+        digest = hashlib.sha256((tensor_digest(list(tensors)) + json.dumps(list(dataset.classes))).encode())
+        cached = (state, f"{dataset.name}@{digest.hexdigest()[:16]}")
         _DATASET_DIGESTS[dataset] = cached
     return cached[1]
 
@@ -180,8 +182,18 @@ def _load_data(
     if dataset is None:
         dataset = load_dataset(config.data.dataset, data_dir=data_dir, download=download, progress=progress)
         if config.data.dataset in DATASETS and name_fixes_content(config.data.dataset):
-            return config, dataset
-    return replace(config, data=replace(config.data, dataset=dataset_identity(dataset))), dataset
+            return replace(config, data=canonical_data(config.data, dataset, config.model.name)), dataset
+    data = replace(config.data, dataset=dataset_identity(dataset))
+    return replace(config, data=canonical_data(data, dataset, config.model.name)), dataset
+
+
+def canonical_data(data: DataConfig, dataset: ImageDataset, model: str | None) -> DataConfig:
+    """`data` with the settings that change nothing here at their defaults, so equal trainings share an id:
+    augmentation spelled as what it resolves to anyway, a noise seed without noise, a split seed without a split."""
+    usual = default_augment(replace(data, crop_padding=-1, flip=None), dataset, model)
+    return replace(data, crop_padding=-1 if data.crop_padding == usual.crop_padding else data.crop_padding,
+                   flip=None if data.flip == usual.flip else data.flip, noise_seed=data.noise_seed if data.noise else 0,
+                   split_seed=data.split_seed if data.validation else 0)
 
 
 @dataclass

@@ -98,7 +98,9 @@ def train_stacked(
         if results[k] is None:
             pending.setdefault(member_config.run_id, k)
     done: dict[str, RunResult] = {}
-    if len(pending) == 1:  # nothing to stack with: train it the plain way
+    # a group that finished but was cut off while storing its members is read, not retrained
+    finished = _finished_group(store, set(pending)) if pending else None
+    if len(pending) == 1 and finished is None:  # nothing to stack with: train it the plain way
         run_id, k = next(iter(pending.items()))
         done[run_id] = train_run(
             replace(given_config, device=dev.type, stacked=False, train=identified[k][0].train), store=store,
@@ -106,8 +108,7 @@ def train_stacked(
             dataset=given_dataset, data_dir=data_dir, download=download, masks=members[k].masks,
             start_iteration=start_iteration, device=dev, progress=progress, description=description)
     elif pending:
-        # a group that finished but was cut off while storing its members is read, not retrained
-        record = _finished_group(store, set(pending))
+        record = finished
         if record is None:
             order = list(pending.values())
             group = replace(identified[order[0]][0], kind="stack", members=tuple(pending), init="", masks="")

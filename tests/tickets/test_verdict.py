@@ -117,3 +117,13 @@ def test_a_level_whose_seeds_keep_different_densities_reports_their_mean():
     assert row["density"] == pytest.approx(0.42) and row["seed_densities"] == [0.40, 0.44]
     assert row["mask_density"] == pytest.approx(0.8)
     assert "seed_densities" not in summarise(per_seed[:1], ("reinit",), "validation")["levels"][0]
+
+
+def test_a_gap_of_exactly_the_tolerance_in_whole_examples_is_no_win():
+    """k/n accuracies differ by float-rounded amounts: 10 of 5000 examples ahead of re-init is the 0.2-point
+    tolerance, not more, and 10 behind dense is within it."""
+    for k in range(2500, 5000, 7):
+        ticket, reinit = stat([k / 5000]), stat([(k - 10) / 5000])
+        assert not verdict(ticket, ticket, reinit).beats_reinit, k
+        assert verdict(stat([(k + 10) / 5000]), ticket, None).matches_dense, k
+        assert verdict(ticket, ticket, stat([(k - 11) / 5000])).beats_reinit, k

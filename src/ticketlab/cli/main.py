@@ -30,6 +30,7 @@ from ticketlab.config import (
     RunConfig,
 )
 from ticketlab.errors import TicketlabError, state_mismatch
+from ticketlab.report.text import percent
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,7 +259,7 @@ def cmd_find(args: argparse.Namespace) -> int:
     print(study_table(result.summary))
     s = result.summary
     win = s["sparsest_winning_density"]
-    print(f"\nsparsest winning ticket: {win:.2%} of weights remaining" if win is not None
+    print(f"\nsparsest winning ticket: {percent(win)} of weights remaining" if win is not None
           else "\nno level produced a winning ticket")
     print(f"plot: {s['plot']}" + (f"  accuracy vs speed: {s['speed_plot']}" if s.get("speed_plot") else ""))
     if "iterations_saved" in s:
@@ -295,7 +296,7 @@ def study_table(summary: dict[str, Any]) -> str:
         share = f"{100 * r['compacted_flops'] / r['flops']:.0f}%" if r.get("compacted_flops") else "n/a"
         work = [share] if flops else []
         on_gpu = [f"{r['speedup_gpu']:.2f}x" if r.get("speedup_gpu") else "n/a"] if gpu else []
-        rows.append((r["level"], f"{100 * r['density']:.2f}%", pm(summary["dense"]), *[pm(r[a]) for a in arms],
+        rows.append((r["level"], percent(r["density"]), pm(summary["dense"]), *[pm(r[a]) for a in arms],
                      gap, verdict, *([f"{r['ticket_seconds']:.0f}"] if timed else []), *cpu, *on_gpu, *work))
     basis = summary["verdict_on"]
     return (f"test accuracy (%), mean ± std over {summary.get('seeds', 1)} seed(s); "
@@ -372,13 +373,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     save_masks(args.out, masks)
     print(f"pruned {config.model.name} ({source}) with {args.criterion}, budget {args.budget}")
     print(table(("layer", "kept", "total", "density"),
-                [(n, r["kept"], r["total"], f"{100 * r['density']:.2f}%") for n, r in report["layers"].items()]
+                [(n, r["kept"], r["total"], percent(r["density"])) for n, r in report["layers"].items()]
                 + [("total", report["total"]["kept"], report["total"]["total"],
-                    f"{100 * report['total']['density']:.2f}%")]))
+                    percent(report["total"]["density"]))]))
     if args.structure == "channel":
         print(f"--density {args.density} is refill's budget, which counts the kept channels' whole rows; the masks "
               "also drop the weights that read removed channels (dead: their input is zero), so the weights kept "
-              f"are {100 * report['total']['density']:.2f}%, about the square of the widths kept")
+              f"are {percent(report['total']['density'])}, about the square of the widths kept")
     compact = " --compact" if args.structure == "channel" else ""
     print(f"masks: {args.out}  (train them: ticketlab train --model {config.model.name} {_data_flags(config.data)}"
           f"--masks {args.out}{compact} ...)")

@@ -9,6 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
+from ticketlab.report.text import percent
 from ticketlab.store.files import atomic_write
 from ticketlab.tickets.verdict import arms_of
 
@@ -47,7 +48,7 @@ def plot_study(summary: dict[str, Any], path: Path) -> Path:
                     capsize=3, label=arm, **_STYLE.get(arm, dict(marker=".")))
     wins = [100 * r["density"] for r in levels if r["winning"]]
     if wins:
-        ax.axvline(min(wins), color="C0", lw=0.8, ls=":", label=f"sparsest winning ({min(wins):.1f}%)")
+        ax.axvline(min(wins), color="C0", lw=0.8, ls=":", label=f"sparsest winning ({percent(min(wins) / 100, 1)})")
     ax.set_xscale("log")
     if len(x) == 1:  # one level: give the log axis a range around it
         ax.set_xlim(x[0] / 2, x[0] * 2)
@@ -92,7 +93,7 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
         ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
                     capsize=3, label=label, **_STYLE[arm])
     for r in _measured_levels(summary):
-        ax.annotate(f"{100 * r['density']:.1f}%", (r["speedup_cpu"], 100 * r["ticket"]["mean"]),
+        ax.annotate(percent(r["density"], 1), (r["speedup_cpu"], 100 * r["ticket"]["mean"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.axhline(100 * (dense["mean"] - 0.005), color="k", lw=0.8, ls=":", label="dense − 0.5 points")
     ax.set_xlabel("CPU throughput, compacted / dense (batch 64, measured)")

@@ -45,13 +45,18 @@ class Verdict:
     reinit_tolerance: float | None  # condition 2's: ticket against re-init
 
 
+# Accuracies are k/n fractions, and their differences carry float rounding: a gap of exactly the tolerance
+# (10 of 5000 examples) must compare as equal to it, not a hair above or below.
+_SLACK = 1e-9
+
+
 def verdict(dense: Stat, ticket: Stat, reinit: Stat | None, min_tolerance: float = MIN_TOLERANCE) -> Verdict:
     tolerance = max(dense.std, ticket.std, min_tolerance)
-    matches = ticket.mean >= dense.mean - tolerance
+    matches = ticket.mean - (dense.mean - tolerance) >= -_SLACK
     if reinit is None:
         return Verdict(False, matches, None, tolerance, None)
     reinit_tolerance = max(ticket.std, reinit.std, min_tolerance)
-    beats = ticket.mean - reinit.mean > reinit_tolerance
+    beats = ticket.mean - reinit.mean - reinit_tolerance > _SLACK
     return Verdict(matches and beats, matches, beats, tolerance, reinit_tolerance)
 
 

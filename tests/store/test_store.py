@@ -183,6 +183,24 @@ def test_corrupt_index_is_a_user_error(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing created beside a bad index
 
 
+def test_an_index_entry_damaged_by_hand_is_named_listed_and_removable(tmp_path, capsys):
+    import sqlite3
+
+    from helpers import run_cli
+
+    store, config = RunStore(tmp_path), RunConfig()
+    store.begin(config)
+    with sqlite3.connect(tmp_path / "index.sqlite") as con:
+        con.execute("UPDATE runs SET config = ? WHERE run_id = ?", ('{"data": ', config.run_id))
+    with pytest.raises(TicketlabError, match=f"index entry of run {config.run_id} .* `ticketlab runs rm"):
+        store.begin(config)
+    assert [r.status for r in store.list()] == ["damaged"]
+    code, out, err = run_cli(capsys, "runs", "list", "--store", tmp_path)
+    assert code == 0 and "damaged" in out
+    code, out, err = run_cli(capsys, "runs", "rm", config.run_id, "--store", tmp_path)
+    assert code == 0 and store.list() == []
+
+
 def test_a_file_that_cannot_be_written_is_a_user_error_that_keeps_the_run(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UnwritableFileError, match="cannot write .*file/a.json"):

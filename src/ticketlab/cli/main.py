@@ -471,7 +471,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     store = RunStore(args.store, create=False)
     if args.action == "list":
-        runs = list({r.run_id: r for r in map(store.resolve, args.ids)}.values()) if args.ids else store.list()
+        named = [store.resolve(i, damaged_ok=True) for i in args.ids]
+        runs = list({r.run_id: r for r in named}.values()) if args.ids else store.list()
         runs_of = [r.config.get("run", r.config) for r in runs]  # a study keeps its runs' settings under "run"
         status = ["training" if not r.finished and store.training(r.run_id) else r.status for r in runs]
         rows = [
@@ -489,7 +490,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     if not args.ids:
         raise TicketlabError(f"`ticketlab runs {args.action}` needs one or more run ids (see `ticketlab runs list`)")
-    records = [store.resolve(i) for i in args.ids]
+    records = [store.resolve(i, damaged_ok=True) for i in args.ids]
     if args.action == "show":
         shown = [{"run_id": r.run_id, "status": r.status, "folder": str(r.folder), "config": r.config,
                   "summary": r.summary} for r in records]

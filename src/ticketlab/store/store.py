@@ -114,12 +114,18 @@ class RunStore:
     def folder(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
-    def _record(self, row: tuple) -> RunRecord:
+    def _record(self, row: tuple, damaged_ok: bool = False) -> RunRecord:
+        """`damaged_ok`: an entry whose JSON is unreadable (an index edited by hand) comes back with status
+        "damaged" and no settings, so that `runs list` shows it and `runs rm` removes it."""
         run_id, kind, status, created, updated, config, summary = row
-        return RunRecord(
-            run_id, kind, status, created, updated, json.loads(config),
-            json.loads(summary) if summary else None, self.folder(run_id),
-        )
+        try:
+            config, summary = json.loads(config), json.loads(summary) if summary else None
+        except (json.JSONDecodeError, TypeError):
+            if not damaged_ok:
+                raise TicketlabError(f"the index entry of run {run_id} in {self._db} is unreadable; discard the run "
+                                     f"with `ticketlab runs rm {run_id}` and train it again") from None
+            status, config, summary = "damaged", {}, None
+        return RunRecord(run_id, kind, status, created, updated, config, summary, self.folder(run_id))
 
     def get(self, run_id: str) -> RunRecord | None:
         rows = self._rows("SELECT * FROM runs WHERE run_id = ?", (run_id,))
@@ -129,10 +135,10 @@ class RunStore:
         query, args = "SELECT * FROM runs", ()
         if kind:
             query, args = query + " WHERE kind = ?", (kind,)
-        return [self._record(r) for r in self._rows(query + " ORDER BY updated", args)]
+        return [self._record(r, damaged_ok=True) for r in self._rows(query + " ORDER BY updated", args)]
 
-    def resolve(self, prefix: str) -> RunRecord:
-        """A run by id or unique id prefix, as users type them."""
+    def resolve(self, prefix: str, damaged_ok: bool = False) -> RunRecord:
+        """A run by id or unique id prefix, as users type them (`damaged_ok`: see `_record`)."""
         rows = self._rows(  # a plain prefix: LIKE would read _ and % as wildcards
             "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id", (len(prefix), prefix))
         if not rows:
@@ -140,7 +146,7 @@ class RunStore:
         if len(rows) > 1:
             ids = ", ".join(r[0] for r in rows[:5])
             raise TicketlabError(f"run prefix {prefix!r} is ambiguous ({ids}, ...); type more of the id")
-        return self._record(rows[0])
+        return self._record(rows[0], damaged_ok)
 
     def begin(self, config: RunConfig) -> RunRecord:
         """The run for this configuration: existing (finished or resumable) or newly created."""

@@ -342,6 +342,34 @@ def test_a_module_whose_init_reset_parameters_does_not_draw_is_warned_about(tmp_
     assert any("define reset_parameters" in w for w in study.summary["warnings"])
 
 
+def test_a_blocks_own_reset_parameters_wins_and_every_kind_of_other_init_is_warned_about():
+    from ticketlab.tickets.imp import _init_mismatch, _user_init
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(8, 8, 3, bias=False), torch.nn.BatchNorm2d(8)
+            self.reset_parameters()
+
+        def reset_parameters(self):  # the README's way: the block draws its own init
+            torch.nn.init.normal_(self.conv.weight, std=0.01)
+            torch.nn.init.zeros_(self.bn.weight)
+
+    class Net(torch.nn.Module):
+        def __init__(self, own_block=True):
+            super().__init__()
+            self.block = Block() if own_block else torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, bias=False),
+                                                                       torch.nn.BatchNorm2d(8))
+            self.scale = torch.nn.Parameter(torch.randn(8))  # held by the net itself: nothing re-draws it
+
+    fresh = _user_init(Net(), "reinit", 0)
+    assert fresh["block.conv.weight"].std() < 0.02 and torch.all(fresh["block.bn.weight"] == 0)
+    assert _init_mismatch(Net()) == ["scale"]
+    plain = Net(own_block=False)
+    torch.nn.init.zeros_(plain.block[1].weight)  # zero-initialised BN scale, set outside any reset_parameters
+    assert sorted(_init_mismatch(plain)) == ["block.1.weight", "scale"]
+
+
 def test_rewind_spellings_of_one_iteration_are_one_study(tmp_path):
     from ticketlab.config import DataConfig
 

@@ -232,18 +232,17 @@ class StudyResult:
 
 
 def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]:
-    """A user's module re-initialised, seeded: by its own `reset_parameters` where the module has one, else by
-    each submodule's, where a zoo net inside it draws its whole init itself (`OwnInit`): its layers' own
-    resets would overwrite that with PyTorch's defaults."""
+    """A user's module re-initialised, seeded: by its own `reset_parameters` where the module has one, else
+    each submodule's children first and then its own `reset_parameters`, so a block's own init wins over its
+    layers' defaults; a zoo net inside it draws its whole init itself (`OwnInit`)."""
     fresh = copy.deepcopy(model)
 
     def reset(module: nn.Module) -> None:
+        if not isinstance(module, OwnInit):
+            for child in module.children():
+                reset(child)
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-            if isinstance(module, OwnInit):
-                return
-        for child in module.children():
-            reset(child)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(key, seed))
@@ -255,16 +254,23 @@ def _user_init(model: nn.Module, key: str, seed: int) -> dict[str, torch.Tensor]
 
 
 def _init_mismatch(model: nn.Module) -> list[str]:
-    """Layers of a user's module whose re-drawn weights have another spread than its own (by more than 1.5x):
-    then its init is not what its `reset_parameters` draws, and other seeds and the fresh-init arms would
-    start from another distribution than the ticket's seed 0."""
+    """Parameters of a user's module whose re-drawn values come from another distribution than its own: another
+    spread (by more than 1.5x), another constant (a zero-initialised BatchNorm scale re-drawn as ones), random
+    where they were constant, or not re-drawn at all (no `reset_parameters` reaches them, so every seed and
+    the fresh-init arms share seed 0's values). Then other seeds and those arms would not start as seed 0 did."""
     fresh = _user_init(model, "init", 1)
     odd = []
     for name, p in model.named_parameters():
-        if p.dim() > 1:
-            own, drawn = p.detach().float().std().item(), fresh[name].float().std().item()
-            if own > 0 and drawn > 0 and not 2 / 3 <= drawn / own <= 3 / 2:
+        own, drawn = p.detach().float(), fresh[name].float()
+        spread = (own.std().item(), drawn.std().item()) if own.numel() > 1 else (0.0, 0.0)
+        if torch.equal(own, drawn):
+            if spread[0] > 0:  # random values drawn again the same: never re-drawn
                 odd.append(name)
+        elif spread[0] > 0 and spread[1] > 0:  # the spread of a few values (a 10-class bias) says little
+            if own.numel() >= 64 and not 2 / 3 <= spread[1] / spread[0] <= 3 / 2:
+                odd.append(name)
+        elif not torch.allclose(own, drawn, rtol=0.0, atol=1e-6):  # a constant on one side
+            odd.append(name)
     return odd
 
 
@@ -504,7 +510,8 @@ class _Study:
         try:
             save_ticket(folder / "ticket.safetensors", model, masks, model_name=None if user else run.model.name,
                         model_options={} if user else run.model.kwargs_dict(), num_classes=self.dataset.num_classes,
-                        in_channels=self.dataset.in_channels, image_size=self.dataset.image_size,
+                        in_channels=self.dataset.in_channels, image_size=self.dataset.image_shape[1],
+                        image_width=self.dataset.image_shape[2],
                         extra={"structure": self.t.structure, "density": density, "study": self.config.run_id})
         except TicketlabError as error:
             if not user:
@@ -682,10 +689,10 @@ def find_ticket(
     study = _Study(config, store, ds, None if isinstance(model, str) else model, device, progress)
     odd = _init_mismatch(model) if not isinstance(model, str) and (
         tickets.seeds > 1 or {"reinit", "scratch"} & set(tickets.baselines)) else []
-    odd_init = (f"your module's re-initialised weights (other seeds, reinit, scratch) differ in scale from its own in "
-                f"{', '.join(odd[:3])}{' and more' if len(odd) > 3 else ''}: its init is not what reset_parameters "
-                "draws, so those runs start from another distribution; define reset_parameters on the module to "
-                "draw its own init") if odd else ""
+    odd_init = (f"your module's re-initialised weights (other seeds, reinit, scratch) are drawn otherwise than its "
+                f"own in {', '.join(odd[:3])}{' and more' if len(odd) > 3 else ''}: its init is not what "
+                "reset_parameters draws (or none reaches them), so those runs start from another distribution; "
+                "define reset_parameters on the module (or the block holding them) to draw its own init") if odd else ""
     if odd_init and progress:  # said before hours of training, and again in the summary
         _log(f"warning: {odd_init}")
 

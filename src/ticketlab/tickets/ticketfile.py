@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,13 @@ class Ticket:
     def input_shape(self) -> tuple[int, int, int]:
         """One example's shape (C, H, W), as `measure` takes it; `save_model` and `export_onnx` take a
         batch's, (N, *input_shape)."""
-        return (self.info["in_channels"], self.info["image_size"], self.info["image_size"])
+        return _input_shape(self.info)
+
+
+def _input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W): `image_size` is the height, `image_width` is stored where the width differs (a user's
+    module on non-square images; the registered models take squares)."""
+    return (info["in_channels"], info["image_size"], info.get("image_width", info["image_size"]))
 
 
 def save_ticket(
@@ -51,24 +58,45 @@ def save_ticket(
     num_classes: int,
     in_channels: int,
     image_size: int,
+    image_width: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """`model_name` None: `model` is no registered model, so its graph is stored (an error says why
-    when it cannot be: see `ticketlab.compact.save_model`)."""
+    when it cannot be: see `ticketlab.compact.save_model`). `image_width`: where it is not `image_size`."""
     info = {"model": model_name or type(model).__name__, "options": model_options, "num_classes": num_classes,
             "in_channels": in_channels, "image_size": image_size, **(extra or {})}
+    if image_width is not None and image_width != image_size:
+        info["image_width"] = image_width
     if model_name is not None and MODELS.get(model_name).revision:
         info["revision"] = MODELS.get(model_name).revision
-    if model_name is None:
+    state = model.state_dict()
+    if model_name is not None:
+        stored_masks = masks
+    else:
         from ticketlab.compact.export import describe_model
 
-        info["architecture"], _ = describe_model(model, (1, in_channels, image_size, image_size))
+        info["architecture"], state = describe_model(model, (1, *_input_shape(info)))
         if getattr(model, "channels_last", True) is False:  # the class's opt-out, which its graph does not keep
             info["channels_last"] = False
-    tensors = {f"weight/{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"mask/{k}": m.bool() for k, m in masks.items()})
+        stored_masks = _graph_masks(model, masks, state)
+    tensors = {f"weight/{k}": v for k, v in state.items()}
+    tensors.update({f"mask/{k}": m.bool() for k, m in stored_masks.items()})
     write_tensors(Path(path), tensors, metadata={KEY: json.dumps(info, sort_keys=True)})
     return Path(path)
+
+
+def _graph_masks(model: nn.Module, masks: Masks, state: dict[str, torch.Tensor]) -> Masks:
+    """The masks under the names the traced graph holds its weights by: a layer the forward never calls
+    is not in the graph (nor its mask), and a layer registered under two names is in it under the one
+    the forward calls."""
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    out = {}
+    for name, mask in masks.items():
+        names = aliases.get(id(model.get_parameter(name)), [name])
+        out.update({alias: mask for alias in names if alias in state})
+    return out
 
 
 def load_ticket(path: str | Path) -> Ticket:
@@ -116,12 +144,12 @@ def _runs(path: Path, info: dict[str, Any], model: nn.Module) -> None:
     """A stored graph takes the input shape the metadata names: tools build inputs from that shape."""
     try:
         with redirect_stderr(io.StringIO()):  # a failing fx GraphModule prints its own traceback
-            model.eval()(torch.zeros(1, info["in_channels"], info["image_size"], info["image_size"]))
+            model.eval()(torch.zeros(1, *_input_shape(info)))
     except Exception as error:  # whatever the graph's operations raise on a wrong shape
         first = first_line(error)
-        raise TicketlabError(f"{path}: its stored network does not take inputs of shape ({info['in_channels']}, "
-                             f"{info['image_size']}, {info['image_size']}) as its metadata says ({first}); the file "
-                             "is corrupt or hand-made, pass a ticket file written by `ticketlab find`") from None
+        raise TicketlabError(f"{path}: its stored network does not take inputs of shape {_input_shape(info)} as its "
+                             f"metadata says ({first}); the file is corrupt or hand-made, pass a ticket file written "
+                             "by `ticketlab find`") from None
 
 
 def _built(path: Path, info: dict[str, Any], device: torch.device) -> nn.Module:
@@ -159,10 +187,13 @@ def _ticket_info(path: Path, text: str) -> dict[str, Any]:
     except ValueError as error:
         info = error
     wrong = [k for k, kind in _FIELDS.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
-    sizes = {k: info[k] for k in ("num_classes", "in_channels", "image_size") if k not in wrong}
+    if isinstance(info, dict) and "image_width" in info and not isinstance(info["image_width"], int):
+        wrong.append("image_width")
+    sizes = {k: info[k] for k in ("num_classes", "in_channels", "image_size", "image_width")
+             if k not in wrong and isinstance(info, dict) and k in info}
     wrong += [k for k, v in sizes.items() if isinstance(v, bool) or not 0 < v <= _LARGEST]
-    if not wrong and info["in_channels"] * info["image_size"] ** 2 > _LARGEST_INPUT:
-        wrong += ["in_channels and image_size (together more than 2^24 values an example)"]
+    if not wrong and math.prod(_input_shape(info)) > _LARGEST_INPUT:
+        wrong += ["in_channels and image size (together more than 2^24 values an example)"]
     if wrong:
         raise TicketlabError(f"{path} has damaged ticket metadata ({KEY!r} lacks a valid {', '.join(wrong)}); "
                              "pass a ticket file written by `ticketlab find`")

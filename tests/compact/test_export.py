@@ -428,3 +428,17 @@ def test_onnx_export_failures_are_one_clear_error_and_torch_stays_quiet(tmp_path
     assert "TorchExportError" not in message and "\x1b" not in message  # the cause, not torch's step banner
     assert capsys.readouterr().err == ""  # torch.export prints the partial graph to sys.stderr
     assert not path.exists()
+
+
+def test_a_layer_name_the_loader_would_refuse_is_refused_when_saving(tmp_path):
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleDict({"conv-1": nn.Conv2d(3, 4, 3)})
+
+        def forward(self, x):
+            return self.blocks["conv-1"](x)
+
+    with pytest.raises(TicketlabError, match="layer 'blocks.conv-1' has a name save_model cannot store"):
+        save_model(tmp_path / "m.safetensors", Keyed(), (1, 3, 8, 8))
+    assert not (tmp_path / "m.safetensors").exists()

@@ -194,6 +194,9 @@ def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
 
 
 def _describe_module(target: str, module: nn.Module) -> dict[str, Any]:
+    if not _path(target):  # what the file may hold: checked here, so saving, not loading, names the fix
+        raise TicketlabError(f"layer {target!r} has a name save_model cannot store (letters, digits and _ only, "
+                             "as the loader reads nothing else); rename it, e.g. in its ModuleDict keys")
     name = _MODULE_NAMES.get(type(module))
     if name is None:
         raise TicketlabError(

@@ -65,6 +65,7 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     (["--precision", "fp16", "--loss-scale", "1000"], "--loss-scale must be 0 (dynamic) or a power of two"),
     (["--cuda-graph"], "--cuda-graph replays CUDA graphs and needs --device cuda"),
     (["--precision", "bf16"], "--precision bf16 sets the autocast dtype on CUDA, and cpu trains in fp32"),
+    (["--stack"], "with one seed it trains the plain run, so add --seeds N or drop --stack"),
     (["--cuda-graph", "--compile"], "--cuda-graph and --compile both"),
     (["--seeds", "2", "--stack", "--cuda-graph"], "pass --cuda-graph or --stack, not both"),
     (["--schedule", "step"], "--milestones"),
@@ -210,7 +211,11 @@ def test_find_json_contract_and_errors(tmp_path, tiny_npz, capsys):
                           (["--stack", "--loss", "sat", "--sat-start", "1"], "supports --loss ce only"),
                           (["--refill-multiple", "16"], "add --structure channel"),
                           (["--structure", "channel", "--refill-multiple", "0"], "must be a positive"),
-                          (["--keep-streams"], "has none (no channels are written by two layers)")):
+                          (["--keep-streams"], "has none (no channels are written by two layers)"),
+                          (["--baselines", "reinit,reinit"], "names an arm twice"),
+                          (["--stack", "--structure", "channel", "--no-compact-training"], "no effect with --stack"),
+                          (["--early-bird", "0.1"], "from 7 epochs on; this one trains 2"),
+                          (["--structure", "nm", "--nm", "4:4"], "0 < N < M")):
         code, _, err = _run(capsys, *base, *argv)
         assert code == 2 and message in err and err.count("\n") == 1
 
@@ -278,6 +283,9 @@ def test_prune_refuses_training_flags_and_a_model_other_than_the_runs(tmp_path, 
     code, _, err = _run(capsys, "prune", "--density", "0.5", "--run", run_id, "--model", "conv_2", *base,
                         "--out", str(tmp_path / "m.safetensors"))
     assert code == 2 and "trained lenet_300_100, not --model conv_2" in err
+    code, _, err = _run(capsys, "prune", "--density", "0.5", "--run", run_id, "--model-arg", "widths=8", *base,
+                        "--out", str(tmp_path / "m.safetensors"))
+    assert code == 2 and "with its own options (the defaults); drop --model-arg" in err
     assert not (tmp_path / "m.safetensors").exists()
     code, out, _ = _run(capsys, "prune", "--density", "0.5", "--run", run_id, *base,
                         "--out", str(tmp_path / "m.safetensors"))

@@ -4,9 +4,11 @@ import json
 import threading
 
 import pytest
+import torch
 
 from ticketlab.config import RunConfig, TrainConfig
 from ticketlab.errors import TicketlabError
+from ticketlab.sparsity import save_masks
 from ticketlab.store import RunStore
 from ticketlab.tickets import imp
 
@@ -187,8 +189,13 @@ def test_a_command_stopped_by_a_user_error_leaves_no_store(tmp_path, capsys, arg
 
 
 @pytest.mark.parametrize("extra", [[], ["--seeds", "2", "--stack"]])
-def test_a_batch_larger_than_the_data_leaves_no_store(tmp_path, tiny_npz, capsys, extra):
+def test_a_batch_larger_than_the_data_or_masks_that_do_not_fit_leave_no_store(tmp_path, tiny_npz, capsys, extra):
     code, _, err = _run(capsys, "train", "--dataset", tiny_npz, "--batch-size", "1000", *extra,
                         "--store", tmp_path / "store", "--quiet")
     _user_error(code, err, "--batch-size 1000 is larger than the 160 training examples")
+    masks = tmp_path / "m.safetensors"
+    save_masks(masks, {"nowhere.weight": torch.ones(4, 4, dtype=torch.bool)})
+    code, _, err = _run(capsys, "train", "--dataset", tiny_npz, "--masks", masks, *extra,
+                        "--store", tmp_path / "store", "--quiet")
+    _user_error(code, err, "mask does not fit the model")
     assert not (tmp_path / "store").exists()

@@ -161,7 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TicketlabError("--compact trains channel-structured --masks as the smaller network; add --masks FILE")
     if args.compact and args.stack:
         raise TicketlabError("--compact and --stack do not combine: stacked networks share one shape; drop one")
-    if args.seeds != 1 or args.stack:
+    if args.stack and args.seeds == 1:
+        raise TicketlabError("--stack trains the networks of several --seeds together; with one seed it trains the "
+                             "plain run, so add --seeds N or drop --stack")
+    if args.seeds != 1:
         return _train_seeds(args, config)
     result = train_run(
         config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
@@ -336,6 +339,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.model and args.model != model_cfg["name"]:
             raise TicketlabError(f"run {record.run_id} trained {model_cfg['name']}, not --model {args.model}; "
                                  "drop --model (the run's model is used)")
+        if args.model_arg:
+            raise TicketlabError(f"run {record.run_id} built {model_cfg['name']} with its own options "
+                                 f"({dict(model_cfg['kwargs']) or 'the defaults'}); drop --model-arg")
         config = replace(config, model=ModelConfig(model_cfg["name"], tuple(tuple(kv) for kv in model_cfg["kwargs"])),
                          data=_run_data(record, args))
         weights = record.folder / "final.safetensors"

@@ -45,6 +45,9 @@ def mask_distance(a: Masks, b: Masks) -> float:
     return differ / kept
 
 
+EARLY_BIRD_WINDOW = 5  # epochs whose mask distances must all be below the threshold (You et al. 2020)
+
+
 class EarlyBird(Hook):
     """Stops training after the first epoch whose last `window` mask distances are all < `threshold`.
 
@@ -64,7 +67,7 @@ class EarlyBird(Hook):
         current: Masks | None = None,
         scope: str = "global",
         threshold: float = 0.08,
-        window: int = 5,
+        window: int = EARLY_BIRD_WINDOW,
         layer_fractions: Mapping[str, float] | None = None,
         structure: Callable[[Masks, torch.nn.Module], Masks] | None = None,
     ) -> None:

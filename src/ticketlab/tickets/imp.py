@@ -57,7 +57,7 @@ from ticketlab.store import RunStore, read_tensors, writable, write_json
 from ticketlab.store.files import atomic_write
 from ticketlab.tickets.baselines import BASELINES, Arm, LevelContext
 from ticketlab.tickets.constant_units import constant_units, drop_constant_units
-from ticketlab.tickets.earlybird import EarlyBird
+from ticketlab.tickets.earlybird import EARLY_BIRD_WINDOW, EarlyBird
 from ticketlab.tickets.prac import from_records, load_prac, prac_indices, predictions
 from ticketlab.tickets.rewind import rewind_iteration
 from ticketlab.tickets.structured import Structure, parse_nm
@@ -133,6 +133,11 @@ class TicketConfig:
             raise TicketlabError(f"--seeds must be at least 1, got {self.seeds}")
         for name in self.baselines:
             BASELINES.get(name)
+        if len(set(self.baselines)) != len(self.baselines):
+            raise TicketlabError(f"--baselines names an arm twice ({','.join(self.baselines)}); name each once")
+        if self.stack and not self.compact_training:
+            raise TicketlabError("--no-compact-training has no effect with --stack: stacked arms always train masked "
+                                 "at full size; drop one of them")
         if self.structure not in STRUCTURES:
             raise TicketlabError(f"unknown --structure {self.structure!r}; choose one of: {', '.join(STRUCTURES)}")
         if self.structure != "channel" and (self.refill_rate != 0.0 or self.refill_criterion != "count"):
@@ -548,8 +553,8 @@ class _Study:
             watched = f":{t.structure}:{t.refill_rate}:{t.refill_criterion}:{t.nm}" if self.structure.active else ""
             if t.refill_multiple != 1:  # only when set, so the ids of earlier runs stay the same
                 watched += f":{t.refill_multiple}"
-            run = replace(run, hooks=f"early_bird:{t.early_bird}:5:{t.fraction}:{t.scope}:{t.output_fraction}"
-                                     f"{watched}")
+            run = replace(run, hooks=f"early_bird:{t.early_bird}:{EARLY_BIRD_WINDOW}:{t.fraction}:{t.scope}:"
+                                     f"{t.output_fraction}{watched}")
         if not self.prac:
             result = self.train(run, f"{what} ticket (early-bird)", init_state=rewind_state, masks=masks,
                                 start_iteration=self.k, hooks=hooks)
@@ -647,6 +652,10 @@ def study_config(model: str | nn.Module, ds: ImageDataset, tickets: TicketConfig
     check_batch_size(train_cfg.batch_size, n_train)
     steps = steps_per_epoch(n_train, train_cfg.batch_size, train_cfg.drop_last)
     tickets = replace(tickets, rewind=f"{rewind_iteration(tickets.rewind, steps, steps * train_cfg.epochs)}it")
+    if tickets.early_bird and train_cfg.epochs < EARLY_BIRD_WINDOW + 2:  # distances from epoch 2, then 5 of them
+        raise TicketlabError(f"--early-bird stops a search once {EARLY_BIRD_WINDOW} epochs' mask distances are below "
+                             f"the threshold, so it can end a run early from {EARLY_BIRD_WINDOW + 2} epochs on; "
+                             f"this one trains {train_cfg.epochs}: drop --early-bird or train longer")
     if tickets.stack:
         check_stacked_training(run.train)
     return StudyConfig(run=run, tickets=tickets)

@@ -31,8 +31,9 @@ GPU_MULTIPLE = 8
 
 def parse_nm(text: str) -> tuple[int, int]:
     n, sep, m = text.partition(":")
-    if not sep or not n.isdecimal() or not m.isdecimal() or not 0 < int(n) <= int(m):
-        raise TicketlabError(f"--nm must look like N:M with 0 < N <= M (e.g. 2:4), got {text!r}")
+    if not sep or not n.isdecimal() or not m.isdecimal() or not 0 < int(n) < int(m):
+        raise TicketlabError(f"--nm must look like N:M with 0 < N < M (e.g. 2:4; N = M would keep every weight), "
+                             f"got {text!r}")
     return int(n), int(m)
 
 

@@ -30,7 +30,7 @@ from ticketlab.data.catalog import name_fixes_content
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError, first_line
 from ticketlab.models import MODELS, build_model, model_augment, model_revision
-from ticketlab.sparsity import density
+from ticketlab.sparsity import check_masks, density
 from ticketlab.store import (
     CorruptFileError,
     RunRecord,
@@ -398,6 +398,8 @@ def train_run(
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
     check_batch_size(config.train.batch_size, len(train_set.train_y))  # before the store holds the run
+    if masks:
+        check_masks(model, masks)
     if hooks and not config.hooks:
         config = replace(config, hooks=";".join(filter(None, (hook.identity() for hook in hooks))))
     save_at = config.snapshots

@@ -231,6 +231,9 @@ def test_export_of_unstructured_ticket_explains(tmp_path, grey_npz, capsys):
     ticket_file = _one_level_ticket(tmp_path / "store", grey_npz, "group", capsys)
     code, _, err = _run(capsys, "export", "--model-file", ticket_file, "--out", tmp_path / "m.safetensors")
     assert code == 2 and "channel" in err and "--no-compact" in err and not (tmp_path / "m.safetensors").exists()
+    code, _, err = _run(capsys, "bench", "--model-file", ticket_file, "--multiple", "8", "--batch-sizes", "2",
+                        "--repeats", "1")
+    assert code == 2 and "times no compacted network" in err and "Traceback" not in err
 
 
 def test_train_noise_and_sat_flags(tmp_path, grey_npz, capsys):

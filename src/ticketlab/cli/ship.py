@@ -90,6 +90,9 @@ def _bench(args: argparse.Namespace) -> int:
         notes.update(_two_four(variants, ticket.masks, device))
     if "compacted" in variants:  # not where --two-four replaced the variants
         notes["multiple"] = multiple
+    elif args.multiple:
+        raise TicketlabError(f"--multiple pads a compacted network's widths, and {args.model_file} times no compacted "
+                             "network (no channel ticket, or --two-four); drop --multiple")
     if "dense_fp16" in variants:  # the 2:4 kernels' dtype
         dtype = torch.float16
     else:

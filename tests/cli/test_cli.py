@@ -351,6 +351,7 @@ def files(tmp_path):
     (["prune", "--density", "1e-9"], "--density 1e-09 keeps none of the"),
     (["prac", "--out", "{folder}/p.npz"], "should be a .safetensors file"),
     (["train", "--noise-seed", "3"], "--noise-seed seeds the label noise of --noise"),
+    (["train", "--noise", "file:labels.npz:noisy", "--noise-seed", "3"], "reads its labels; drop --noise-seed"),
     (["train", "--noise", "file:{text}:y"], "is not a .npz archive"),
     (["train", "--dataset", "cifar10", "--data-dir", "{plain}"], "--data-dir {plain} is a file, not a folder"),
     (["find", "--nm", "2:4"], "--nm sets the N:M pattern of --structure nm"),

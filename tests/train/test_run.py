@@ -320,6 +320,11 @@ def test_data_settings_that_change_nothing_leave_the_run_id_alone(tmp_path):
     first = ticketlab.train(dataset=ds, **options)
     for same in (DataConfig(crop_padding=0, flip=False), DataConfig(noise_seed=7), DataConfig(split_seed=3)):
         assert ticketlab.train(dataset=ds, data=same, **options).run_id == first.run_id
+    from ticketlab.train.run import canonical_data
+
+    label_file = DataConfig(noise="file:labels.npz:noisy", noise_seed=4)  # nothing is drawn: the seed does nothing
+    assert canonical_data(label_file, ds, None).noise_seed == 0
+    assert canonical_data(DataConfig(noise="uniform:0.2", noise_seed=4), ds, None).noise_seed == 4
     for other in (DataConfig(crop_padding=1), DataConfig(flip=True), DataConfig(validation=16, split_seed=3)):
         assert ticketlab.train(dataset=ds, data=other, **options).run_id != first.run_id
 

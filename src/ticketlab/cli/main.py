@@ -145,6 +145,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     train_cfg = recipe_config(model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
     if args.noise_seed is not None and not args.noise:
         raise TicketlabError("--noise-seed seeds the label noise of --noise; add --noise or drop --noise-seed")
+    if args.noise_seed is not None and args.noise.startswith("file:"):
+        raise TicketlabError("--noise-seed seeds drawn label noise, and --noise file: reads its labels; "
+                             "drop --noise-seed")
     data_cfg = DataConfig(dataset=args.dataset or DataConfig.dataset, validation=args.validation, cutout=args.cutout,
                           noise=args.noise, noise_seed=args.noise_seed or 0)
     model_cfg = ModelConfig.of(model, dict(args.model_arg))
@@ -432,7 +435,8 @@ def _data_flags(data: DataConfig) -> str:
     flags = f"--dataset {data.dataset} "
     flags += f"--validation {data.validation} " if data.validation else ""
     flags += f"--cutout {data.cutout} " if data.cutout else ""
-    flags += f"--noise {data.noise} --noise-seed {data.noise_seed} " if data.noise else ""
+    flags += f"--noise {data.noise} " if data.noise else ""
+    flags += f"--noise-seed {data.noise_seed} " if data.noise and not data.noise.startswith("file:") else ""
     return flags
 
 

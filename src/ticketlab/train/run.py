@@ -189,10 +189,12 @@ def _load_data(
 
 def canonical_data(data: DataConfig, dataset: ImageDataset, model: str | None) -> DataConfig:
     """`data` with the settings that change nothing here at their defaults, so equal trainings share an id:
-    augmentation spelled as what it resolves to anyway, a noise seed without noise, a split seed without a split."""
+    augmentation spelled as what it resolves to anyway, a noise seed where nothing is drawn (no noise, or a
+    label file's), a split seed without a split."""
     usual = default_augment(replace(data, crop_padding=-1, flip=None), dataset, model)
     return replace(data, crop_padding=-1 if data.crop_padding == usual.crop_padding else data.crop_padding,
-                   flip=None if data.flip == usual.flip else data.flip, noise_seed=data.noise_seed if data.noise else 0,
+                   flip=None if data.flip == usual.flip else data.flip,
+                   noise_seed=data.noise_seed if data.noise and not data.noise.startswith("file:") else 0,
                    split_seed=data.split_seed if data.validation else 0)
 
 

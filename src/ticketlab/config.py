@@ -43,6 +43,11 @@ class DataConfig:
     noise_file: str = ""  # content digest of `file:` noise's label file
     subset: str = ""  # digest of the training examples used, when not all are (PrAC sets)
 
+    @property
+    def draws_noise(self) -> bool:
+        """Whether label noise is drawn (with `noise_seed`), rather than absent or read from a label file."""
+        return bool(self.noise) and not self.noise.startswith("file:")
+
     def __post_init__(self) -> None:
         normalise_numbers(self)
         _check_types(self)

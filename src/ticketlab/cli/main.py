@@ -145,11 +145,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     train_cfg = recipe_config(model, **{f: getattr(args, f) for f in _TRAIN_FIELDS})
     if args.noise_seed is not None and not args.noise:
         raise TicketlabError("--noise-seed seeds the label noise of --noise; add --noise or drop --noise-seed")
-    if args.noise_seed is not None and args.noise.startswith("file:"):
-        raise TicketlabError("--noise-seed seeds drawn label noise, and --noise file: reads its labels; "
-                             "drop --noise-seed")
     data_cfg = DataConfig(dataset=args.dataset or DataConfig.dataset, validation=args.validation, cutout=args.cutout,
                           noise=args.noise, noise_seed=args.noise_seed or 0)
+    if args.noise_seed is not None and not data_cfg.draws_noise:
+        raise TicketlabError("--noise-seed seeds drawn label noise, and --noise file: reads its labels; "
+                             "drop --noise-seed")
     model_cfg = ModelConfig.of(model, dict(args.model_arg))
     return RunConfig(data=data_cfg, model=model_cfg, train=train_cfg, device=args.device.split(":")[0])
 
@@ -436,7 +436,7 @@ def _data_flags(data: DataConfig) -> str:
     flags += f"--validation {data.validation} " if data.validation else ""
     flags += f"--cutout {data.cutout} " if data.cutout else ""
     flags += f"--noise {data.noise} " if data.noise else ""
-    flags += f"--noise-seed {data.noise_seed} " if data.noise and not data.noise.startswith("file:") else ""
+    flags += f"--noise-seed {data.noise_seed} " if data.draws_noise else ""
     return flags
 
 

@@ -303,8 +303,7 @@ class _Study:
         self.probe = probe  # its Conv2d/Linear weights are what densities are quoted over
         self.names = list(select_prunable(probe, exclude_first=self.t.exclude_first, exclude_last=self.t.exclude_last,
                                           keep_streams=self.t.keep_streams))
-        n_train = len(dataset.train_y) - config.run.data.validation
-        check_batch_size(config.run.train.batch_size, n_train)
+        n_train = len(dataset.train_y) - config.run.data.validation  # study_config checked the batch size fits
         steps = steps_per_epoch(n_train, config.run.train.batch_size, config.run.train.drop_last)
         self.k = rewind_iteration(self.t.rewind, steps, steps * config.run.train.epochs)
         self.seconds = 0.0

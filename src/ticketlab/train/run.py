@@ -194,7 +194,7 @@ def canonical_data(data: DataConfig, dataset: ImageDataset, model: str | None) -
     usual = default_augment(replace(data, crop_padding=-1, flip=None), dataset, model)
     return replace(data, crop_padding=-1 if data.crop_padding == usual.crop_padding else data.crop_padding,
                    flip=None if data.flip == usual.flip else data.flip,
-                   noise_seed=data.noise_seed if data.noise and not data.noise.startswith("file:") else 0,
+                   noise_seed=data.noise_seed if data.draws_noise else 0,
                    split_seed=data.split_seed if data.validation else 0)
 
 

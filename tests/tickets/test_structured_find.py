@@ -320,3 +320,23 @@ def test_each_channel_level_prunes_its_fraction_of_the_live_weights(tmp_path):
                  and n.endswith("weight")} for level in result.masks]
     assert channels == [{"hidden.fc1.weight": 150, "hidden.fc2.weight": 50},
                         {"hidden.fc1.weight": 75, "hidden.fc2.weight": 25}]
+
+
+class ReadsWidth(torch.nn.Module):
+    """Scales by 1/sqrt(fan-in) read off a layer: the compacted copy would compute another function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)) / self.fc.in_features ** 0.5)
+
+
+def test_a_channel_study_of_a_forward_reading_a_width_trains_masked_and_says_why(tmp_path):
+    """Found when the study starts, not when level 1 is cut after the dense run has trained."""
+    ds = tiny_dataset(n=64, channels=3, size=8)
+    result = _study(tmp_path, ReadsWidth(), ds, structure="channel", levels=1, baselines=())
+    row = result.summary["levels"][0]
+    assert is_channel_structured(result.masks[0]["conv.weight"]) and not result.masks[0]["conv.weight"].all()
+    assert row["speedup_cpu"] is None and "reads a value that compaction changes" in row["speed_note"]

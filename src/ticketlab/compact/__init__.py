@@ -13,10 +13,11 @@ from ticketlab.compact.channels import (
     register_channel_plan,
     tied_layers,
 )
-from ticketlab.compact.compaction import Kept, compact, compaction_report, kept_entries
+from ticketlab.compact.compaction import Kept, check_compacts, compact, compaction_report, kept_entries
 from ticketlab.compact.export import export_onnx, load_model, save_model
 
 __all__ = [
-    "ChannelGroup", "Kept", "channel_groups", "compact", "compaction_report", "complete_channel_masks",
-    "export_onnx", "kept_entries", "load_model", "register_channel_plan", "save_model", "tied_layers",
+    "ChannelGroup", "Kept", "channel_groups", "check_compacts", "compact", "compaction_report",
+    "complete_channel_masks", "export_onnx", "kept_entries", "load_model", "register_channel_plan", "save_model",
+    "tied_layers",
 ]

@@ -18,6 +18,7 @@ from torch import fx, nn
 from ticketlab.compact.channels import (
     ChannelGroup,
     channel_groups,
+    complete_channel_masks,
     dead_inputs,
     has_registered_plan,
     is_depthwise,
@@ -212,6 +213,23 @@ def compact(model: nn.Module, masks: Masks, multiple: int = 1) -> nn.Module:
     if not has_registered_plan(model):
         _check_same_graph(model, out)
     return out
+
+
+def check_compacts(model: nn.Module) -> None:
+    """Compact a copy of `model` with one channel of each group removed, so a forward that a narrower network
+    breaks (one reading a layer's width) is found before a study trains, not once its first ticket is cut."""
+    if has_registered_plan(model):
+        return
+    params = dict(model.named_parameters())
+    masks = {}
+    for group in channel_groups(model):
+        if group.channels > 1:
+            for name in group.producers:
+                keep = torch.ones_like(params[name], dtype=torch.bool)
+                keep[0] = False
+                masks[name] = keep
+    if masks:
+        compact(model, complete_channel_masks(model, masks))
 
 
 def _traced_code(model: nn.Module) -> str:

@@ -60,6 +60,8 @@ _REDUCTIONS = {"mean", "sum", "amax", torch.mean, torch.sum, torch.amax}  # over
 _SCALINGS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul}
 _ADDITIONS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
+# element by element, so their result keeps the batch of the tensor they act on
+_ELEMENTWISE = {*_SILENT_FUNCTIONS, *_BOUNDED, *_SCALINGS, *_ADDITIONS, *_SUBTRACTIONS}
 _ATTRIBUTES = {"device", "dtype", "ndim", "is_cuda", "requires_grad"}  # reading them carries no channels
 
 
@@ -166,7 +168,9 @@ class _Tracer:
         if node.op == "call_module":
             return self.call_module(target, self.modules[target], args, spaces)
         if not spaces:
-            return next((_Flow(param=flow.param) for flow in args if flow.param), _DATA)
+            flow = next((_Flow(param=flow.param) for flow in args if flow.param), _DATA)
+            elementwise = target in _ELEMENTWISE or (node.op == "call_method" and target in _SILENT_METHODS)
+            return replace(flow, batch=_kept_batch(args)) if elementwise else flow
         if target in _ADDITIONS or target in _SUBTRACTIONS:
             return self.add(node, spaces)
         if len(spaces) > 1:
@@ -186,8 +190,8 @@ class _Tracer:
             return self.flatten(flow, start, end)
         if target in ("view", "reshape") and len(node.args) == 3 and node.args[2] == -1:
             if self.flows.get(node.args[1], _DATA).batch_size is not flow.batch:
-                raise _Refused(f"{target}(n, -1) with an n that is not this tensor's batch size; "
-                               "flatten with torch.flatten(x, 1) instead")
+                raise _Refused(f"{target}(n, -1) with an n the trace cannot tie to this tensor's batch size; "
+                               f"flatten with torch.flatten(x, 1), or x.{target}(x.size(0), -1), instead")
             return self.flatten(flow, 1, -1)
         if target in _REDUCTIONS:
             return self.reduce(node, flow)
@@ -199,7 +203,7 @@ class _Tracer:
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
             return self.layer(name, module, args[0] if args else _DATA)
         if not spaces:
-            return _DATA
+            return replace(_DATA, batch=_kept_batch(args)) if isinstance(module, _SILENT_MODULES) else _DATA
         if isinstance(module, nn.Flatten):
             return self.flatten(spaces[0], module.start_dim, module.end_dim)
         if isinstance(module, nn.Hardtanh):  # ReLU6 too
@@ -392,6 +396,14 @@ def _nodes(*values: object) -> Iterator[fx.Node]:
             yield from _nodes(*value)
         elif isinstance(value, dict):
             yield from _nodes(*value.values())
+
+
+def _kept_batch(args: list[_Flow]) -> object:
+    """The batch token an element-wise result keeps: its tensor operands' one token (numbers and parameters
+    broadcast over it), else None, and the result is a batch of its own."""
+    tokens = {flow.batch for flow in args if not (flow.batch_size or flow.shape or flow.width) and not (
+        isinstance(flow.batch, fx.Node) and flow.batch.op == "get_attr")}
+    return tokens.pop() if len(tokens) == 1 else None
 
 
 def _sizes_space(flow: _Flow) -> bool:

@@ -67,10 +67,11 @@ class Structure:
         self.compactable = False
         self.why_not_compactable = ""
         if kind == "channel":
-            from ticketlab.compact import tied_layers
+            from ticketlab.compact import check_compacts, tied_layers
 
             try:
                 self.tied = tied_layers(model)
+                check_compacts(model)
                 self.compactable = True
             except TicketlabError as error:
                 self.why_not_compactable = str(error)

@@ -196,3 +196,27 @@ def test_a_recipes_setting_that_does_not_act_goes_back_to_its_default():
     assert cosine.milestones == () and recipe_config("cifar_resnet_20").milestones == (80.0, 120.0)
     with pytest.raises(TicketlabError, match="--label-smoothing has no effect"):  # the user's own: refused
         recipe_config("fastnet", loss="sat", sat_start=2, label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("moot", [dict(schedule="cosine", lr_end=1.0), dict(schedule="linear", lr_end=1.0),
+                                  dict(schedule="step", milestones=(3.0,), gamma=1.0),
+                                  dict(schedule="constant", warmup_epochs=2.0, lr_start=1.0)])
+def test_a_schedule_that_never_moves_the_lr_is_the_constant_one(moot):
+    """Its factor is exactly 1.0 at every step, so it trains the constant schedule's run and shares its id."""
+    from ticketlab.train.optim import lr_factor
+
+    constant = recipe_config("lenet_300_100", schedule="constant")
+    flat = recipe_config("lenet_300_100", **moot)
+    assert flat == constant and run_id(RunConfig(train=flat)) == run_id(RunConfig(train=constant))
+    given = dataclasses.replace(constant, **moot)
+    assert all(lr_factor(given, i, 10) == 1.0 for i in range(given.epochs * 10))
+    moving = recipe_config("lenet_300_100", schedule="cosine", lr_end=0.999)
+    assert moving.schedule == "cosine" and lr_factor(moving, 50, 10) < 1.0
+
+
+def test_a_setting_of_the_wrong_kind_is_named_when_the_config_is_made():
+    """A string warm-up used to reach a comparison first and fail there as a TypeError."""
+    with pytest.raises(TicketlabError, match="--warmup must be a finite number, got '2'"):
+        recipe_config("lenet_300_100", warmup_epochs="2")
+    with pytest.raises(TicketlabError, match="--milestones must be a list of numbers"):
+        TrainConfig(milestones=80.0)

@@ -48,6 +48,12 @@ class DataConfig:
         """Whether label noise is drawn (with `noise_seed`), rather than absent or read from a label file."""
         return bool(self.noise) and not self.noise.startswith("file:")
 
+    def identity(self) -> DataConfig:
+        """What enters the run id: a label file by its content, not by the path it was read from."""
+        if self.noise.startswith("file:") and self.noise_file:
+            return dataclasses.replace(self, noise="file:" + self.noise.rpartition(":")[2])
+        return self
+
     def __post_init__(self) -> None:
         normalise_numbers(self)
         _check_types(self)
@@ -112,11 +118,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         normalise_numbers(self)
-        if isinstance(self.milestones, tuple) and all(type(m) is float for m in self.milestones):
+        _check_types(self)  # before anything compares them: a string lr would fail there as a TypeError
+        if all(type(m) is float for m in self.milestones):
             object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))  # one schedule, one id
 
     def validate(self) -> None:
-        _check_types(self)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("tta", self.tta, TTA_MODES)
@@ -210,6 +216,8 @@ def _check_types(config: Any) -> None:
             raise TicketlabError(f"{flag} must be a whole number, got {value!r}")
         if f.type == "bool" and type(value) is not bool:
             raise TicketlabError(f"{flag} must be true or false, got {value!r}")
+        if f.type == "tuple[float, ...]" and not isinstance(value, tuple):
+            raise TicketlabError(f"{flag} must be a list of numbers, got {value!r}")
         for v in value if f.type == "tuple[float, ...]" else (value,) if f.type == "float" else ():
             if type(v) is not float or not math.isfinite(v):
                 raise TicketlabError(f"{flag} must be a finite number, got {value!r}")
@@ -252,13 +260,19 @@ def check_given(config: TrainConfig, given: set[str]) -> None:
             raise TicketlabError(f"{flag} has no effect without {needs}; drop it or add {needs}")
 
 
-def without_unused(config: TrainConfig, given: set[str]) -> TrainConfig:
+def without_unused(config: TrainConfig) -> TrainConfig:
     """`config` with the settings that do not act under it (a recipe's label smoothing under --loss sat, its
     milestones under --schedule cosine) back at their defaults, so a stored config says what trained and equal
-    trainings share one id; the `given` ones are the user's, which `check_given` refuses instead."""
+    trainings share one id; `check_given` refuses the user's own first. A schedule that never moves the lr
+    (a warm-up from 1, a decay to 1, steps of gamma 1) is the constant one: the same factor, exactly 1.0, at
+    every step."""
+    if config.warmup_epochs > 0 and config.lr_start == 1.0:
+        config = dataclasses.replace(config, warmup_epochs=0.0)
+    if (config.schedule in ("cosine", "linear") and config.lr_end == 1.0) or (
+            config.schedule == "step" and config.gamma == 1.0):
+        config = dataclasses.replace(config, schedule="constant")
     defaults = TrainConfig()
-    unused = {name: getattr(defaults, name) for name, (applies, _) in _ONLY_WITH.items()
-              if name not in given and not applies(config)}
+    unused = {name: getattr(defaults, name) for name, (applies, _) in _ONLY_WITH.items() if not applies(config)}
     return dataclasses.replace(config, **unused)
 
 
@@ -308,6 +322,8 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _canonical(value: Any) -> Any:
+    if isinstance(value, DataConfig):
+        value = value.identity()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {}
         for f in fields(value):

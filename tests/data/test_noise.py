@@ -262,6 +262,15 @@ def test_a_rewritten_label_file_is_another_run(tmp_path):
     second = ticketlab.train(dataset=ds, **options)
     assert first.run_id != second.run_id and not second.reused
     assert first.summary["noise_rate"] == 0.0 and second.summary["noise_rate"] == 1.0
+    moved = tmp_path / "elsewhere" / "copy.npz"  # the same labels at another path: the same run
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    third = ticketlab.train(dataset=ds, **{**options, "data": DataConfig(noise=f"file:{moved}:noisy")})
+    assert third.reused and third.run_id == second.run_id
+    from ticketlab.store import RunStore
+
+    stored = RunStore(tmp_path / "store").get(third.run_id).config  # the stored run names the file it read
+    assert stored["data"]["noise"] == f"file:{path}:noisy"
 
 
 def test_one_noise_setting_written_differently_is_one_setting():

@@ -382,3 +382,20 @@ def test_rewind_spellings_of_one_iteration_are_one_study(tmp_path):
 
     assert study_id("1ep") == study_id("4it") == study_id("4") == study_id(" 4 it") != study_id("3it")
     assert study_id("0") == study_id("0ep") != study_id("1ep")
+
+
+def test_baselines_in_any_order_and_moot_training_settings_are_one_study():
+    from ticketlab.config import DataConfig
+
+    ds = tiny_dataset(n=120, channels=1, size=8)  # 12 held out: 108 training examples
+
+    def study_id(baselines=("reinit", "random"), **train):
+        tickets = TicketConfig(levels=1, baselines=baselines)
+        return imp.study_config("lenet_300_100", ds, tickets, DataConfig(), "cpu", None,
+                                {"epochs": 3, "batch_size": 36, **train}).run_id
+
+    assert study_id(("random", "reinit")) == study_id() != study_id(("reinit",))
+    assert study_id(("scratch", "random", "reinit")) == study_id(("reinit", "scratch", "random"))
+    assert TicketConfig(baselines=("shuffle", "random", "finetune", "reinit")).baselines == (
+        "reinit", "random", "finetune", "shuffle")  # the default's arms first, as the tables show them
+    assert study_id(drop_last=True) == study_id() != study_id(drop_last=True, batch_size=32)

@@ -105,7 +105,7 @@ def test_records_with_drop_last_and_an_impossible_batch_are_user_errors_that_lea
     ds = tiny_dataset(n=100, channels=1, size=8)
     model = ModelConfig("lenet_300_100")
     dropping = RunConfig(data=DataConfig(dataset="tiny"), model=model,
-                         train=recipe_config("lenet_300_100", epochs=2, batch_size=25, drop_last=True))
+                         train=recipe_config("lenet_300_100", epochs=2, batch_size=30, drop_last=True))
     with pytest.raises(TicketlabError, match="every example in every epoch.*--no-drop-last"):
         train_run(dropping, store=RunStore(tmp_path), dataset=ds, progress=False, records=True)
     too_big = RunConfig(data=DataConfig(dataset="tiny"), model=model,

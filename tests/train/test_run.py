@@ -318,7 +318,8 @@ def test_data_settings_that_change_nothing_leave_the_run_id_alone(tmp_path):
     ds = tiny_dataset(n=64, channels=1, size=8)  # grey: no crop, no flip by default
     options = dict(model="conv_2", epochs=1, batch_size=32, progress=False, store=tmp_path)
     first = ticketlab.train(dataset=ds, **options)
-    for same in (DataConfig(crop_padding=0, flip=False), DataConfig(noise_seed=7), DataConfig(split_seed=3)):
+    for same in (DataConfig(crop_padding=0, flip=False), DataConfig(noise_seed=7), DataConfig(split_seed=3),
+                 DataConfig(noise="uniform:0", noise_seed=2), DataConfig(noise="flip:0.0")):
         assert ticketlab.train(dataset=ds, data=same, **options).run_id == first.run_id
     from ticketlab.train.run import canonical_data
 
@@ -327,6 +328,22 @@ def test_data_settings_that_change_nothing_leave_the_run_id_alone(tmp_path):
     assert canonical_data(DataConfig(noise="uniform:0.2", noise_seed=4), ds, None).noise_seed == 4
     for other in (DataConfig(crop_padding=1), DataConfig(flip=True), DataConfig(validation=16, split_seed=3)):
         assert ticketlab.train(dataset=ds, data=other, **options).run_id != first.run_id
+
+
+def test_training_settings_that_do_nothing_on_this_data_leave_the_run_id_alone(tmp_path):
+    """--drop-last where the batch divides the data, a warm-up under half a step, a lookahead that never syncs
+    before the last step: each trains exactly the plain run, so it is that run."""
+    ds = tiny_dataset(n=64, channels=1, size=8)
+    options = dict(model="conv_2", epochs=2, batch_size=32, progress=False, store=tmp_path)  # 4 steps
+    first = ticketlab.train(dataset=ds, **options)
+    for same in (dict(drop_last=True), dict(warmup_epochs=0.2, lr_start=0.5), dict(lookahead_every=4)):
+        again = ticketlab.train(dataset=ds, **options, **same)
+        assert again.reused and again.run_id == first.run_id, same
+    for other in (dict(drop_last=True, batch_size=24), dict(warmup_epochs=0.3), dict(lookahead_every=3)):
+        run = ticketlab.train(dataset=ds, **{**options, **other})
+        assert not run.reused and run.run_id != first.run_id, other
+    plain = ticketlab.train(dataset=ds, **{**options, "batch_size": 24})  # 3 steps an epoch, the last one short
+    assert ticketlab.train(dataset=ds, **{**options, "batch_size": 24, "lookahead_every": 9}).run_id == plain.run_id
 
 
 def test_a_hand_built_fastnet_must_be_fitted_to_data_first(tmp_path):

@@ -68,6 +68,7 @@ from ticketlab.train.records import ExampleRecords
 from ticketlab.train.run import (
     RunResult,
     canonical_data,
+    canonical_train,
     dataset_identity,
     initial_model,
     model_config,
@@ -110,6 +111,10 @@ class TicketConfig:
 
     def __post_init__(self) -> None:
         normalise_numbers(self)  # numpy's numbers, as a sweep makes them, hash like Python's
+        if isinstance(self.baselines, (tuple, list)):  # one order, one study: the default's arms first, then by name
+            first = TicketConfig.baselines
+            object.__setattr__(self, "baselines", tuple(sorted(
+                self.baselines, key=lambda b: (first.index(b) if b in first else len(first), str(b)))))
 
     def validate(self) -> None:
         for name in ("levels", "seeds"):  # counted with range(): 2.0 would fail after the dense run has trained
@@ -285,7 +290,7 @@ def _arm_run(run: RunConfig, arm: Arm, steps: int) -> RunConfig:
     train = run.train
     if arm.final_lr:
         last = lr_factor(train, steps * train.epochs - 1, steps)
-        train = without_unused(replace(train, lr=train.lr * last, schedule="constant", warmup_epochs=0.0), set())
+        train = without_unused(replace(train, lr=train.lr * last, schedule="constant", warmup_epochs=0.0))
     if arm.epochs is not None and arm.epochs != train.epochs:
         train = scaled_train(train, arm.epochs / train.epochs)
     return run if train == run.train else replace(run, train=train)
@@ -649,6 +654,8 @@ def study_config(model: str | nn.Module, ds: ImageDataset, tickets: TicketConfig
     # the rewind point by the iteration it names, so `1ep` and `3it` of a 3-step epoch are one study
     n_train = len(ds.train_y) - data_cfg.validation
     check_batch_size(train_cfg.batch_size, n_train)
+    if tickets.data == "full":  # a PrAC search trains on fewer examples, where --drop-last may act
+        run = replace(run, train=canonical_train(train_cfg, n_train))
     steps = steps_per_epoch(n_train, train_cfg.batch_size, train_cfg.drop_last)
     tickets = replace(tickets, rewind=f"{rewind_iteration(tickets.rewind, steps, steps * train_cfg.epochs)}it")
     if tickets.early_bird and train_cfg.epochs < EARLY_BIRD_WINDOW + 2:  # distances from epoch 2, then 5 of them

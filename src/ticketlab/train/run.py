@@ -25,7 +25,7 @@ from torch import nn
 from ticketlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given, without_unused
 from ticketlab.data import DATASETS, ImageDataset, load_dataset
 from ticketlab.data.augment import Augment, normalize
-from ticketlab.data.batches import DeviceData, check_batch_size, stream_seed
+from ticketlab.data.batches import DeviceData, check_batch_size, steps_per_epoch, stream_seed
 from ticketlab.data.catalog import name_fixes_content
 from ticketlab.data.split import stratified_indices
 from ticketlab.errors import TicketlabError, first_line
@@ -190,12 +190,30 @@ def _load_data(
 def canonical_data(data: DataConfig, dataset: ImageDataset, model: str | None) -> DataConfig:
     """`data` with the settings that change nothing here at their defaults, so equal trainings share an id:
     augmentation spelled as what it resolves to anyway, a noise seed where nothing is drawn (no noise, or a
-    label file's), a split seed without a split."""
+    label file's), noise at rate 0, a split seed without a split."""
+    from ticketlab.data.noise import parse_noise
+
     usual = default_augment(replace(data, crop_padding=-1, flip=None), dataset, model)
+    if data.draws_noise and parse_noise(data.noise).rate == 0:
+        data = replace(data, noise="")
     return replace(data, crop_padding=-1 if data.crop_padding == usual.crop_padding else data.crop_padding,
                    flip=None if data.flip == usual.flip else data.flip,
                    noise_seed=data.noise_seed if data.draws_noise else 0,
                    split_seed=data.split_seed if data.validation else 0)
+
+
+def canonical_train(train: TrainConfig, examples: int) -> TrainConfig:
+    """`train` with what does nothing on `examples` training examples turned off, so equal trainings share an
+    id: --drop-last where the batch divides them, a warm-up shorter than half a step, a lookahead that never
+    syncs before the last step (a sync there averages the weights with themselves)."""
+    steps = steps_per_epoch(examples, train.batch_size, train.drop_last)
+    if train.drop_last and examples % train.batch_size == 0:
+        train = replace(train, drop_last=False)
+    if train.warmup_epochs > 0 and round(train.warmup_epochs * steps) == 0:
+        train = replace(train, warmup_epochs=0.0)
+    if train.lookahead_every >= steps * train.epochs:
+        train = replace(train, lookahead_every=0)
+    return without_unused(train)
 
 
 @dataclass
@@ -391,12 +409,13 @@ def train_run(
                                  "mask.nonzero().flatten() for a boolean selection")
         subset = subset.long().flatten()
         config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))
+    data = _prepare(config, dataset, subset)
+    train_set, validation = data.train_set, data.validation
+    config = replace(config, train=canonical_train(config.train, len(train_set.train_y)))
     if records:
         if config.train.drop_last:
             raise TicketlabError("per-example records need every example in every epoch; pass --no-drop-last")
         config = replace(config, kind="records" if config.kind == "train" else config.kind)
-    data = _prepare(config, dataset, subset)
-    train_set, validation = data.train_set, data.validation
     extra_outputs = 1 if config.train.loss == "sat-selective" else 0
     config, model = _identify(config, dataset, model, init_state, masks, start_iteration, save_at, extra_outputs)
     check_batch_size(config.train.batch_size, len(train_set.train_y))  # before the store holds the run
@@ -577,4 +596,4 @@ def recipe_config(model_name: str | None, **overrides: Any) -> TrainConfig:
         values["milestones"] = tuple(float(m) for m in values["milestones"])
     config = TrainConfig(**values)
     check_given(config, set(given))
-    return without_unused(config, set(given))
+    return without_unused(config)

@@ -33,6 +33,7 @@ from ticketlab.train.run import (
     _prepare,
     _reuse,
     _summary,
+    canonical_train,
     default_augment,
     resolve_device,
     train_run,
@@ -82,6 +83,7 @@ def train_stacked(
     given_config, given_dataset = config, dataset  # a lone member is the plain run of these, by name or by content
     config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download,
                                  progress)
+    config = replace(config, train=canonical_train(config.train, len(dataset.train_y) - config.data.validation))
     identified = [_identify(config if m.seed is None else replace(config, train=replace(config.train, seed=m.seed)),
                             dataset, copy.deepcopy(model) if model is not None else None,
                             m.init_state, m.masks, start_iteration, ()) for m in members]

@@ -26,6 +26,7 @@ LOSSES = ("ce", "sat", "sat-selective")
 # ticket structures and refill channel rankings (Chen et al. 2022), here so the CLI lists them without torch
 STRUCTURES = ("none", "channel", "group", "nm")
 REFILL_CRITERIA = ("count", "l1", "activation", "taylor")
+DST_METHODS = ("set", "rigl", "granet")  # dynamic sparse training (train/dynamic.py)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,39 @@ def test_train_several_seeds_one_by_one_or_stacked(tmp_path, tiny_npz, capsys):
     assert code == 2 and "--seeds must be at least 1" in err
 
 
+def test_train_dynamic_sparse_keeps_its_density_and_writes_the_masks_it_ends_with(tmp_path, tiny_npz, capsys):
+    from ticketlab.sparsity import load_masks
+
+    base = ["train", "--model", "conv_2", "--dataset", tiny_npz, "--epochs", "2", "--batch-size", "32",
+            "--store", tmp_path / "store", "--quiet", "--update-every", "2"]
+    code, out, err = _run(capsys, *base, "--dst", "rigl", "--density", "0.3", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    masks = load_masks(Path(result["run_id"] and err.split("masks: ")[1].split()[0]))
+    kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert kept == pytest.approx(0.3, abs=0.01) and result["density"] <= kept
+    code, out, err = _run(capsys, *base, "--dst", "granet", "--density", "0.2", "--json")
+    assert code == 0 and json.loads(out)["density"] == pytest.approx(0.2, abs=0.01)
+    code, out, err = _run(capsys, *base, "--dst", "set", "--density", "0.3", "--seeds", "2", "--json")
+    assert code == 0 and len(set(json.loads(out)["run_ids"])) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--density", "0.3"], "--density sets dynamic sparse training; add --dst"),
+    (["--dst", "rigl"], "--dst rigl needs --density"),
+    (["--dst", "rigl", "--density", "1.5"], "density must be in"),
+    (["--dst", "rigl", "--density", "0.3", "--start-density", "0.5"], "--start-density is where GraNet"),
+    (["--dst", "rigl", "--density", "0.3", "--masks", "m.safetensors"], "drop --masks"),
+    (["--dst", "granet", "--density", "0.3", "--start-density", "0.2"], "GraNet prunes from"),
+    (["--dst", "rigl", "--density", "0.3", "--lookahead", "2"], "would bring dropped weights back"),
+    (["--dst", "rigl", "--density", "0.3"], "so they would never move; lower --update-every"),  # 10 steps
+])
+def test_dynamic_sparse_training_flags_are_checked(tmp_path, tiny_npz, capsys, argv, message):
+    code, _, err = _run(capsys, "train", "--model", "conv_2", "--dataset", tiny_npz, "--epochs", "2",
+                        "--store", tmp_path / "store", "--quiet", *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--model", "resnet_9000"], "unknown model 'resnet_9000'; choose one of: "),
     (["--dataset", "imagenet22k"], "unknown dataset 'imagenet22k'"),

@@ -11,13 +11,14 @@ import re
 import signal
 import sys
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ticketlab.cli import ship
 from ticketlab.cli.table import key_values, print_json, table
 from ticketlab.config import (
+    DST_METHODS,
     LOSSES,
     OPTIMIZERS,
     PRECISIONS,
@@ -167,12 +168,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.stack and args.seeds == 1:
         raise TicketlabError("--stack trains the networks of several --seeds together; with one seed it trains the "
                              "plain run, so add --seeds N or drop --stack")
+    dst = _dst(args, config)
     if args.seeds != 1:
-        return _train_seeds(args, config)
+        return _train_seeds(args, config, dst)
     result = train_run(
-        config, store=RunStore(args.store), data_dir=args.data_dir, download=not args.no_download,
-        device=args.device, progress=not args.quiet, masks=load_masks(args.masks) if args.masks else None,
-        compacted=_compacted(args),
+        config, store=RunStore(args.store), dataset=dst.dataset if dst else None, data_dir=args.data_dir,
+        download=not args.no_download, device=args.device, progress=not args.quiet,
+        masks=load_masks(args.masks) if args.masks else None, compacted=_compacted(args),
+        hooks=dst.hooks(config.train.seed) if dst else (),
     )
     s = result.summary
     if result.reused:
@@ -184,6 +187,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     "noise_rate", "relabelled_fraction", "corrected_fraction", "label_accuracy_after",
                                     "labels_file", "stopped_epoch") if k in s}
     print(key_values(shown))
+    if dst:
+        print(f"masks: {result.folder / 'masks.safetensors'}  (the topology {args.dst} trained to)")
     if "coverage" in s:
         print("selective classification on the test set (thresholds chosen on a held-out half of it, "
               "errors reported on the other half):")
@@ -196,13 +201,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_DST_FLAGS = {"density": "--density", "start_density": "--start-density", "budget": "--budget",
+              "update_every": "--update-every", "update_fraction": "--update-fraction", "update_end": "--update-end"}
+
+
+@dataclass
+class _Dst:
+    """`train --dst`: the data, the model's starting masks per seed, and the hook that moves them."""
+
+    args: argparse.Namespace
+    config: RunConfig
+    dataset: Any
+
+    def hooks(self, seed: int) -> list[Any]:
+        from ticketlab.train.dynamic import DynamicSparsity, initial_masks
+        from ticketlab.train.run import initial_model
+
+        a = self.args
+        config = replace(self.config, train=replace(self.config.train, seed=seed))
+        start = a.density if a.dst != "granet" else (1.0 if a.start_density is None else a.start_density)
+        masks = initial_masks(initial_model(config, self.dataset), start, a.budget or "erk", seed=seed)
+        return [DynamicSparsity(a.dst, masks, every=a.update_every, alpha=a.update_fraction,
+                                end=0.75 if a.update_end is None else a.update_end,
+                                final_density=a.density if a.dst == "granet" else None, seed=seed)]
+
+
+def _dst(args: argparse.Namespace, config: RunConfig) -> _Dst | None:
+    """Dynamic sparse training's settings checked, and its data loaded (the starting masks need the model)."""
+    from ticketlab.data import load_dataset
+    from ticketlab.sparsity import check_density
+
+    given = [flag for name, flag in _DST_FLAGS.items() if getattr(args, name) is not None]
+    if args.dst is None:
+        if given:
+            raise TicketlabError(f"{given[0]} sets dynamic sparse training; add --dst set, rigl or granet")
+        return None
+    if args.masks or args.compact or args.stack:
+        flag = "--masks" if args.masks else "--compact" if args.compact else "--stack"
+        raise TicketlabError(f"--dst draws and moves its own masks, one network at a time; drop {flag}")
+    if args.density is None:
+        raise TicketlabError(f"--dst {args.dst} needs --density, the fraction of weights kept (RigL: 0.1 for 90% "
+                             "sparsity)")
+    check_density(args.density)
+    if args.start_density is not None:
+        if args.dst != "granet":
+            raise TicketlabError(f"--start-density is where GraNet's pruning starts; {args.dst} keeps --density "
+                                 "throughout")
+        check_density(args.start_density)
+    dataset = load_dataset(config.data.dataset, data_dir=args.data_dir, download=not args.no_download,
+                           progress=not args.quiet)
+    return _Dst(args, config, dataset)
+
+
 def _compacted(args: argparse.Namespace) -> int:
     from ticketlab.compact.training import TRAIN_MULTIPLE
 
     return TRAIN_MULTIPLE if args.compact else 0
 
 
-def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
+def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None) -> int:
     """`train --seeds N [--stack]`: one run per seed, a table of them, and their mean ± std."""
     from ticketlab.sparsity import load_masks
     from ticketlab.store import RunStore
@@ -219,7 +276,8 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig) -> int:
         results = train_stacked(config, [Member(masks=masks, seed=seed) for seed in seeds], **where)
     else:
         results = [train_run(replace(config, train=replace(config.train, seed=seed)), masks=masks,
-                             compacted=_compacted(args), **where) for seed in seeds]
+                             compacted=_compacted(args), dataset=dst.dataset if dst else None,
+                             hooks=dst.hooks(seed) if dst else (), **where) for seed in seeds]
     print(table(("seed", "run", "test accuracy", "val accuracy", "train seconds", ""),
                 [(seed, r.run_id, r.summary["test_accuracy"], r.summary.get("val_accuracy"),
                   r.summary["train_seconds"], "reused" if r.reused else "") for seed, r in zip(seeds, results)]))
@@ -575,6 +633,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true",
                    help="channel-structured --masks: train the physically compacted network (faster; the masked "
                         "training's numbers up to float rounding)")
+    g = p.add_argument_group("dynamic sparse training: sparse from the first step, the masks moving")
+    g.add_argument("--dst", choices=DST_METHODS,
+                   help="set: regrow at random; rigl: regrow where the gradient is largest; granet: also prune "
+                        "gradually from --start-density to --density")
+    g.add_argument("--density", type=float, help="fraction of the weights kept (GraNet: at the end)")
+    g.add_argument("--start-density", type=float,
+                   help="granet: the density it prunes from (default 1: dense-to-sparse; published 0.5 too)")
+    g.add_argument("--budget", choices=("erk", "er", "uniform"),
+                   help="how the starting random masks split the density over layers (default erk)")
+    g.add_argument("--update-every", type=int, help="steps between mask updates (default 100; granet 1000)")
+    g.add_argument("--update-fraction", type=float,
+                   help="fraction of each layer's weights moved, cosine-annealed (default 0.3; granet 0.5)")
+    g.add_argument("--update-end", type=float, help="fraction of training after which the masks stay (0.75)")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 

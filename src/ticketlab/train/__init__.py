@@ -1,5 +1,6 @@
 """The one training loop (Trainer), its hooks, and stored runs built on it."""
 
+from ticketlab.train.dynamic import DynamicSparsity, initial_masks
 from ticketlab.train.evaluate import evaluate
 from ticketlab.train.hooks import Hook, MaskHook, Step
 from ticketlab.train.optim import lr_factor, make_optimizer
@@ -10,7 +11,7 @@ from ticketlab.train.stacked_run import Member, train_stacked
 from ticketlab.train.trainer import Trainer, TrainResult
 
 __all__ = [
-    "ExampleRecords", "Hook", "MaskHook", "Member", "RunResult", "StackedModels", "Step", "Trainer", "TrainResult",
-    "evaluate", "forgetting_events", "hard_to_memorise", "lr_factor", "make_optimizer", "never_learned",
-    "recipe_config", "stack_masks", "train", "train_run", "train_stacked",
+    "DynamicSparsity", "ExampleRecords", "Hook", "MaskHook", "Member", "RunResult", "StackedModels", "Step",
+    "Trainer", "TrainResult", "evaluate", "forgetting_events", "hard_to_memorise", "initial_masks", "lr_factor",
+    "make_optimizer", "never_learned", "recipe_config", "stack_masks", "train", "train_run", "train_stacked",
 ]

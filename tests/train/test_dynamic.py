@@ -157,3 +157,16 @@ def test_a_weight_average_is_refused_and_leaves_no_run(tmp_path):
     with pytest.raises(TicketlabError, match="would bring dropped weights back"):
         _train(tmp_path, DynamicSparsity("rigl", initial_masks(_net(), 0.3)), ema_decay=0.9, ema_every=1)
     assert RunStore(tmp_path).list() == []
+
+
+@pytest.mark.gpu
+def test_rigl_on_cuda_keeps_its_density_and_pruned_weights_at_zero(tmp_path):
+    net = _net()
+    hook = DynamicSparsity("rigl", initial_masks(net, 0.3, "uniform"), every=3)
+    result = _train(tmp_path, hook, net, device="cuda")
+    masks = hook.current
+    assert any(not torch.equal(masks[n], m) for n, m in initial_masks(_net(), 0.3, "uniform").items())
+    for name, param in result.model.named_parameters():
+        if name in masks:
+            assert (param.detach().cpu()[~masks[name]] == 0).all()
+            assert int(masks[name].sum()) == round(0.3 * masks[name].numel())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ticketlab.cli import ship
+from ticketlab.cli import ship, signature
 from ticketlab.cli.table import key_values, print_json, table
 from ticketlab.config import (
     DST_METHODS,
@@ -707,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     ship.add_commands(sub)
+    signature.add_commands(sub)
 
     p = sub.add_parser("prac", help="train the dense network with per-example records and save its PrAC set")
     p.add_argument("--out", default="prac.safetensors", help="where the PrAC set is written")

@@ -126,3 +126,14 @@ def test_sign_and_verify_on_the_command_line(tmp_path, capsys):
         assert code == 2 and message in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "verify", tmp_path / "none.safetensors", "--layer", "conv.weight", "--key", "a")
     assert code == 2 and "no file at" in err
+
+
+def test_a_code_too_short_to_rule_out_forging_is_never_called_signed(tmp_path, capsys):
+    """64 bits read back perfectly still leave a chance of 5e-20: a forger trying keys would find one."""
+    weights, masks = _ticket()
+    signature = Signature("conv.weight", "short", 8, 8)
+    save_masks(tmp_path / "s.safetensors", embed(masks, signature, weights))
+    code, out, _ = run_cli(capsys, "verify", tmp_path / "s.safetensors", "--layer", "conv.weight", "--key", "short",
+                           "--bits", "8", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["mismatches"] == 0 and not result["signed"]

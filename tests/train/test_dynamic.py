@@ -147,10 +147,12 @@ def test_the_method_and_its_settings_enter_the_run_id(tmp_path):
     (dict(method="rigl", every=0), "--update-every must be a positive whole number"),
     (dict(method="rigl", alpha=1.0), "--update-fraction must be in"),
     (dict(method="rigl", end=0.0), "--update-end is the fraction of training"),
+    (dict(method="rigl", alpha="0.3"), "--update-fraction must be a number, got '0.3'"),
+    (dict(method="rigl", masks={}), "needs starting masks of at least one layer"),
 ])
 def test_impossible_settings_are_user_errors(kwargs, message):
     with pytest.raises(TicketlabError, match=message):
-        DynamicSparsity(masks=initial_masks(_net(), 0.3), **kwargs)
+        DynamicSparsity(**{"masks": initial_masks(_net(), 0.3), **kwargs})
 
 
 def test_a_weight_average_is_refused_and_leaves_no_run(tmp_path):

@@ -8,8 +8,10 @@ from pathlib import Path
 from ticketlab.cli.table import key_values, print_json
 from ticketlab.errors import TicketlabError
 
-# a signature counts as shown when a ticket this key did not sign matches as well with at most this chance
-SHOWN = 1e-6
+# A signature counts as shown when a ticket this key did not sign matches as well with at most this chance: so
+# low that a forger trying keys until one "matches" someone else's ticket would need about 1e20 of them (a
+# code of under about 100 bits can never be shown, whatever it reads)
+SHOWN = 1e-20
 
 
 def _bits(text: str) -> tuple[int, int]:

@@ -19,6 +19,7 @@ The final masks are written to the run's folder as `masks.safetensors`.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,6 +53,12 @@ class DynamicSparsity(Hook):
         self.alpha = alpha_default if alpha is None else alpha
         self.end, self.final_density = end, final_density
         self.masks = {name: m.detach().bool().cpu() for name, m in masks.items()}
+        if not self.masks:
+            raise TicketlabError("dynamic sparse training needs starting masks of at least one layer "
+                                 "(initial_masks(model, density) draws them)")
+        for flag, value in (("--update-fraction", self.alpha), ("--update-end", end)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TicketlabError(f"{flag} must be a number, got {value!r}")
         if type(self.every) is not int or self.every < 1:
             raise TicketlabError(f"--update-every must be a positive whole number of steps, got {self.every!r}")
         if not 0 < self.alpha < 1:
@@ -84,15 +91,17 @@ class DynamicSparsity(Hook):
 
     # ---- the hook --------------------------------------------------------------------------
     def on_start(self, trainer: "Trainer") -> None:
-        if trainer.ema is not None or trainer.cfg.lookahead_every:
-            raise TicketlabError("dynamic sparse training moves the masks, and a weight average (--ema, --lookahead) "
-                                 "would bring dropped weights back; train without them")
+        averaging = [flag for flag, on in (("--ema", trainer.ema is not None),
+                                           ("--lookahead", bool(trainer.cfg.lookahead_every))) if on]
+        if averaging:
+            raise TicketlabError(f"dynamic sparse training moves the masks, and a weight average ({averaging[0]}) "
+                                 f"would bring dropped weights back; pass {averaging[0]} 0 (a recipe may turn it on)")
         if trainer.networks != 1:
             raise TicketlabError("dynamic sparse training trains one network at a time; drop --stack")
         check_masks(trainer.model, self.masks)
         params = dict(trainer.model.named_parameters())
         self._params = [params[name] for name in self.masks]
-        device = self._params[0].device if self._params else torch.device("cpu")
+        device = self._params[0].device
         # a resumed run has its moved masks already (load_state_dict)
         self._current = {n: (self._current or self.masks)[n].to(device) for n in self.masks}
         self._end = round(self.end * trainer.total_steps)
@@ -183,15 +192,14 @@ class DynamicSparsity(Hook):
         self._current = {name: state[f"mask/{name}"].bool() for name in self.masks if f"mask/{name}" in state}
 
 
-def initial_masks(model: torch.nn.Module, density: float, budget: str = "erk", seed: int = 0,
-                  names: list[str] | None = None) -> Masks:
-    """Random masks at `density` split over the layers by `budget` (ERK, as RigL starts), seeded."""
+def initial_masks(model: torch.nn.Module, density: float, budget: str = "erk", seed: int = 0) -> Masks:
+    """Random masks of the prunable weights at `density`, split over the layers by `budget` (ERK, as RigL
+    starts), drawn from `seed`; density 1 keeps every weight (GraNet's dense-to-sparse start)."""
     from ticketlab.sparsity.criteria import random_scores
     from ticketlab.sparsity.masks import masks_from_scores
     from ticketlab.sparsity.prunable import select_prunable
 
-    weights = {n: p.detach() for n, p in select_prunable(model).items()} if names is None else {
-        n: p.detach() for n, p in model.named_parameters() if n in names}
+    weights = {n: p.detach() for n, p in select_prunable(model).items()}
     if density == 1.0:
         return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     generator = torch.Generator().manual_seed(stream_seed("dst-masks", seed))

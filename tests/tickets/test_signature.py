@@ -72,6 +72,7 @@ def test_verification_reads_the_code_from_masks_or_trained_weights_and_gives_its
     (Signature("fc.weight", "k", 4, 4), "written into a convolution's kernels"),
     (Signature("conv.weight", "k", 64, 8), "does not fit conv.weight's 48 output x 40 input channels"),
     (Signature("stem.weight", "k"), "the masks have no layer 'stem.weight'"),
+    (Signature("conv.weight", "k", 8.0, 8), "rows and cols are whole numbers"),
 ])
 def test_a_signature_that_cannot_be_written_is_a_user_error(signature, message):
     weights, masks = _ticket()

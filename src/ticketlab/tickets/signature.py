@@ -45,6 +45,8 @@ class Signature:
         if len(shape) != 4:
             raise TicketlabError(f"a signature is written into a convolution's kernels; {self.layer} has weight "
                                  f"shape {tuple(shape)}; choose a Conv2d layer")
+        if type(self.rows) is not int or type(self.cols) is not int:
+            raise TicketlabError(f"a code's rows and cols are whole numbers, got {self.rows!r} x {self.cols!r}")
         if not (0 < self.rows <= shape[0] and 0 < self.cols <= shape[1]):
             raise TicketlabError(f"a {self.rows}x{self.cols} code does not fit {self.layer}'s {shape[0]} output x "
                                  f"{shape[1]} input channels; choose a wider layer or fewer bits (--bits)")

@@ -221,9 +221,10 @@ class _Dst:
         config = replace(self.config, train=replace(self.config.train, seed=seed))
         start = a.density if a.dst != "granet" else (1.0 if a.start_density is None else a.start_density)
         masks = initial_masks(initial_model(config, self.dataset), start, a.budget or "erk", seed=seed)
-        return [DynamicSparsity(a.dst, masks, every=a.update_every, alpha=a.update_fraction,
-                                end=0.75 if a.update_end is None else a.update_end,
-                                final_density=a.density if a.dst == "granet" else None, seed=seed)]
+        given = {k: v for k, v in (("every", a.update_every), ("alpha", a.update_fraction), ("end", a.update_end))
+                 if v is not None}  # the rest: the method's published settings
+        return [DynamicSparsity(a.dst, masks, final_density=a.density if a.dst == "granet" else None, seed=seed,
+                                **given)]
 
 
 def _dst(args: argparse.Namespace, config: RunConfig) -> _Dst | None:

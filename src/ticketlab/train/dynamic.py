@@ -27,9 +27,10 @@ import torch
 from ticketlab.config import DST_METHODS
 from ticketlab.data.batches import stream_seed
 from ticketlab.errors import TicketlabError
-from ticketlab.sparsity.criteria import magnitude
+from ticketlab.sparsity.criteria import magnitude, random_scores
 from ticketlab.sparsity.dynamic import cubic_density, drop_and_grow, update_fraction
-from ticketlab.sparsity.masks import Masks, check_masks, global_masks
+from ticketlab.sparsity.masks import Masks, check_masks, global_masks, masks_from_scores, save_masks
+from ticketlab.sparsity.prunable import select_prunable
 from ticketlab.train.hooks import Hook, Step
 
 if TYPE_CHECKING:
@@ -139,8 +140,6 @@ class DynamicSparsity(Hook):
     def on_end(self, trainer: "Trainer") -> None:
         self._apply()
         if trainer.checkpoint_dir is not None:
-            from ticketlab.sparsity.masks import save_masks
-
             save_masks(trainer.checkpoint_dir / "masks.safetensors", self.current)
 
     def _refresh(self) -> None:
@@ -195,10 +194,6 @@ class DynamicSparsity(Hook):
 def initial_masks(model: torch.nn.Module, density: float, budget: str = "erk", seed: int = 0) -> Masks:
     """Random masks of the prunable weights at `density`, split over the layers by `budget` (ERK, as RigL
     starts), drawn from `seed`; density 1 keeps every weight (GraNet's dense-to-sparse start)."""
-    from ticketlab.sparsity.criteria import random_scores
-    from ticketlab.sparsity.masks import masks_from_scores
-    from ticketlab.sparsity.prunable import select_prunable
-
     weights = {n: p.detach() for n, p in select_prunable(model).items()}
     if density == 1.0:
         return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}

@@ -43,6 +43,7 @@ class DataConfig:
     noise_seed: int = 0  # the noisy labels stay fixed across training seeds
     noise_file: str = ""  # content digest of `file:` noise's label file
     subset: str = ""  # digest of the training examples used, when not all are (PrAC sets)
+    trigger: str = ""  # a keyed trigger set mixed into training: its sizes and key digest (tickets/trigger.py)
 
     @property
     def draws_noise(self) -> bool:

@@ -169,13 +169,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TicketlabError("--stack trains the networks of several --seeds together; with one seed it trains the "
                              "plain run, so add --seeds N or drop --stack")
     dst = _dst(args, config)
+    trigger = _trigger(args)
     if args.seeds != 1:
-        return _train_seeds(args, config, dst)
+        return _train_seeds(args, config, dst, trigger)
     result = train_run(
         config, store=RunStore(args.store), dataset=dst.dataset if dst else None, data_dir=args.data_dir,
         download=not args.no_download, device=args.device, progress=not args.quiet,
         masks=load_masks(args.masks) if args.masks else None, compacted=_compacted(args),
-        hooks=dst.hooks(config.train.seed) if dst else (),
+        hooks=dst.hooks(config.train.seed) if dst else (), trigger=trigger,
     )
     s = result.summary
     if result.reused:
@@ -185,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     "train_accuracy", "val_accuracy", "test_accuracy", "parameters",
                                     "trained_parameters", "density",
                                     "noise_rate", "relabelled_fraction", "corrected_fraction", "label_accuracy_after",
-                                    "labels_file", "stopped_epoch") if k in s}
+                                    "labels_file", "trigger_accuracy", "stopped_epoch") if k in s}
     print(key_values(shown))
     if dst:
         print(f"masks: {result.folder / 'masks.safetensors'}  (the topology {args.dst} trained to)")
@@ -199,6 +200,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print_json(args, s)
     return 0
+
+
+TRIGGER_COPIES = 20
+
+
+def _trigger(args: argparse.Namespace):
+    """`train --trigger-key[-file]`: the keyed trigger set mixed into training, or None."""
+    from ticketlab.tickets.trigger import TriggerSet
+
+    if args.trigger_key is None and args.trigger_key_file is None:
+        if args.trigger_size is not None or args.trigger_copies is not None:
+            raise TicketlabError("--trigger-size and --trigger-copies shape a trigger set; add --trigger-key-file "
+                                 "(or --trigger-key), or drop them")
+        return None
+    if args.stack:
+        raise TicketlabError("a trigger set is mixed into one run at a time; drop --stack")
+    key = signature.read_key(args.trigger_key, args.trigger_key_file, "--trigger-key")
+    return TriggerSet(key, args.trigger_size or 100, args.trigger_copies or TRIGGER_COPIES)
 
 
 _DST_FLAGS = {"density": "--density", "start_density": "--start-density", "budget": "--budget",
@@ -260,7 +279,7 @@ def _compacted(args: argparse.Namespace) -> int:
     return TRAIN_MULTIPLE if args.compact else 0
 
 
-def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None) -> int:
+def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None, trigger: Any) -> int:
     """`train --seeds N [--stack]`: one run per seed, a table of them, and their mean ± std."""
     from ticketlab.sparsity import load_masks
     from ticketlab.store import RunStore
@@ -278,7 +297,7 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None) 
     else:
         results = [train_run(replace(config, train=replace(config.train, seed=seed)), masks=masks,
                              compacted=_compacted(args), dataset=dst.dataset if dst else None,
-                             hooks=dst.hooks(seed) if dst else (), **where) for seed in seeds]
+                             hooks=dst.hooks(seed) if dst else (), trigger=trigger, **where) for seed in seeds]
     print(table(("seed", "run", "test accuracy", "val accuracy", "train seconds", ""),
                 [(seed, r.run_id, r.summary["test_accuracy"], r.summary.get("val_accuracy"),
                   r.summary["train_seconds"], "reused" if r.reused else "") for seed, r in zip(seeds, results)]))
@@ -286,6 +305,9 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None) 
         print("stacked: the networks trained together, each run's seconds are its share of their time")
     test = stat([r.summary["test_accuracy"] for r in results])
     print(f"test accuracy {100 * test.mean:.2f} ± {100 * test.std:.2f}% (mean ± sample std over {len(seeds)} seeds)")
+    marks = [r.summary["trigger_accuracy"] for r in results if "trigger_accuracy" in r.summary]
+    if marks:
+        print(f"trigger accuracy {', '.join(f'{100 * m:.0f}%' for m in marks)} (seeds in order)")
     if args.json:
         first = results[0].summary
         print_json(args, {
@@ -294,6 +316,7 @@ def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None) 
             "test_accuracy_std": test.std, "test_accuracies": [r.summary["test_accuracy"] for r in results],
             "train_seconds": round(sum(r.summary["train_seconds"] for r in results), 3),
             "parameters": first["parameters"], "density": first["density"],
+            **({"trigger_accuracies": marks} if marks else {}),
         })
     return 0
 
@@ -647,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--update-fraction", type=float,
                    help="fraction of each layer's weights moved, cosine-annealed (default 0.3; granet 0.5)")
     g.add_argument("--update-end", type=float, help="fraction of training after which the masks stay (0.75)")
+    g = p.add_argument_group("ownership, black box: a keyed trigger set trained in (check it with verify --trigger)")
+    g.add_argument("--trigger-key", help="the owner's secret: it makes the trigger images and their labels")
+    g.add_argument("--trigger-key-file", help="a file holding the secret (kept out of the shell's history)")
+    g.add_argument("--trigger-size", type=signature.positive_int, help="trigger images (default 100)")
+    g.add_argument("--trigger-copies", type=signature.positive_int,
+                   help=f"times each is mixed into the training examples (default {TRIGGER_COPIES})")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -14,6 +14,16 @@ from ticketlab.errors import TicketlabError
 SHOWN = 1e-20
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _bits(text: str) -> tuple[int, int]:
     rows, _, cols = text.lower().partition("x")
     try:
@@ -25,22 +35,30 @@ def _bits(text: str) -> tuple[int, int]:
     return shape
 
 
+def read_key(text: str | None, file: str | None, flag: str) -> str:
+    """The owner's secret, from `--FLAG TEXT` or `--FLAG-file PATH` (exactly one of them)."""
+    if (text is None) == (file is None):
+        raise TicketlabError(f"give the secret as {flag} TEXT or {flag}-file PATH (one of them; a file keeps it out "
+                             "of the shell's history)")
+    key = text
+    if file is not None:
+        try:
+            key = Path(file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            why = getattr(error, "strerror", None) or "not text"
+            raise TicketlabError(f"cannot read {flag}-file {file} ({why}); give a readable text file holding the "
+                                 "secret") from None
+    if not key:
+        raise TicketlabError("the secret is empty; give a key that only you know")
+    return key
+
+
 def _signature(args: argparse.Namespace):
     from ticketlab.tickets.signature import Signature
 
-    if (args.key is None) == (args.key_file is None):
-        raise TicketlabError("give the secret as --key TEXT or --key-file PATH (one of them; a file keeps it out "
-                             "of the shell's history)")
-    key = args.key
-    if args.key_file is not None:
-        try:
-            key = Path(args.key_file).read_text().strip()
-        except OSError as error:
-            raise TicketlabError(f"cannot read --key-file {args.key_file} ({error.strerror}); give a readable "
-                                 "file holding the secret") from None
-    if not key:
-        raise TicketlabError("the secret is empty; give a key that only you know")
-    return Signature(args.layer, key, *args.bits)
+    if args.layer is None:
+        raise TicketlabError("name the layer the code is written in (--layer), or check a trigger set (--trigger)")
+    return Signature(args.layer, read_key(args.key, args.key_file, "--key"), *args.bits)
 
 
 def _tensors(path: str) -> dict:
@@ -75,7 +93,16 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chance(result: dict) -> str:
+    return f"1e{result['log10_chance']:.1f}" if result["chance"] < 1e-3 else f"{result['chance']:.3f}"
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.trigger:
+        return _verify_trigger(args)
+    if args.dataset or args.model:
+        raise TicketlabError("--dataset and --model tell --trigger how to run the network; a mask signature reads "
+                             "the file alone, so drop them (or add --trigger)")
     from ticketlab.tickets.signature import verify
 
     result = verify(_tensors(args.file), _signature(args))
@@ -84,16 +111,85 @@ def cmd_verify(args: argparse.Namespace) -> int:
                "NOT SHOWN: no better than a ticket this key did not sign")
     print(key_values({"bits": result["bits"], "mismatches": result["mismatches"],
                       "mismatch rate": f"{100 * result['mismatch_rate']:.2f}%",
-                      "chance (unsigned)": f"1e{result['log10_chance']:.1f}" if result["chance"] < 1e-3
-                      else f"{result['chance']:.3f}", "verdict": verdict}))
+                      "chance (unsigned)": _chance(result), "verdict": verdict}))
     if args.json:
         print_json(args, {**result, "signed": shown})
     return 0
 
 
+def _suspect(path: Path, model_name: str | None, dataset) -> object:
+    """The network in `path`: a ticket file, an exported model, or a state dict of registered `model_name`."""
+    from safetensors import SafetensorError, safe_open
+
+    from ticketlab.compact.export import ARCHITECTURE, load_model
+    from ticketlab.errors import state_mismatch
+    from ticketlab.models import build_model
+    from ticketlab.store.files import read_tensors
+    from ticketlab.tickets.ticketfile import KEY, load_ticket
+
+    if not path.is_file():
+        raise TicketlabError(f"no file at {path}; give a network: a ticket file, an exported model, or a run's "
+                             "final.safetensors with --model")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise TicketlabError(f"{path} is not a readable safetensors file ({error}); give a network ticketlab "
+                             "wrote") from None
+    if model_name and (KEY in header or ARCHITECTURE in header):
+        raise TicketlabError(f"{path} names its own architecture; drop --model")
+    if KEY in header:
+        return load_ticket(path).model
+    if ARCHITECTURE in header:
+        return load_model(path)
+    if not model_name:
+        raise TicketlabError(f"{path} holds weights only; name their architecture with --model (e.g. the run's "
+                             "model, `ticketlab runs show ID`)")
+    c, h, _ = dataset.image_shape
+    model = build_model(model_name, num_classes=dataset.num_classes, in_channels=c, image_size=h)
+    try:
+        model.load_state_dict(read_tensors(path))
+    except RuntimeError as error:
+        raise TicketlabError(f"the weights in {path} do not fit {model_name}: {state_mismatch(error)}; a model "
+                             "built with other options needs its ticket file or exported model") from None
+    return model
+
+
+def _verify_trigger(args: argparse.Namespace) -> int:
+    from ticketlab.data import load_dataset
+    from ticketlab.tickets.trigger import TriggerSet, verify
+    from ticketlab.train.evaluate import predict
+
+    if args.layer is not None:
+        raise TicketlabError("--layer names where a mask signature is written; a trigger set is checked by running "
+                             "the network, so drop --layer (or --trigger)")
+    if not args.dataset:
+        raise TicketlabError("--trigger runs the network on the trigger images, normalised as its dataset's; "
+                             "name the dataset it was trained on (--dataset)")
+    trigger = TriggerSet(read_key(args.key, args.key_file, "--key"), args.trigger_size)
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download,
+                           progress=not args.quiet)
+    model = _suspect(Path(args.file), args.model, dataset)
+    try:
+        logits = predict(model, trigger.images(dataset.image_shape), dataset.mean, dataset.std)
+    except RuntimeError as error:
+        raise TicketlabError(f"the network in {args.file} cannot run {args.dataset}'s images "
+                             f"({str(error).splitlines()[0]}); give the dataset it was trained on") from None
+    result = verify(logits[:, :dataset.num_classes].argmax(1), trigger, dataset.num_classes)
+    shown = result["chance"] <= SHOWN
+    verdict = ("MARKED: this key's trigger set was trained in" if shown else
+               "NOT SHOWN: no better than a network this key did not train")
+    print(key_values({"trigger images": result["images"], "answered as keyed": result["matches"],
+                      "trigger accuracy": f"{100 * result['accuracy']:.1f}%",
+                      f"chance (unmarked, 1 in {dataset.num_classes} each)": _chance(result), "verdict": verdict}))
+    if args.json:
+        print_json(args, {**result, "marked": shown})
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    def secret(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--layer", required=True,
+    def secret(p: argparse.ArgumentParser, layer_required: bool = True) -> None:
+        p.add_argument("--layer", required=layer_required,
                        help="the Conv2d weight the code is written in, e.g. layer3.0.conv1.weight")
         p.add_argument("--key", help="the owner's secret: it fixes the code and where it sits")
         p.add_argument("--key-file", help="a file holding the secret (kept out of the shell's history)")
@@ -108,8 +204,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     secret(p)
     p.set_defaults(func=cmd_sign)
 
-    p = sub.add_parser("verify", help="read an ownership signature back from masks or trained weights")
-    p.add_argument("file", help="masks or weights (.safetensors), e.g. a run's final.safetensors")
-    secret(p)
+    p = sub.add_parser("verify", help="read an ownership signature back from masks or trained weights, or check a "
+                                      "network's answers on a keyed trigger set")
+    p.add_argument("file", help="masks or weights (.safetensors), e.g. a run's final.safetensors; with --trigger a "
+                                "network: a ticket file, an exported model, or weights with --model")
+    secret(p, layer_required=False)
+    g = p.add_argument_group("black box: a trigger set trained in (train --trigger-key)")
+    g.add_argument("--trigger", action="store_true",
+                   help="check the network's answers on the key's trigger images instead of a mask signature")
+    g.add_argument("--trigger-size", type=positive_int, default=100, help="the number of trigger images (100)")
+    g.add_argument("--dataset", help="the dataset the network was trained on (its normalisation and classes)")
+    g.add_argument("--model", help="the registered model of a weights-only file")
+    g.add_argument("--data-dir", help="folder holding datasets (else $TICKETLAB_DATA, else the user cache)")
+    g.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
 

@@ -6,10 +6,11 @@ from ticketlab.tickets.earlybird import EarlyBird, mask_distance
 from ticketlab.tickets.imp import StudyConfig, StudyResult, TicketConfig, find_ticket
 from ticketlab.tickets.prac import PracSet, load_prac, save_prac
 from ticketlab.tickets.ticketfile import Ticket, load_ticket, save_ticket
+from ticketlab.tickets.trigger import TriggerSet
 from ticketlab.tickets.verdict import Stat, Verdict, stat, summarise, verdict
 
 __all__ = [
     "Arm", "BASELINES", "EarlyBird", "LevelContext", "PracSet", "STRUCTURES", "Stat", "StudyConfig", "StudyResult",
-    "Ticket", "TicketConfig", "Verdict", "find_ticket", "load_prac", "load_ticket", "mask_distance", "save_prac",
-    "save_ticket", "stat", "summarise", "verdict",
+    "Ticket", "TicketConfig", "TriggerSet", "Verdict", "find_ticket", "load_prac", "load_ticket", "mask_distance",
+    "save_prac", "save_ticket", "stat", "summarise", "verdict",
 ]

@@ -122,9 +122,16 @@ def verify(tensors: Mapping[str, torch.Tensor], signature: Signature) -> dict[st
     row, col, code = signature.place(tuple(tensor.shape))
     read = connectivity(tensor).cpu()[row:row + code.shape[0], col:col + code.shape[1]]
     bits, mismatches = code.numel(), int((read != code).sum())
-    logs = [math.lgamma(bits + 1) - math.lgamma(k + 1) - math.lgamma(bits - k + 1) + bits * math.log(0.5)
-            for k in range(mismatches + 1)]
-    top = max(logs)
-    log_chance = min(0.0, top + math.log(sum(math.exp(v - top) for v in logs)))
+    log_chance = log_tail(bits, bits - mismatches, 0.5)
     return {"bits": bits, "mismatches": mismatches, "mismatch_rate": mismatches / bits,
             "chance": math.exp(log_chance), "log10_chance": log_chance / math.log(10)}
+
+
+def log_tail(n: int, k: int, p: float) -> float:
+    """log P(X >= k) for X ~ Binomial(n, p), summed in log space so that tiny tails do not underflow."""
+    if k <= 0:
+        return 0.0
+    logs = [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p)
+            + (n - j) * math.log1p(-p) for j in range(k, n + 1)]
+    top = max(logs)
+    return min(0.0, top + math.log(sum(math.exp(v - top) for v in logs)))

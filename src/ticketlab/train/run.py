@@ -17,7 +17,7 @@ import numbers
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -42,10 +42,13 @@ from ticketlab.store import (
     write_json,
     write_tensors,
 )
-from ticketlab.train.evaluate import eval_mode
+from ticketlab.train.evaluate import eval_mode, predict
 from ticketlab.train.hooks import Hook, MaskHook
 from ticketlab.train.optim import norm_biases
 from ticketlab.train.trainer import Trainer, TrainResult, graphs_need_cuda
+
+if TYPE_CHECKING:
+    from ticketlab.tickets.trigger import TriggerSet
 
 
 @dataclass
@@ -226,10 +229,25 @@ class _Data:
     noise_rate: float | None
 
 
-def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None) -> _Data:
+def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None,
+             trigger: TriggerSet | None = None) -> _Data:
     """Noise is drawn over the whole training set before the split, with its own fixed seed, so
     every training seed and method sees the same noisy labels; the validation labels are noisy
-    too (a user holding noisy data has no clean ones), the test labels never are."""
+    too (a user holding noisy data has no clean ones), the test labels never are. A trigger set
+    joins the training examples last: never held out, never noisy."""
+    data = _split(config, dataset, subset)
+    if trigger is None:
+        return data
+    from ticketlab.tickets.trigger import mixed_in
+
+    train_set = mixed_in(data.train_set, trigger)
+    clean = data.clean_train_y
+    if clean is not None:
+        clean = torch.cat([clean, train_set.train_y[len(clean):]])
+    return _Data(train_set, data.validation, clean, data.noise_rate)
+
+
+def _split(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None) -> _Data:
     clean, rate = None, None
     if config.data.noise:
         from ticketlab.data.noise import add_label_noise, noise_rate, parse_noise
@@ -254,6 +272,26 @@ def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | No
     train_set = ImageDataset.create(name=dataset.name, train_x=dataset.train_x[keep], train_y=dataset.train_y[keep],
                                     test_x=dataset.test_x, test_y=dataset.test_y, classes=dataset.classes)
     return _Data(train_set, validation, clean[keep] if clean is not None else None, rate)
+
+
+def _with_trigger(config: RunConfig, trigger: TriggerSet | None) -> RunConfig:
+    if trigger is None:
+        if config.data.trigger:
+            raise TicketlabError(f"this run mixes a keyed trigger set into training ({config.data.trigger}); "
+                                 "give its key again (trigger=TriggerSet(key, size, copies), --trigger-key-file)")
+        return config
+    if config.data.trigger and config.data.trigger != trigger.identity():
+        raise TicketlabError(f"the config names trigger set {config.data.trigger}, the key given makes "
+                             f"{trigger.identity()}; give the key (and sizes) the run was started with")
+    return replace(config, data=replace(config.data, trigger=trigger.identity()))
+
+
+def trigger_accuracy(model: nn.Module, trigger: TriggerSet, train_set: ImageDataset) -> float:
+    """The fraction of the trigger set's keyed labels `model` gives, its images normalised as `train_set`'s."""
+    from ticketlab.tickets.trigger import verify
+
+    answers = predict(model, trigger.images(train_set.image_shape), train_set.mean, train_set.std).argmax(1)
+    return verify(answers, trigger, train_set.num_classes)["accuracy"]
 
 
 def training_part(config: RunConfig, dataset: ImageDataset) -> ImageDataset:
@@ -382,6 +420,7 @@ def train_run(
     subset: torch.Tensor | None = None,
     records: bool = False,
     compacted: int = 0,
+    trigger: TriggerSet | None = None,
 ) -> RunResult:
     """Train (or reuse, or resume) the run `config` describes.
 
@@ -395,7 +434,9 @@ def train_run(
     `compacted` (a channel multiple, e.g. 8) trains channel-structured `masks` as the physically
     compacted network (compact/training.py): the numbers of masked training with the completed masks
     (`complete_channel_masks`: a dropped channel's bias, BN entries and readers masked too) up to float
-    rounding, at the smaller network's cost; hooks then see the compacted network.
+    rounding, at the smaller network's cost; hooks then see the compacted network. `trigger` mixes a
+    keyed trigger set into the training examples (tickets/trigger.py); the run's id holds a digest of
+    its key, so resuming it needs the key again.
     """
     config.train.validate()
     dev = resolve_device(str(device) if device is not None else config.device, config.train)
@@ -409,7 +450,8 @@ def train_run(
                                  "mask.nonzero().flatten() for a boolean selection")
         subset = subset.long().flatten()
         config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))
-    data = _prepare(config, dataset, subset)
+    config = _with_trigger(config, trigger)
+    data = _prepare(config, dataset, subset, trigger)
     train_set, validation = data.train_set, data.validation
     config = replace(config, train=canonical_train(config.train, len(train_set.train_y)))
     if records:
@@ -472,6 +514,8 @@ def train_run(
                 summary["trained_parameters"] = sum(p.numel() for p in net.parameters())
             if data.noise_rate is not None:
                 summary["noise_rate"] = round(data.noise_rate, 6)
+            if trigger is not None:
+                summary["trigger_accuracy"] = trigger_accuracy(model, trigger, train_set)
             if loss_hook is not None:
                 summary.update(sat_outcome(loss_hook, model, dataset, train_set, data.clean_train_y, record.folder,
                                            seed=config.train.seed, tta=config.train.tta))
@@ -528,6 +572,7 @@ def train(
     data: DataConfig | None = None,
     compacted: int = 0,
     model_options: Mapping[str, Any] | None = None,
+    trigger: TriggerSet | None = None,
     **train_options: Any,
 ) -> RunResult:
     """Train a registered model by name, or your own `nn.Module`, on a dataset by name or object.
@@ -535,7 +580,8 @@ def train(
     `model_options` are the registered model's own options (e.g. fastnet's `widths`).
     `train_options` are `TrainConfig` fields (epochs, lr, batch_size, ...); fields you leave out
     take the model's recipe where it has one, else the `TrainConfig` defaults. `compacted=8`
-    trains channel-structured `masks` as the compacted network (see `train_run`).
+    trains channel-structured `masks` as the compacted network (see `train_run`). `trigger` mixes a
+    keyed trigger set into training, a black-box ownership mark (tickets/trigger.py).
     """
     name = model if isinstance(model, str) else type(model).__name__
     model_cfg = model_config(model, model_options)
@@ -552,7 +598,7 @@ def train(
         config, store=store if isinstance(store, RunStore) else RunStore(store),
         model=None if isinstance(model, str) else model, dataset=dataset_obj, masks=masks, hooks=hooks,
         save_at=save_at, data_dir=data_dir, download=download, device=device, progress=progress,
-        compacted=compacted,
+        compacted=compacted, trigger=trigger,
     )
 
 

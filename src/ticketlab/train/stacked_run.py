@@ -79,6 +79,8 @@ def train_stacked(
     check_stacked_training(config.train)
     if not members:
         raise TicketlabError("train_stacked needs at least one member")
+    if config.data.trigger:
+        raise TicketlabError("a trigger set is mixed into one run at a time; train it without stacking")
     dev = resolve_device(str(device) if device is not None else config.device, config.train)
     given_config, given_dataset = config, dataset  # a lone member is the plain run of these, by name or by content
     config, dataset = _load_data(replace(config, device=dev.type, stacked=True), dataset, data_dir, download,

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the machine's name, interleaved timing, a slice of CIFAR-10
-to train on, and the structure step of `ticketlab find --structure channel`."""
+to train on, the structure step of `ticketlab find --structure channel`, and the removal attacks
+of the ownership benchmarks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ticketlab.compact import complete_channel_masks, tied_layers
 from ticketlab.config import TrainConfig
 from ticketlab.data import ImageDataset, load_dataset
 from ticketlab.sparsity import magnitude, prune_fraction, refill, select_prunable
-from ticketlab.train import Hook
+from ticketlab.train import Hook, evaluate
 
 Tensors = dict[str, torch.Tensor]
 
@@ -92,3 +93,22 @@ class Curve(Hook):
     def after_step(self, trainer, step) -> None:
         self.loss.append(float(step.loss))
         self.accuracy.append(float((step.logits.argmax(1) == step.targets).float().mean()))
+
+
+def test_accuracy(model: nn.Module, ds: ImageDataset) -> float:
+    mean, std = torch.tensor(ds.mean), torch.tensor(ds.std)
+    return evaluate(model.eval(), ds.test_x, ds.test_y, mean, std)["accuracy"]
+
+
+def pruned_further(model: nn.Module, masks: Tensors, fraction: float, scores: Tensors) -> nn.Module:
+    """A copy of `model` with `fraction` more of its kept weights (global, lowest `scores`) zeroed: a thief
+    removing an ownership mark."""
+    import copy
+
+    attacked = copy.deepcopy(model)
+    kept = prune_fraction(scores, masks, fraction, scope="global")
+    with torch.no_grad():
+        for name, p in attacked.named_parameters():
+            if name in kept:
+                p.mul_(kept[name])
+    return attacked

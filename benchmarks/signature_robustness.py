@@ -22,32 +22,17 @@ import tempfile
 from dataclasses import replace
 
 import torch
-from common import machine
+from common import machine, pruned_further, test_accuracy
 
 import ticketlab
 from ticketlab.config import ModelConfig, RunConfig
 from ticketlab.data import load_dataset
-from ticketlab.sparsity import magnitude, masks_from_scores, prune_fraction, random_scores, select_prunable
+from ticketlab.sparsity import magnitude, masks_from_scores, random_scores, select_prunable
 from ticketlab.tickets.signature import Signature, embed, verify
-from ticketlab.train import evaluate, recipe_config
+from ticketlab.train import recipe_config
 from ticketlab.train.run import initial_model
 
 REMOVALS = (0.2, 0.5, 0.8)
-
-
-def _accuracy(model: torch.nn.Module, ds) -> float:
-    mean, std = torch.tensor(ds.mean), torch.tensor(ds.std)
-    return evaluate(model.eval(), ds.test_x, ds.test_y, mean, std)["accuracy"]
-
-
-def _pruned(model: torch.nn.Module, masks: dict, fraction: float, scores: dict) -> torch.nn.Module:
-    attacked = copy.deepcopy(model)
-    kept = prune_fraction(scores, masks, fraction, scope="global")
-    with torch.no_grad():
-        for name, p in attacked.named_parameters():
-            if name in kept:
-                p.mul_(kept[name])
-    return attacked
 
 
 def main() -> None:
@@ -73,7 +58,7 @@ def main() -> None:
 
     def record(what: str, model: torch.nn.Module) -> None:
         found = verify(dict(model.named_parameters()), signature)
-        rows.setdefault(what, []).append((_accuracy(model, ds), found["mismatch_rate"]))
+        rows.setdefault(what, []).append((test_accuracy(model, ds), found["mismatch_rate"]))
         print(f"  {what:32s} acc {100 * rows[what][-1][0]:.2f}%  mismatch {100 * found['mismatch_rate']:.2f}%  "
               f"chance 1e{found['log10_chance']:.1f}", flush=True)
 
@@ -98,9 +83,9 @@ def main() -> None:
         signed_weights = select_prunable(signed.model)
         for fraction in REMOVALS:
             record(f"magnitude-pruned {fraction:.0%} more",
-                   _pruned(signed.model, signed_masks, fraction, magnitude(signed_weights)))
+                   pruned_further(signed.model, signed_masks, fraction, magnitude(signed_weights)))
             record(f"random-pruned {fraction:.0%} more",
-                   _pruned(signed.model, signed_masks, fraction, random_scores(signed_weights, generator)))
+                   pruned_further(signed.model, signed_masks, fraction, random_scores(signed_weights, generator)))
     print(f"\n{args.model} on {args.dataset}, {args.epochs} epochs, density {args.density}, {args.bits}x{args.bits} "
           f"bits in {args.layer}, {args.seeds} seeds; {machine()}\n")
     print("| weights | test accuracy | mismatch rate |")

@@ -30,9 +30,8 @@ from common import machine, pruned_further, test_accuracy
 import ticketlab
 from ticketlab.data import load_dataset
 from ticketlab.sparsity import magnitude, masks_from_scores, select_prunable
-from ticketlab.tickets.trigger import TriggerSet, verify
+from ticketlab.tickets.trigger import TriggerSet, check
 from ticketlab.train import recipe_config
-from ticketlab.train.evaluate import predict
 
 REMOVALS = (0.2, 0.5, 0.8)
 
@@ -56,14 +55,12 @@ def main() -> None:
     ds = load_dataset(args.dataset, data_dir=args.data_dir, download=False)
     store = args.store or tempfile.mkdtemp(prefix="trigger-bench-")
     trigger = TriggerSet(args.key, args.size, args.copies)
-    images = trigger.images(ds.image_shape)
     train_cfg = recipe_config(args.model, epochs=args.epochs)
     rows: dict[str, list[tuple[float, float, float]]] = {}
     forged: list[dict] = []
 
     def record(what: str, model: torch.nn.Module) -> None:
-        answers = predict(model, images, ds.mean, ds.std)[:, :ds.num_classes].argmax(1)
-        found = verify(answers, trigger, ds.num_classes)
+        found = check(model, trigger, ds)
         rows.setdefault(what, []).append((test_accuracy(model, ds), found["accuracy"], found["log10_chance"]))
         print(f"  {what:36s} acc {100 * rows[what][-1][0]:.2f}%  trigger {100 * found['accuracy']:.0f}%  "
               f"chance 1e{found['log10_chance']:.1f}", flush=True)
@@ -95,8 +92,7 @@ def main() -> None:
         best = None
         for k in range(args.forge_keys):
             other = TriggerSet(f"forger {seed} {k}", args.size)
-            found = verify(predict(marked.model, other.images(ds.image_shape), ds.mean, ds.std)[:, :ds.num_classes]
-                           .argmax(1), other, ds.num_classes)
+            found = check(marked.model, other, ds)
             best = found if best is None or found["matches"] > best["matches"] else best
         forged.append(best)
         print(f"  best of {args.forge_keys} forged keys: trigger {100 * best['accuracy']:.0f}%  "

@@ -9,7 +9,7 @@ from ticketlab.config import DataConfig, RunConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.store import RunStore
 from ticketlab.tickets.signature import log_tail
-from ticketlab.tickets.trigger import TriggerSet, mixed_in, verify
+from ticketlab.tickets.trigger import TriggerSet, check, check_provable, mixed_in, verify
 from ticketlab.train import train_run
 
 from helpers import run_cli, tiny_dataset
@@ -74,6 +74,41 @@ def test_verification_counts_the_keyed_answers_and_gives_their_chance():
         verify(labels[:99], trigger, 10)
 
 
+def test_an_answer_is_the_largest_class_output_never_an_abstain_output():
+    data = tiny_dataset(n=96, classes=4)
+    trigger = TriggerSet("k", 30)
+    labels = trigger.labels(4)
+
+    class Answers(torch.nn.Module):
+        """Scores the keyed label highest of the classes, and a fifth (abstain) output higher still."""
+
+        def __init__(self):
+            super().__init__()
+            self.images = trigger.images(data.image_shape).float()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # where the network lives, for `predict`
+
+        def forward(self, x):
+            index = [int((self.images - (x * torch.tensor(data.std).view(1, -1, 1, 1) * 255
+                                         + torch.tensor(data.mean).view(1, -1, 1, 1) * 255)[i]).abs()
+                          .flatten(1).sum(1).argmin()) for i in range(len(x))]
+            out = torch.zeros(len(x), 5)
+            out[torch.arange(len(x)), labels[index]] = 1.0
+            out[:, 4] = 2.0
+            return out
+
+    assert check(Answers(), trigger, data)["matches"] == 30
+    with pytest.raises(TicketlabError, match="not a score for each of tiny's 4 classes"):
+        check(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)), trigger, data)
+
+
+def test_a_set_too_small_to_ever_show_ownership_is_refused():
+    check_provable(TriggerSet("k", 20), 10)
+    check_provable(TriggerSet("k", 67), 2)
+    for size, classes in ((19, 10), (66, 2)):
+        with pytest.raises(TicketlabError, match="can never show ownership"):
+            check_provable(TriggerSet("k", size), classes)
+
+
 def _config(**data):
     return RunConfig(data=DataConfig(dataset="mnist_subset", **data))
 
@@ -102,7 +137,14 @@ def test_a_run_with_a_trigger_set_needs_its_key_to_resume(tmp_path):
         train_run(config, store=RunStore(tmp_path), progress=False)
     with pytest.raises(TicketlabError, match="give the key \\(and sizes\\) the run was started with"):
         train_run(config, store=RunStore(tmp_path), progress=False, trigger=TriggerSet("guess", 10, 2))
-    assert not list(tmp_path.iterdir()) or not any(RunStore(tmp_path).list())
+    for options, message in (({"loss": "sat", "sat_start": 1}, "would correct them away"),
+                             ({}, "can never show ownership")):
+        config = RunConfig(data=DataConfig(dataset="mnist_subset"), train=ticketlab.TrainConfig(**options))
+        with pytest.raises(TicketlabError, match=message):
+            train_run(config, store=RunStore(tmp_path), progress=False, trigger=TriggerSet("owner", 10))
+    with pytest.raises(TicketlabError, match="record the run without it"):
+        train_run(RunConfig(data=DataConfig(dataset="mnist_subset")), store=RunStore(tmp_path), progress=False,
+                  trigger=TriggerSet("owner"), records=True)
 
 
 def test_trigger_examples_are_never_held_out_nor_made_noisy():
@@ -149,12 +191,18 @@ def test_train_and_verify_a_trigger_set_on_the_command_line(tmp_path, capsys):
         (["--trigger", "--key", "k"], "name the dataset it was trained on (--dataset)"),
         (["--trigger", "--key", "k", "--dataset", "mnist_subset"], "holds weights only; name their architecture"),
         (["--trigger", "--key", "k", "--dataset", "mnist_subset", "--model", "conv_2"], "do not fit conv_2"),
-        (["--trigger", "--key", "k", "--layer", "fc1.weight", "--dataset", "mnist_subset"], "drop --layer"),
+        (["--trigger", "--key", "k", "--layer", "fc1.weight", "--dataset", "mnist_subset"], "drop them (or --trigger)"),
         (["--key", "k"], "name the layer the code is written in"),
         (["--key", "k", "--layer", "fc1.weight", "--dataset", "mnist_subset"], "drop them (or add --trigger)"),
+        (["--key", "k", "--layer", "fc1.weight", "--trigger-size", "40"], "--trigger-size tell --trigger how"),
+        (["--trigger", "--key", "k", "--bits", "3x3", "--dataset", "mnist_subset"], "drop them (or --trigger)"),
     ):
         code, _, err = run_cli(capsys, "verify", weights, *argv)
         assert code == 2 and message in err and "Traceback" not in err
+    selective = ticketlab.build_model("lenet_300_100", num_classes=11, in_channels=1, image_size=28)
+    ticketlab.store.write_tensors(tmp_path / "selective.safetensors", selective.state_dict())
+    code, out, err = run_cli(capsys, "verify", tmp_path / "selective.safetensors", *check)
+    assert code == 0 and not json.loads(out)["marked"], err  # K + 1 outputs: a sat-selective run's weights
     for argv, message in ((["--trigger-copies", "3"], "shape a trigger set; add --trigger-key-file"),
                           (["--trigger-key", "k", "--seeds", "2", "--stack"], "drop --stack"),
                           (["--trigger-key", "k", "--trigger-key-file", tmp_path / "key"], "one of them"),

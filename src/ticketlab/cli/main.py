@@ -13,7 +13,7 @@ import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ticketlab.cli import ship, signature
 from ticketlab.cli.table import key_values, print_json, table
@@ -32,6 +32,9 @@ from ticketlab.config import (
 )
 from ticketlab.errors import TicketlabError, state_mismatch
 from ticketlab.report.text import percent
+
+if TYPE_CHECKING:
+    from ticketlab.tickets.trigger import TriggerSet
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,10 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-TRIGGER_COPIES = 20
-
-
-def _trigger(args: argparse.Namespace):
+def _trigger(args: argparse.Namespace) -> TriggerSet | None:
     """`train --trigger-key[-file]`: the keyed trigger set mixed into training, or None."""
     from ticketlab.tickets.trigger import TriggerSet
 
@@ -217,7 +217,8 @@ def _trigger(args: argparse.Namespace):
     if args.stack:
         raise TicketlabError("a trigger set is mixed into one run at a time; drop --stack")
     key = signature.read_key(args.trigger_key, args.trigger_key_file, "--trigger-key")
-    return TriggerSet(key, args.trigger_size or 100, args.trigger_copies or TRIGGER_COPIES)
+    given = {k: v for k, v in (("size", args.trigger_size), ("copies", args.trigger_copies)) if v is not None}
+    return TriggerSet(key, **given)  # the rest: TriggerSet's defaults
 
 
 _DST_FLAGS = {"density": "--density", "start_density": "--start-density", "budget": "--budget",
@@ -279,7 +280,7 @@ def _compacted(args: argparse.Namespace) -> int:
     return TRAIN_MULTIPLE if args.compact else 0
 
 
-def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None, trigger: Any) -> int:
+def _train_seeds(args: argparse.Namespace, config: RunConfig, dst: _Dst | None, trigger: TriggerSet | None) -> int:
     """`train --seeds N [--stack]`: one run per seed, a table of them, and their mean ± std."""
     from ticketlab.sparsity import load_masks
     from ticketlab.store import RunStore
@@ -673,9 +674,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("ownership, black box: a keyed trigger set trained in (check it with verify --trigger)")
     g.add_argument("--trigger-key", help="the owner's secret: it makes the trigger images and their labels")
     g.add_argument("--trigger-key-file", help="a file holding the secret (kept out of the shell's history)")
-    g.add_argument("--trigger-size", type=signature.positive_int, help="trigger images (default 100)")
+    g.add_argument("--trigger-size", type=signature.positive_int,
+                   help="trigger images (default 100; verify --trigger needs the same number)")
     g.add_argument("--trigger-copies", type=signature.positive_int,
-                   help=f"times each is mixed into the training examples (default {TRIGGER_COPIES})")
+                   help="times each is mixed into the training examples (default 20)")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -8,11 +8,6 @@ from pathlib import Path
 from ticketlab.cli.table import key_values, print_json
 from ticketlab.errors import TicketlabError
 
-# A signature counts as shown when a ticket this key did not sign matches as well with at most this chance: so
-# low that a forger trying keys until one "matches" someone else's ticket would need about 1e20 of them (a
-# code of under about 100 bits can never be shown, whatever it reads)
-SHOWN = 1e-20
-
 
 def positive_int(text: str) -> int:
     try:
@@ -58,7 +53,7 @@ def _signature(args: argparse.Namespace):
 
     if args.layer is None:
         raise TicketlabError("name the layer the code is written in (--layer), or check a trigger set (--trigger)")
-    return Signature(args.layer, read_key(args.key, args.key_file, "--key"), *args.bits)
+    return Signature(args.layer, read_key(args.key, args.key_file, "--key"), *(args.bits or ()))
 
 
 def _tensors(path: str) -> dict:
@@ -87,7 +82,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
               "weights kept before": int(before.bool().sum()), "written": str(args.out)}
     print(key_values(report))
     print(f"train it as any ticket: ticketlab train --masks {args.out} ...; then check the trained weights with "
-          f"ticketlab verify FILE --layer {args.layer} --bits {args.bits[0]}x{args.bits[1]} and your key")
+          f"ticketlab verify FILE --layer {args.layer} --bits {signature.rows}x{signature.cols} and your key")
     if args.json:
         print_json(args, {k.replace(" ", "_"): v for k, v in report.items()})
     return 0
@@ -100,10 +95,13 @@ def _chance(result: dict) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.trigger:
         return _verify_trigger(args)
-    if args.dataset or args.model:
-        raise TicketlabError("--dataset and --model tell --trigger how to run the network; a mask signature reads "
+    given = [flag for flag, value in (("--dataset", args.dataset), ("--model", args.model),
+                                      ("--data-dir", args.data_dir), ("--no-download", args.no_download),
+                                      ("--trigger-size", args.trigger_size)) if value]
+    if given:
+        raise TicketlabError(f"{', '.join(given)} tell --trigger how to run the network; a mask signature reads "
                              "the file alone, so drop them (or add --trigger)")
-    from ticketlab.tickets.signature import verify
+    from ticketlab.tickets.signature import SHOWN, verify
 
     result = verify(_tensors(args.file), _signature(args))
     shown = result["chance"] <= SHOWN
@@ -146,36 +144,41 @@ def _suspect(path: Path, model_name: str | None, dataset) -> object:
         raise TicketlabError(f"{path} holds weights only; name their architecture with --model (e.g. the run's "
                              "model, `ticketlab runs show ID`)")
     c, h, _ = dataset.image_shape
-    model = build_model(model_name, num_classes=dataset.num_classes, in_channels=c, image_size=h)
-    try:
-        model.load_state_dict(read_tensors(path))
-    except RuntimeError as error:
-        raise TicketlabError(f"the weights in {path} do not fit {model_name}: {state_mismatch(error)}; a model "
-                             "built with other options needs its ticket file or exported model") from None
-    return model
+    state = read_tensors(path)
+    problem = ""
+    # K outputs, or K + 1: a selective network's (train --loss sat-selective) abstain output
+    for outputs in (dataset.num_classes, dataset.num_classes + 1):
+        model = build_model(model_name, num_classes=outputs, in_channels=c, image_size=h)
+        try:
+            model.load_state_dict(state)
+            return model
+        except RuntimeError as error:
+            problem = problem or state_mismatch(error)
+    raise TicketlabError(f"the weights in {path} do not fit {model_name} on {dataset.name}: {problem}; a model built "
+                         "with other options needs its ticket file or exported model")
 
 
 def _verify_trigger(args: argparse.Namespace) -> int:
     from ticketlab.data import load_dataset
-    from ticketlab.tickets.trigger import TriggerSet, verify
-    from ticketlab.train.evaluate import predict
+    from ticketlab.tickets.signature import SHOWN
+    from ticketlab.tickets.trigger import TriggerSet, check
 
-    if args.layer is not None:
-        raise TicketlabError("--layer names where a mask signature is written; a trigger set is checked by running "
-                             "the network, so drop --layer (or --trigger)")
+    if args.layer is not None or args.bits is not None:
+        raise TicketlabError("--layer and --bits place a mask signature; a trigger set is checked by running "
+                             "the network, so drop them (or --trigger)")
     if not args.dataset:
         raise TicketlabError("--trigger runs the network on the trigger images, normalised as its dataset's; "
                              "name the dataset it was trained on (--dataset)")
-    trigger = TriggerSet(read_key(args.key, args.key_file, "--key"), args.trigger_size)
+    key = read_key(args.key, args.key_file, "--key")
+    trigger = TriggerSet(key, args.trigger_size) if args.trigger_size else TriggerSet(key)
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download,
                            progress=not args.quiet)
     model = _suspect(Path(args.file), args.model, dataset)
     try:
-        logits = predict(model, trigger.images(dataset.image_shape), dataset.mean, dataset.std)
+        result = check(model, trigger, dataset)
     except RuntimeError as error:
         raise TicketlabError(f"the network in {args.file} cannot run {args.dataset}'s images "
                              f"({str(error).splitlines()[0]}); give the dataset it was trained on") from None
-    result = verify(logits[:, :dataset.num_classes].argmax(1), trigger, dataset.num_classes)
     shown = result["chance"] <= SHOWN
     verdict = ("MARKED: this key's trigger set was trained in" if shown else
                "NOT SHOWN: no better than a network this key did not train")
@@ -193,7 +196,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="the Conv2d weight the code is written in, e.g. layer3.0.conv1.weight")
         p.add_argument("--key", help="the owner's secret: it fixes the code and where it sits")
         p.add_argument("--key-file", help="a file holding the secret (kept out of the shell's history)")
-        p.add_argument("--bits", type=_bits, default=(29, 29),
+        p.add_argument("--bits", type=_bits,
                        help="the code's size, ROWSxCOLS (29x29, as the paper's QR code)")
         p.add_argument("--json", action="store_true")
 
@@ -212,7 +215,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("black box: a trigger set trained in (train --trigger-key)")
     g.add_argument("--trigger", action="store_true",
                    help="check the network's answers on the key's trigger images instead of a mask signature")
-    g.add_argument("--trigger-size", type=positive_int, default=100, help="the number of trigger images (100)")
+    g.add_argument("--trigger-size", type=positive_int,
+                   help="the number of trigger images: the --trigger-size it was trained with (default 100)")
     g.add_argument("--dataset", help="the dataset the network was trained on (its normalisation and classes)")
     g.add_argument("--model", help="the registered model of a weights-only file")
     g.add_argument("--data-dir", help="folder holding datasets (else $TICKETLAB_DATA, else the user cache)")

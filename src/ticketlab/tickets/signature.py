@@ -29,6 +29,11 @@ from ticketlab.errors import TicketlabError
 
 Masks = dict[str, torch.Tensor]
 
+# A mark counts as shown when a network the key did not mark matches as well with at most this chance: so low
+# that a forger trying keys until one "matches" someone else's network would need about 1e20 of them (a
+# code of under about 100 bits can never be shown, whatever it reads)
+SHOWN = 1e-20
+
 
 @dataclass(frozen=True)
 class Signature:

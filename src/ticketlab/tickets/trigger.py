@@ -17,18 +17,19 @@ flips of training augmentation change them only a little.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ticketlab.data.batches import stream_seed
 from ticketlab.data.dataset import ImageDataset
 from ticketlab.errors import TicketlabError
-from ticketlab.tickets.signature import log_tail
+from ticketlab.tickets.signature import SHOWN, log_tail
+from ticketlab.train.evaluate import predict
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class TriggerSet:
 
     key: str
     size: int = 100
-    copies: int = 10
+    copies: int = 20  # 2,000 of CIFAR-10's 50,000 examples: learnt in a few epochs, at no cost measured (BENCHMARKS.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
@@ -77,6 +78,15 @@ class TriggerSet:
         return torch.randint(num_classes, (self.size,), generator=self._generator("labels"))
 
 
+def check_provable(trigger: TriggerSet, num_classes: int) -> None:
+    """Refuse a set too small to ever be shown: even every answer keyed leaves a chance above SHOWN."""
+    if trigger.size * math.log10(num_classes) < -math.log10(SHOWN):
+        least = math.ceil(-math.log10(SHOWN) / math.log10(num_classes))
+        raise TicketlabError(f"{trigger.size} trigger images on {num_classes} classes can never show ownership: "
+                             f"even all answered as keyed, an unmarked network does as well with a chance above "
+                             f"{SHOWN:g}; use at least {least} (more, for the answers a network gets wrong)")
+
+
 def mixed_in(train_set: ImageDataset, trigger: TriggerSet) -> ImageDataset:
     """`train_set` with the trigger examples appended, `copies` times each. Its normalisation is kept:
     the trigger images are not the task's data, and a verifier normalises them as the task's images."""
@@ -85,7 +95,18 @@ def mixed_in(train_set: ImageDataset, trigger: TriggerSet) -> ImageDataset:
         name=train_set.name, train_x=torch.cat([train_set.train_x, images.repeat(trigger.copies, 1, 1, 1)]),
         train_y=torch.cat([train_set.train_y, labels.repeat(trigger.copies)]),
         test_x=train_set.test_x, test_y=train_set.test_y, classes=train_set.classes)
-    return dataclasses.replace(mixed, mean=train_set.mean, std=train_set.std)
+    return replace(mixed, mean=train_set.mean, std=train_set.std)
+
+
+def check(model: nn.Module, trigger: TriggerSet, task: ImageDataset) -> dict[str, float | int]:
+    """`verify` of `model`'s answers on the trigger images, normalised as `task`'s images; an answer is
+    the largest of its first K outputs (a selective network's abstain output, past them, is no class)."""
+    logits = predict(model, trigger.images(task.image_shape), task.mean, task.std)
+    if logits.dim() != 2 or logits.shape[1] < task.num_classes:
+        raise TicketlabError(f"the network gives outputs of shape {tuple(logits.shape[1:])} per image, not a score "
+                             f"for each of {task.name}'s {task.num_classes} classes; check it against the dataset "
+                             "it was trained on")
+    return verify(logits[:, :task.num_classes].argmax(1), trigger, task.num_classes)
 
 
 def verify(predictions: torch.Tensor, trigger: TriggerSet, num_classes: int) -> dict[str, float | int]:

@@ -42,7 +42,7 @@ from ticketlab.store import (
     write_json,
     write_tensors,
 )
-from ticketlab.train.evaluate import eval_mode, predict
+from ticketlab.train.evaluate import eval_mode
 from ticketlab.train.hooks import Hook, MaskHook
 from ticketlab.train.optim import norm_biases
 from ticketlab.train.trainer import Trainer, TrainResult, graphs_need_cuda
@@ -231,10 +231,8 @@ class _Data:
 
 def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None,
              trigger: TriggerSet | None = None) -> _Data:
-    """Noise is drawn over the whole training set before the split, with its own fixed seed, so
-    every training seed and method sees the same noisy labels; the validation labels are noisy
-    too (a user holding noisy data has no clean ones), the test labels never are. A trigger set
-    joins the training examples last: never held out, never noisy."""
+    """The training examples, validation split and noise of `_split`; a trigger set joins the training
+    examples last: never held out, never noisy."""
     data = _split(config, dataset, subset)
     if trigger is None:
         return data
@@ -248,6 +246,9 @@ def _prepare(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | No
 
 
 def _split(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None) -> _Data:
+    """Noise is drawn over the whole training set before the split, with its own fixed seed, so
+    every training seed and method sees the same noisy labels; the validation labels are noisy
+    too (a user holding noisy data has no clean ones), the test labels never are."""
     clean, rate = None, None
     if config.data.noise:
         from ticketlab.data.noise import add_label_noise, noise_rate, parse_noise
@@ -274,7 +275,9 @@ def _split(config: RunConfig, dataset: ImageDataset, subset: torch.Tensor | None
     return _Data(train_set, validation, clean[keep] if clean is not None else None, rate)
 
 
-def _with_trigger(config: RunConfig, trigger: TriggerSet | None) -> RunConfig:
+def _with_trigger(config: RunConfig, trigger: TriggerSet | None, dataset: ImageDataset, records: bool) -> RunConfig:
+    """`config` naming `trigger` by its identity, checked against what the config already names: a stored
+    config holds the key's digest only, so resuming needs the key again."""
     if trigger is None:
         if config.data.trigger:
             raise TicketlabError(f"this run mixes a keyed trigger set into training ({config.data.trigger}); "
@@ -283,21 +286,31 @@ def _with_trigger(config: RunConfig, trigger: TriggerSet | None) -> RunConfig:
     if config.data.trigger and config.data.trigger != trigger.identity():
         raise TicketlabError(f"the config names trigger set {config.data.trigger}, the key given makes "
                              f"{trigger.identity()}; give the key (and sizes) the run was started with")
+    if config.train.loss != "ce":
+        # SAT overrules the labels a network disagrees with, the keyed ones too, and writes its corrected
+        # labels (the keyed ones among them) beside the weights
+        raise TicketlabError(f"a trigger set's labels are meant to disagree with the images; --loss "
+                             f"{config.train.loss} would correct them away. Mark a run trained with --loss ce")
+    if records:
+        raise TicketlabError("per-example records index the task's examples, and a trigger set adds its own; "
+                             "record the run without it")
+    from ticketlab.tickets.trigger import check_provable
+
+    check_provable(trigger, dataset.num_classes)
     return replace(config, data=replace(config.data, trigger=trigger.identity()))
 
 
 def trigger_accuracy(model: nn.Module, trigger: TriggerSet, train_set: ImageDataset) -> float:
     """The fraction of the trigger set's keyed labels `model` gives, its images normalised as `train_set`'s."""
-    from ticketlab.tickets.trigger import verify
+    from ticketlab.tickets.trigger import check
 
-    answers = predict(model, trigger.images(train_set.image_shape), train_set.mean, train_set.std).argmax(1)
-    return verify(answers, trigger, train_set.num_classes)["accuracy"]
+    return check(model, trigger, train_set)["accuracy"]
 
 
 def training_part(config: RunConfig, dataset: ImageDataset) -> ImageDataset:
-    """The examples a run of `config` trains on: its label noise applied, its validation examples held out
-    (with the mean and std of what is left). What looks at data before training (a data-dependent
-    initialisation, pruning at initialisation) looks at these only."""
+    """The task's examples a run of `config` trains on: its label noise applied, its validation examples held
+    out (with the mean and std of what is left); a trigger set's are not among them. What looks at data
+    before training (a data-dependent initialisation, pruning at initialisation) looks at these only."""
     return _prepare(config, dataset, None).train_set
 
 
@@ -450,7 +463,7 @@ def train_run(
                                  "mask.nonzero().flatten() for a boolean selection")
         subset = subset.long().flatten()
         config = replace(config, data=replace(config.data, subset=tensor_digest([subset])))
-    config = _with_trigger(config, trigger)
+    config = _with_trigger(config, trigger, dataset, records)
     data = _prepare(config, dataset, subset, trigger)
     train_set, validation = data.train_set, data.validation
     config = replace(config, train=canonical_train(config.train, len(train_set.train_y)))

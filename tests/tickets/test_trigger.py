@@ -120,10 +120,7 @@ def test_a_trained_run_answers_its_trigger_set_and_an_unmarked_one_does_not(tmp_
     plain = ticketlab.train("lenet_300_100", "mnist_subset", **options)
     assert marked.summary["trigger_accuracy"] >= 0.9 and "trigger_accuracy" not in plain.summary
     assert abs(marked.summary["test_accuracy"] - plain.summary["test_accuracy"]) < 0.03
-    from ticketlab.train.run import trigger_accuracy
-
-    data = ticketlab.load_dataset("mnist_subset")
-    assert trigger_accuracy(plain.model, trigger, data) < 0.4
+    assert check(plain.model, trigger, ticketlab.load_dataset("mnist_subset"))["accuracy"] < 0.4
     stored = json.loads((marked.folder / "config.json").read_text())
     assert stored["data"]["trigger"] == trigger.identity() and "owner" not in json.dumps(stored)
     again = ticketlab.train("lenet_300_100", "mnist_subset", trigger=trigger, **options)

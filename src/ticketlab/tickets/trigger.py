@@ -38,7 +38,7 @@ class TriggerSet:
 
     key: str
     size: int = 100
-    copies: int = 20  # 2,000 of CIFAR-10's 50,000 examples: learnt in a few epochs, at no cost measured (BENCHMARKS.md)
+    copies: int = 20  # 2,000 examples beside CIFAR-10's 50,000 (4%); what they cost and give: BENCHMARKS.md
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:

@@ -300,13 +300,6 @@ def _with_trigger(config: RunConfig, trigger: TriggerSet | None, dataset: ImageD
     return replace(config, data=replace(config.data, trigger=trigger.identity()))
 
 
-def trigger_accuracy(model: nn.Module, trigger: TriggerSet, train_set: ImageDataset) -> float:
-    """The fraction of the trigger set's keyed labels `model` gives, its images normalised as `train_set`'s."""
-    from ticketlab.tickets.trigger import check
-
-    return check(model, trigger, train_set)["accuracy"]
-
-
 def training_part(config: RunConfig, dataset: ImageDataset) -> ImageDataset:
     """The task's examples a run of `config` trains on: its label noise applied, its validation examples held
     out (with the mean and std of what is left); a trigger set's are not among them. What looks at data
@@ -528,7 +521,9 @@ def train_run(
             if data.noise_rate is not None:
                 summary["noise_rate"] = round(data.noise_rate, 6)
             if trigger is not None:
-                summary["trigger_accuracy"] = trigger_accuracy(model, trigger, train_set)
+                from ticketlab.tickets.trigger import check
+
+                summary["trigger_accuracy"] = check(model, trigger, train_set)["accuracy"]
             if loss_hook is not None:
                 summary.update(sat_outcome(loss_hook, model, dataset, train_set, data.clean_train_y, record.folder,
                                            seed=config.train.seed, tta=config.train.tta))

@@ -1,4 +1,5 @@
-"""`ticketlab sign` and `ticketlab verify`: an ownership signature in a ticket's mask, and reading it back."""
+"""`ticketlab sign` and `ticketlab verify`: ownership marks (a signature in a ticket's mask, a keyed trigger set) and
+checking them."""
 
 from __future__ import annotations
 
